@@ -1,0 +1,187 @@
+"""The two CycleGAN networks, exactly as in the paper and the official implementation.
+
+    G = resnet_generator(ngf=64, n_blocks=9)        # 11,378,179 parameters
+    D = patch_discriminator(ndf=64, n_layers=3)     # 2,764,737 parameters, 30x30 map at 256 px
+
+Layers and builders only: shapes and widths are arguments, never globals. Every
+padding is explicit (reflect or zero, as the reference has it), because Keras
+'same' padding puts the extra pixel on the other side and shifts the image.
+"""
+import keras
+import tensorflow as tf
+
+
+def conv_init():
+    """N(0, 0.02) weights, as the reference's init_weights('normal', 0.02)."""
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
+class ReflectionPad2D(keras.layers.Layer):
+    """Reflect-pads height and width by `pad` pixels (PyTorch's nn.ReflectionPad2d)."""
+
+    def __init__(self, pad, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, x):
+        p = self.pad
+        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+
+    def compute_output_shape(self, shape):
+        grow = lambda d: None if d is None else d + 2 * self.pad
+        return (shape[0], grow(shape[1]), grow(shape[2]), shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+class InstanceNorm(keras.layers.Layer):
+    """Instance normalization without scale or offset (nn.InstanceNorm2d(affine=False)).
+
+    y = (x - mean_hw(x)) / sqrt(var_hw(x) + eps), statistics per image and channel,
+    biased variance, eps 1e-5. The statistics are taken in float32 even under
+    mixed precision, where a float16 variance would underflow.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    @staticmethod
+    def moments(x):
+        """Per image and channel mean and biased variance, in float32: (batch, 1, 1, C) each."""
+        return tf.nn.moments(tf.cast(x, tf.float32), axes=[1, 2], keepdims=True)
+
+    def normalize(self, x, mean, var):
+        """(x - mean) / sqrt(var + eps) with the given statistics, in x's dtype."""
+        return tf.cast((tf.cast(x, tf.float32) - mean) * tf.math.rsqrt(var + self.epsilon), x.dtype)
+
+    def call(self, x):
+        return self.normalize(x, *self.moments(x))
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _conv(filters, kernel, stride=1, name=None, dtype=None):
+    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype,
+                               kernel_initializer=conv_init(), bias_initializer="zeros", name=name)
+
+
+def _generator_layers(ngf, n_blocks, channels, dtype=None):
+    """Every layer of the ResNet generator by name, in order of use."""
+    L = {}
+
+    def add(*layers):
+        L.update((layer.name, layer) for layer in layers)
+
+    d = dict(dtype=dtype)
+    relu = lambda name: keras.layers.ReLU(name=name, **d)
+    add(ReflectionPad2D(3, name="enc_pad", **d), _conv(ngf, 7, name="enc_conv", **d),
+        InstanceNorm(name="enc_norm", **d), relu("enc_relu"))
+    for i, mult in enumerate((2, 4)):
+        add(keras.layers.ZeroPadding2D(1, name=f"down{i}_pad", **d),
+            _conv(ngf * mult, 3, stride=2, name=f"down{i}_conv", **d),
+            InstanceNorm(name=f"down{i}_norm", **d), relu(f"down{i}_relu"))
+    for i in range(n_blocks):
+        add(ReflectionPad2D(1, name=f"res{i}_pad1", **d), _conv(ngf * 4, 3, name=f"res{i}_conv1", **d),
+            InstanceNorm(name=f"res{i}_norm1", **d), relu(f"res{i}_relu"),
+            ReflectionPad2D(1, name=f"res{i}_pad2", **d), _conv(ngf * 4, 3, name=f"res{i}_conv2", **d),
+            InstanceNorm(name=f"res{i}_norm2", **d), keras.layers.Add(name=f"res{i}_add", **d))
+    for i, mult in enumerate((2, 1)):
+        # PyTorch's ConvTranspose2d(3, stride 2, padding 1, output_padding 1): H -> 2H. The
+        # 'valid' transposed conv gives 2H+1 rows; padding=1 drops the first row and column,
+        # output_padding=1 keeps the last. Keras 'same' would drop the last (a one-pixel shift).
+        add(keras.layers.Conv2DTranspose(ngf * mult, 3, strides=2, padding="valid", kernel_initializer=conv_init(),
+                                         bias_initializer="zeros", name=f"up{i}_convT", **d),
+            keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"up{i}_crop", **d),
+            InstanceNorm(name=f"up{i}_norm", **d), relu(f"up{i}_relu"))
+    # tanh in float32: under mixed precision the image leaves the network at full precision.
+    add(ReflectionPad2D(3, name="dec_pad", **d), _conv(channels, 7, name="dec_conv", **d),
+        keras.layers.Activation("tanh", dtype="float32", name="tanh"))
+    return L
+
+
+def _run_layers(L, x, names):
+    for name in names:
+        x = L[name](x)
+    return x
+
+
+def _generator_flow(L, x, norm, run=_run_layers):
+    """The generator's data flow, written once for every way of running it.
+
+    L maps layer names to layers. The flow alternates run(L, x, names), which applies a run of
+    layers that each look at a small neighbourhood, with norm(layer, x), which applies an
+    InstanceNorm layer (the only layers that look at the whole image). Building the Keras
+    model uses both as they are; translating a very large image runs the layers tile by tile
+    and the norms over the whole map (see model.Translator).
+    """
+    x = norm(L["enc_norm"], run(L, x, ["enc_pad", "enc_conv"]))
+    x = norm(L["down0_norm"], run(L, x, ["enc_relu", "down0_pad", "down0_conv"]))
+    x = norm(L["down1_norm"], run(L, x, ["down0_relu", "down1_pad", "down1_conv"]))
+    x = run(L, x, ["down1_relu"])
+    i = 0
+    while f"res{i}_add" in L:
+        # x + [pad, conv3x3, IN, ReLU, pad, conv3x3, IN](x); no ReLU after the sum.
+        y = norm(L[f"res{i}_norm1"], run(L, x, [f"res{i}_pad1", f"res{i}_conv1"]))
+        y = norm(L[f"res{i}_norm2"], run(L, y, [f"res{i}_relu", f"res{i}_pad2", f"res{i}_conv2"]))
+        x = L[f"res{i}_add"]([x, y])
+        i += 1
+    x = norm(L["up0_norm"], run(L, x, ["up0_convT", "up0_crop"]))
+    x = norm(L["up1_norm"], run(L, x, ["up0_relu", "up1_convT", "up1_crop"]))
+    return run(L, x, ["up1_relu", "dec_pad", "dec_conv", "tanh"])
+
+
+def generator_flow(G, x, norm, run=_run_layers):
+    """Runs generator G (from resnet_generator) on x through the hooks of _generator_flow:
+    run(L, x, names) and norm(layer, x). With the defaults it is G(x)."""
+    return _generator_flow({layer.name: layer for layer in G.layers}, x, norm, run)
+
+
+def resnet_generator(ngf=64, n_blocks=9, channels=3, name="generator", dtype=None):
+    """The ResNet generator of Johnson et al. as used by CycleGAN (ResnetGenerator).
+
+    Takes images of any height and width that are multiples of 4 (and at least 8),
+    values in [-1, 1], shape (batch, H, W, channels); returns the same shape, tanh output.
+    Encoder: c7s1-ngf, d(2 ngf), d(4 ngf); transformer: n_blocks residual blocks of 4 ngf;
+    decoder: u(2 ngf), u(ngf), c7s1-channels. n_blocks is 9 for 256 px and 6 for 128 px.
+    dtype: a Keras dtype policy for every layer but the last (e.g. "mixed_bfloat16").
+    """
+    inputs = keras.Input((None, None, channels), name="image")
+    L = _generator_layers(ngf, n_blocks, channels, dtype)
+    outputs = _generator_flow(L, inputs, norm=lambda layer, x: layer(x))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def patch_map_size(size, n_layers=3):
+    """Side of the discriminator's score map for an input side `size` (30 for 256);
+    0 or less means the image is too small for this discriminator."""
+    for i in range(n_layers + 2):
+        size = (size + 2 - 4) // (2 if i < n_layers else 1) + 1
+    return size
+
+
+def patch_discriminator(ndf=64, n_layers=3, channels=3, name="discriminator", dtype=None):
+    """The 70x70 PatchGAN discriminator (NLayerDiscriminator with n_layers=3).
+
+    Takes (batch, H, W, channels) images in [-1, 1]; returns raw scores (no sigmoid,
+    the LSGAN loss wants them) of shape (batch, h, w, 1): 30x30 for 256x256.
+    4x4 convolutions with explicit zero padding 1: strides 2 for the first n_layers,
+    then 1, 1; widths ndf, 2 ndf, 4 ndf, 8 ndf (capped at 8 ndf), 1; LeakyReLU 0.2;
+    instance norm on all but the first and the last. dtype: a Keras dtype policy for every
+    layer but the scores, which are float32.
+    """
+    inputs = keras.Input((None, None, channels), name="image")
+    x = inputs
+    widths = [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
+    for i, width in enumerate(widths):
+        x = keras.layers.ZeroPadding2D(1, name=f"conv{i}_pad", dtype=dtype)(x)
+        x = _conv(width, 4, stride=2 if i < n_layers else 1, name=f"conv{i}", dtype=dtype)(x)
+        if i > 0:
+            x = InstanceNorm(name=f"conv{i}_norm", dtype=dtype)(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"conv{i}_lrelu", dtype=dtype)(x)
+    x = keras.layers.ZeroPadding2D(1, name="score_pad", dtype=dtype)(x)
+    x = _conv(1, 4, name="score_conv", dtype=dtype)(x)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="score")(x)
+    return keras.Model(inputs, outputs, name=name)

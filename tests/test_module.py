@@ -1,0 +1,101 @@
+"""The networks: the reference's golden facts and its padding conventions."""
+import keras
+import numpy as np
+import pytest
+
+import module
+
+
+@pytest.fixture(scope="module")
+def default_G():
+    return module.resnet_generator()
+
+
+def test_generator_parameter_count(default_G):
+    assert default_G.count_params() == 11_378_179
+
+
+def test_discriminator_parameter_count_and_patch_map():
+    D = module.patch_discriminator()
+    assert D.count_params() == 2_764_737
+    assert tuple(D(np.zeros((1, 256, 256, 3), np.float32)).shape) == (1, 30, 30, 1)
+    assert module.patch_map_size(256) == 30
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 256), (100, 60)])
+def test_generator_keeps_height_and_width(default_G, shape):
+    out = np.asarray(default_G(np.zeros((1, *shape, 3), np.float32)))
+    assert out.shape == (1, *shape, 3)
+    assert np.all(np.abs(out) <= 1.0)
+
+
+def test_n_blocks_six_and_nine():
+    # Each residual block adds two 3x3 convs of 4 ngf -> 4 ngf with bias.
+    per_block = 2 * (3 * 3 * 256 * 256 + 256)
+    six = module.resnet_generator(n_blocks=6).count_params()
+    assert six == 11_378_179 - 3 * per_block
+
+
+def test_no_bias_free_or_affine_norm_layers():
+    G = module.resnet_generator(ngf=8, n_blocks=2)
+    convs = [l for l in G.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+    assert all(l.use_bias for l in convs)
+    norms = [l for l in G.layers if isinstance(l, module.InstanceNorm)]
+    assert norms and all(not l.weights for l in norms)
+
+
+def test_initialisation_is_normal_0_02():
+    G = module.resnet_generator()
+    kernel = G.get_layer("res0_conv1").kernel.numpy()
+    assert abs(kernel.mean()) < 1e-3 and abs(kernel.std() - 0.02) < 1e-3
+    assert not G.get_layer("res0_conv1").bias.numpy().any()
+
+
+def torch_conv_transpose_1d(x, w, stride=2, padding=1, output_padding=1):
+    """PyTorch's ConvTranspose semantics along one axis, written out: out[i*s + k - p] += x[i] w[k]."""
+    n_out = (len(x) - 1) * stride - 2 * padding + len(w) + output_padding
+    out = np.zeros(n_out)
+    for i, xi in enumerate(x):
+        for k, wk in enumerate(w):
+            o = i * stride + k - padding
+            if 0 <= o < n_out:
+                out[o] += xi * wk
+    return out
+
+
+def test_upsampling_matches_pytorch_padding_without_shift():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7)).astype(np.float32)
+    wy, wx = rng.normal(size=3), rng.normal(size=3)
+    L = module._generator_layers(ngf=1, n_blocks=0, channels=1)
+    up = lambda h: L["up1_crop"](L["up1_convT"](h))  # up1 has ngf = 1 filter
+    up(np.zeros((1, 2, 2, 1), np.float32))
+    L["up1_convT"].set_weights([np.outer(wy, wx)[:, :, None, None].astype(np.float32), np.zeros(1, np.float32)])
+    got = np.asarray(up(x[None, :, :, None]))[0, :, :, 0]
+    # A separable kernel: transpose-convolve the rows, then the columns.
+    rows = np.stack([torch_conv_transpose_1d(r, wx) for r in x])
+    want = np.stack([torch_conv_transpose_1d(c, wy) for c in rows.T]).T
+    assert got.shape == (10, 14)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_generator_flow_with_default_hooks_is_the_model():
+    G = module.resnet_generator(ngf=4, n_blocks=2)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 24, 16, 3)).astype(np.float32)
+    norms = []
+    y = module.generator_flow(G, x, lambda layer, h: norms.append(layer.name) or layer(h))
+    np.testing.assert_allclose(y, G(x), atol=1e-6)
+    assert len(norms) == 1 + 2 + 2 * 2 + 2  # encoder, downsampling, residual, upsampling
+
+
+def test_instance_norm_statistics():
+    x = np.random.default_rng(1).normal(3.0, 5.0, size=(2, 6, 5, 4)).astype(np.float32)
+    y = np.asarray(module.InstanceNorm()(x))
+    want = (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, want, atol=1e-4)
+
+
+def test_reflection_pad_mirrors_without_edge_repeat():
+    x = np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1) * np.ones((1, 4, 1, 1), np.float32)
+    y = np.asarray(module.ReflectionPad2D(2)(x))[0, 0, :, 0]
+    np.testing.assert_array_equal(y, [2, 1, 0, 1, 2, 3, 2, 1])
