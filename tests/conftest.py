@@ -1,0 +1,49 @@
+"""Shared fixtures: the tiny configuration, built once per session, and image folders."""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The tiny configuration every test uses: seconds instead of minutes on a 2-core CPU.
+TINY = dict(ngf=8, ndf=8, n_blocks=2, crop_size=32)
+TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n_blocks", "2", "--crop_size", "32", "--load_size", "36"]
+
+
+def make_image(rng, h, w):
+    """A smooth random colour picture (uint8 RGB), cheap to make and to compress."""
+    small = rng.integers(0, 256, size=(max(2, h // 8), max(2, w // 8), 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def write_images(folder, n, seed, sizes=((40, 48), (52, 36)), ext=".png"):
+    """Writes n pictures into folder (made if needed); returns their paths."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        path = os.path.join(folder, f"img{i:03d}{ext}")
+        cv2.imwrite(path, cv2.cvtColor(make_image(rng, h, w), cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_gan():
+    """One tiny CycleGAN for the whole session (its first trace costs seconds)."""
+    import model
+    return model.CycleGAN(**TINY, random_seed=0)
+
+
+@pytest.fixture(scope="session")
+def dataset_dirs(tmp_path_factory):
+    """A small unpaired dataset: trainA (6), trainB (5), testA (2), testB (2)."""
+    root = tmp_path_factory.mktemp("data") / "toy"
+    for name, n, seed in (("trainA", 6, 1), ("trainB", 5, 2), ("testA", 2, 3), ("testB", 2, 4)):
+        write_images(str(root / name), n, seed)
+    return root

@@ -1,0 +1,122 @@
+"""Image I/O, folders and the training pipeline."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+import utils
+from conftest import make_image, write_images
+
+
+@pytest.fixture
+def rgb():
+    return make_image(np.random.default_rng(0), 20, 30)
+
+
+def test_reads_gray_alpha_16bit_and_any_case(tmp_path, rgb):
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    cv2.imwrite(str(tmp_path / "alpha.PNG"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "photo.JPG"), bgr)
+    cv2.imwrite(str(tmp_path / "pic.bmp"), bgr)
+    cv2.imwrite(str(tmp_path / "pic.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    (tmp_path / "notes.txt").write_text("not an image")
+    paths = utils.list_images(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == [
+        "alpha.PNG", "deep.png", "gray.png", "photo.JPG", "pic.bmp", "pic.webp"]
+    for p in paths:
+        img = utils.read_image(p)
+        assert img.shape == (20, 30, 3) and img.dtype == np.uint8, p
+    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "gray.png"))[..., 0], gray)
+    for exact in ("alpha.PNG", "deep.png", "pic.bmp", "pic.webp"):
+        np.testing.assert_array_equal(utils.read_image(str(tmp_path / exact)), rgb)
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"\xff\xd8\xff garbage", "not a decodable image")])
+def test_bad_files_raise_one_line_naming_the_file(tmp_path, content, reason):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(utils.ImageError) as e:
+        utils.read_image(str(path))
+    assert str(path) in str(e.value) and reason in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_folders(tmp_path):
+    with pytest.raises(utils.ImageError, match="cannot be read"):
+        utils.read_image(str(tmp_path / "nope.png"))
+    with pytest.raises(utils.UserError, match="no such folder"):
+        utils.list_images(str(tmp_path / "nope"))
+    with pytest.raises(utils.UserError, match="no images"):
+        utils.list_images(str(tmp_path))
+
+
+def test_check_images_skips_broken_files_with_a_warning(tmp_path, capsys):
+    good = write_images(str(tmp_path), 2, seed=1)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    kept = utils.check_images(utils.list_images(str(tmp_path)))
+    assert kept == good
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0] and err[0].startswith("warning:")
+
+
+def test_write_image_keeps_format_and_leaves_no_temporary_file(tmp_path, rgb):
+    for name in ("out.png", "out.jpg"):
+        utils.write_image(str(tmp_path / name), rgb)
+    assert sorted(os.listdir(tmp_path)) == ["out.jpg", "out.png"]
+    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "out.png")), rgb)
+    assert np.abs(utils.read_image(str(tmp_path / "out.jpg")).astype(int) - rgb).mean() < 3
+
+
+def test_pixel_range_round_trip(rgb):
+    x = np.asarray(utils.to_float(rgb))
+    assert x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(utils.to_uint8(x), rgb)
+    np.testing.assert_array_equal(utils.to_uint8(np.array([-2.0, 0.0, 2.0])), [0, 128, 255])
+
+
+@pytest.mark.parametrize("shape,padded", [((17, 9), (20, 12)), ((4, 3), (8, 8)), ((1, 5), (8, 8)),
+                                          ((2, 1), (8, 8)), ((32, 32), (32, 32))])
+def test_pad_to_multiple(shape, padded):
+    img = np.arange(np.prod(shape) * 3, dtype=np.float32).reshape(1, *shape, 3)
+    out = np.asarray(utils.pad_to_multiple(img))
+    assert out.shape[1:3] == padded == (utils.padded_size(shape[0]), utils.padded_size(shape[1]))
+    np.testing.assert_array_equal(out[:, :shape[0], :shape[1]], img)
+    if min(shape) > 4:  # one reflection: the same as NumPy's
+        want = np.pad(img, ((0, 0), (0, padded[0] - shape[0]), (0, padded[1] - shape[1]), (0, 0)), mode="reflect")
+        np.testing.assert_array_equal(out, want)
+
+
+def test_epoch_order_pairs_every_A_and_is_seeded():
+    a1, b1, s1 = utils.epoch_order(4, 7, epoch=1, random_seed=0)
+    a2, b2, s2 = utils.epoch_order(4, 7, epoch=1, random_seed=0)
+    a3, _, _ = utils.epoch_order(4, 7, epoch=2, random_seed=0)
+    assert len(a1) == 7 and set(a1) == {0, 1, 2, 3} and b1.max() < 7
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_array_equal(b1, b2)
+    np.testing.assert_array_equal(s1, s2)
+    assert not np.array_equal(a1, a3)
+
+
+def test_dataset_batches_shapes_range_and_resume(dataset_dirs):
+    paths_A = utils.list_images(str(dataset_dirs / "trainA"))
+    paths_B = utils.list_images(str(dataset_dirs / "trainB"))
+    ds, steps = utils.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
+    batches = list(ds)
+    assert steps == 3 and len(batches) == 3
+    for a, b in batches:
+        assert a.shape == (2, 32, 32, 3) and b.shape == (2, 32, 32, 3)
+        assert float(np.min(a)) >= -1 and float(np.max(a)) <= 1
+    again, _ = utils.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
+    np.testing.assert_array_equal(list(again)[1][0], batches[1][0])
+    resumed, _ = utils.make_dataset(paths_A, paths_B, 1, 0, 36, 32, batch_size=2, skip_steps=1)
+    np.testing.assert_array_equal(list(resumed)[0][1], batches[1][1])
+
+
+def test_small_images_are_resized_up_to_the_crop(tmp_path):
+    paths = write_images(str(tmp_path), 1, seed=5, sizes=((10, 12),))
+    ds, _ = utils.make_dataset(paths, paths, 1, 0, load_size=16, crop_size=32, flip=False)
+    a, _ = next(iter(ds))
+    assert a.shape == (1, 32, 32, 3)

@@ -1,0 +1,441 @@
+"""Image I/O, the pixel range, image folders, the tf.data training pipeline, run configs.
+
+    paths = list_images("data/horse2zebra/trainA")         # sorted, extension checked
+    rgb = read_image(paths[0])                              # uint8 (H, W, 3), raises ImageError
+    ds, steps = make_dataset(paths_A, paths_B, epoch=1, random_seed=0, load_size=286, crop_size=256)
+
+Every decoded image is 8-bit RGB: grayscale is repeated, alpha dropped, 16-bit scaled.
+The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that mapping lives.
+"""
+import json
+import os
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+
+# TensorFlow is imported inside the functions that need it, so download.py, which only
+# writes images, starts in a fraction of a second.
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ANIMATION_EXTENSIONS = (".gif",)
+VIDEO_EXTENSIONS = (".mp4", ".avi")
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+JPEG_QUALITY = 95
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def run_command(fn, args, error_status):
+    """A command's main(): fn(args)'s exit status, or, for a UserError, one "error:" line on
+    stderr and error_status."""
+    try:
+        return fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return error_status
+
+
+class ImageError(UserError):
+    """A file that cannot be read as an image; str() names the file and the reason."""
+
+
+def warn(message):
+    """Prints one warning line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def is_image_file(path):
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder):
+    """Sorted paths of the images (by extension, any letter case) directly in `folder`.
+
+    Raises UserError if the folder is missing or holds no image.
+    """
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: no such folder")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if is_image_file(f))
+    if not paths:
+        raise UserError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return paths
+
+
+def to_rgb8(image, path="image"):
+    """Converts a decoded OpenCV array (gray, BGR, BGRA; 8 or 16 bit) to uint8 RGB (H, W, 3)."""
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _read_bytes(path):
+    """A file's bytes as a uint8 array; ImageError if it cannot be read or is empty."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    return data
+
+
+def read_image(path):
+    """Reads an image file as uint8 RGB (H, W, 3). Raises ImageError naming the file and why."""
+    data = _read_bytes(path)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # e.g. a header claiming more pixels than OpenCV allows
+        raise ImageError(f"{path}: not decodable ({_cv_reason(e)})") from None
+    if image is None or image.size == 0:
+        raise ImageError(f"{path}: not a decodable image (corrupt, truncated or unsupported)")
+    return to_rgb8(image, path)
+
+
+def _cv_reason(e):
+    lines = [line for line in str(e).splitlines() if "error:" in line]
+    return (lines[-1].split("error:", 1)[1] if lines else str(e)).strip()[:200]
+
+
+def read_animation(path):
+    """Reads an animated GIF: (frames as uint8 RGB arrays, durations in ms, loop count).
+    Raises ImageError naming the file and why."""
+    data = _read_bytes(path)
+    try:
+        ok, anim = cv2.imdecodeanimation(data)
+    except cv2.error as e:
+        raise ImageError(f"{path}: not decodable ({_cv_reason(e)})") from None
+    if not ok or not anim.frames:
+        raise ImageError(f"{path}: not a decodable animation (corrupt, truncated or unsupported)")
+    frames = [to_rgb8(f, path) for f in anim.frames]
+    return frames, [int(d) for d in anim.durations], int(anim.loop_count)
+
+
+def write_animation(path, frames, durations, loop_count=0):
+    """Writes uint8 RGB frames with per-frame durations (ms) as an animated GIF, atomically."""
+    anim = cv2.Animation()
+    anim.frames = [cv2.cvtColor(np.asarray(f, np.uint8), cv2.COLOR_RGB2BGR) for f in frames]
+    anim.durations = [int(d) for d in durations]
+    anim.loop_count = int(loop_count)
+    ok, encoded = cv2.imencodeanimation(os.path.splitext(path)[1].lower(), anim)
+    if not ok:
+        raise ImageError(f"{path}: cannot encode the animation")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def open_video(path):
+    """Opens a video for reading: (cv2.VideoCapture, frames per second). Raises ImageError."""
+    if not os.path.isfile(path):
+        raise ImageError(f"{path}: cannot be read (no such file, or a broken link)")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"{path}: empty file")
+    cap = cv2.VideoCapture(path)
+    fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
+    if not cap.isOpened() or not fps or fps <= 0:
+        cap.release()
+        raise ImageError(f"{path}: not a decodable video (corrupt, truncated or unsupported)")
+    return cap, fps
+
+
+def video_frames(cap):
+    """Yields the frames of an open cv2.VideoCapture as uint8 RGB arrays."""
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        yield to_rgb8(frame)
+
+
+class VideoWriter:
+    """Writes uint8 RGB frames to a video file at a frame rate, through a temporary file
+    renamed into place by close(); abort() removes it. The codec follows the extension."""
+
+    def __init__(self, path, fps, size_hw):
+        ext = os.path.splitext(path)[1].lower()
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=ext)
+        os.close(fd)
+        self.path = path
+        self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext]), fps,
+                                      (size_hw[1], size_hw[0]))
+        if not self.writer.isOpened():
+            self.abort()
+            raise ImageError(f"{path}: cannot write {ext} video here")
+
+    def write(self, rgb):
+        self.writer.write(cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR))
+
+    def close(self):
+        self.writer.release()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        self.writer = getattr(self, "writer", None)
+        if self.writer is not None:
+            self.writer.release()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def write_image(path, rgb, jpeg_quality=JPEG_QUALITY):
+    """Writes uint8 RGB to `path` in the format its extension names, through a temporary
+    file renamed into place, so an interrupted write never leaves half an image."""
+    ext = os.path.splitext(path)[1].lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else []
+    if ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, jpeg_quality]
+    ok, encoded = cv2.imencode(ext, cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ImageError(f"{path}: cannot encode as {ext}")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def atomic_write_bytes(path, data):
+    """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def to_float(images):
+    """uint8 [0, 255] -> float32 [-1, 1]; NumPy arrays or tensors (in a graph too)."""
+    import tensorflow as tf
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+    """float [-1, 1] -> uint8 [0, 255], rounded (half to even) and clipped; returns a tensor."""
+    import tensorflow as tf
+    return tf.cast(tf.clip_by_value(tf.round((tf.cast(images, tf.float32) + 1.0) * 127.5), 0, 255), tf.uint8)
+
+
+def padded_size(n, multiple=4, min_size=8):
+    """The side the generator gets for a side of n pixels: a multiple of 4, at least 8."""
+    return max(min_size, -(-n // multiple) * multiple)
+
+
+def pad_to_multiple(images, multiple=4, min_size=8):
+    """Reflect-pads a batch (N, H, W, C) at the bottom and right to sides that are multiples of
+    `multiple` and at least `min_size`, as the generator needs; works inside a graph. Sides too
+    short to reflect that far are reflected repeatedly (a 1-pixel side is repeated)."""
+    import tensorflow as tf
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    target = [tf.maximum(min_size, (shape[i] + multiple - 1) // multiple * multiple) for i in (1, 2)]
+    # Reflection adds at most side - 1 pixels at a time: 1 -> 2 (edge), 2 -> 3 -> 5 -> 9.
+    one = [tf.minimum(target[i] - shape[i + 1], tf.cast(shape[i + 1] == 1, tf.int32)) for i in (0, 1)]
+    images = tf.pad(images, [[0, 0], [0, one[0]], [0, one[1]], [0, 0]], mode="SYMMETRIC")
+    for _ in range(3):
+        shape = tf.shape(images)
+        grow = [tf.minimum(target[i] - shape[i + 1], shape[i + 1] - 1) for i in (0, 1)]
+        images = tf.pad(images, [[0, 0], [0, grow[0]], [0, grow[1]], [0, 0]], mode="REFLECT")
+    return images
+
+
+def resize_square(image, size):
+    """Resizes uint8 RGB to size x size (area for shrinking, cubic for growing)."""
+    shrink = image.shape[0] >= size and image.shape[1] >= size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def setup_devices():
+    """Lets TensorFlow take GPU memory as it needs it instead of all at once. Called from
+    the commands' main(), never at import; a no-op without GPUs or once TF has started."""
+    import tensorflow as tf
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # devices already initialised in this process
+            pass
+
+
+def check_images(paths):
+    """Decodes every file once; warns (one line each) about those that fail and returns
+    the readable ones. Runs in threads: OpenCV decodes without holding the GIL."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ok(path):
+        try:
+            read_image(path)
+            return True
+        except ImageError as e:
+            return str(e)
+
+    kept = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for path, result in zip(paths, pool.map(ok, paths)):
+            if result is True:
+                kept.append(path)
+            else:
+                warn(f"skipping {result}")
+    return kept
+
+
+def epoch_order(n_A, n_B, epoch, random_seed):
+    """The reference's unaligned pairing for one epoch: max(n_A, n_B) pairs, A in a shuffled
+    order (index mod n_A), each with a random B. Returns (idx_A, idx_B, seeds) where seeds are
+    (n, 2, 2) int64 stateless-RNG seeds for each pair's A and B augmentation. The same
+    (seed, epoch) always gives the same order."""
+    rng = np.random.default_rng([random_seed, epoch])
+    n = max(n_A, n_B)
+    idx_A = rng.permutation(n) % n_A
+    idx_B = rng.integers(0, n_B, size=n)
+    seeds = rng.integers(0, 2 ** 31 - 1, size=(n, 2, 2), dtype=np.int64)
+    return idx_A, idx_B, seeds
+
+
+def _decode(path):
+    import tensorflow as tf
+    image = tf.numpy_function(lambda p: read_image(p.decode()), [path], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def augment(image, seed, load_size, crop_size, flip):
+    """The reference's resize_and_crop + flip: bicubic resize to load_size x load_size (up
+    to crop_size if smaller), random crop_size crop, random horizontal flip; output in [-1, 1]."""
+    import tensorflow as tf
+    size = max(load_size, crop_size)
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bicubic", antialias=True)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image = tf.image.stateless_random_crop(image, [crop_size, crop_size, 3], seed=seed)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
+    return to_float(image)
+
+
+def make_dataset(paths_A, paths_B, epoch, random_seed, load_size, crop_size, flip=True,
+                 batch_size=1, skip_steps=0, replicas=1, shard=(0, 1)):
+    """The training batches of one epoch: a tf.data.Dataset of (real_A, real_B) float32
+    batches (batch_size, crop, crop, 3) in [-1, 1], and the number of steps in the epoch.
+
+    A step consumes batch_size x replicas pairs (the global batch); the last incomplete global
+    batch is dropped so every step has the same shape; `skip_steps` resumes in the middle of
+    an epoch. shard = (index, count) keeps every count-th pair from index on, for one of count
+    input pipelines (workers), so no pair is seen twice in an epoch. Decoding and augmentation
+    run in parallel.
+    """
+    import tensorflow as tf
+    idx_A, idx_B, seeds = epoch_order(len(paths_A), len(paths_B), epoch, random_seed)
+    global_batch = batch_size * replicas
+    steps = len(idx_A) // global_batch
+    keep = slice(skip_steps * global_batch + shard[0], steps * global_batch, shard[1])
+    files_A = np.asarray(paths_A, dtype=object)[idx_A[keep]].astype(str)
+    files_B = np.asarray(paths_B, dtype=object)[idx_B[keep]].astype(str)
+
+    def load(fa, fb, seed):
+        return (augment(_decode(fa), seed[0], load_size, crop_size, flip),
+                augment(_decode(fb), seed[1], load_size, crop_size, flip))
+
+    ds = tf.data.Dataset.from_tensor_slices((files_A, files_B, seeds[keep]))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds, steps
+
+
+def save_json(path, data):
+    """Writes `data` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_json(path):
+    """Reads a JSON file; a missing or malformed file is a UserError naming it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({e})") from None
+
+
+PLOT_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def plot_curves(path, xs, series, title="", size=(720, 400)):
+    """Draws line curves (series: name -> values, one per x) with axes and a legend, and writes
+    the picture as a PNG (uint8 RGB; OpenCV only, no plotting library)."""
+    w, h = size
+    left, right, top, bottom = 60, 150, 30, 40
+    img = np.full((h, w, 3), 255, np.uint8)
+    values = np.array([v for vs in series.values() for v in vs if np.isfinite(v)] or [0.0, 1.0])
+    lo, hi = float(values.min()), float(values.max())
+    hi = hi if hi > lo else lo + 1.0
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    px = lambda x: int(left + (x - x0) / (x1 - x0) * (w - left - right))
+    py = lambda y: int(h - bottom - (y - lo) / (hi - lo) * (h - top - bottom))
+    grey, black, font = (200, 200, 200), (0, 0, 0), cv2.FONT_HERSHEY_SIMPLEX
+    for i in range(5):
+        y = lo + (hi - lo) * i / 4
+        cv2.line(img, (left, py(y)), (w - right, py(y)), grey, 1)
+        cv2.putText(img, f"{y:.3g}", (4, py(y) + 4), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), black, 1)
+    cv2.putText(img, f"{x0:g}", (left - 4, h - bottom + 16), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(img, f"{x1:g}", (w - right - 16, h - bottom + 16), font, 0.4, black, 1, cv2.LINE_AA)
+    cv2.putText(img, title, (left, top - 10), font, 0.5, black, 1, cv2.LINE_AA)
+    for k, (name, vs) in enumerate(series.items()):
+        colour = PLOT_COLOURS[k % len(PLOT_COLOURS)]
+        points = np.array([(px(x), py(y)) for x, y in zip(xs, vs) if np.isfinite(y)], np.int32)
+        if len(points) > 1:
+            cv2.polylines(img, [points], False, colour, 2, cv2.LINE_AA)
+        for p in points[-1:] if len(points) == 1 else []:
+            cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1)
+        ly = top + 14 + 18 * k
+        cv2.line(img, (w - right + 10, ly - 4), (w - right + 30, ly - 4), colour, 2)
+        cv2.putText(img, name, (w - right + 36, ly), font, 0.45, black, 1, cv2.LINE_AA)
+    write_image(path, img)
+
+
+def label(rgb, text):
+    """A copy of the image with `text` written in its top-left corner (white on black)."""
+    out = np.ascontiguousarray(rgb).copy()
+    scale = max(0.3, min(out.shape[:2]) / 256)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (tw + 4, th + 6), (0, 0, 0), -1)
+    cv2.putText(out, text, (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is now. progressbar2 replaces `sys.stderr` by the stream it
+    saw when first imported, which is stale once anything (a test harness, a log redirect)
+    has swapped sys.stderr since."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+    def isatty(self):
+        return sys.stderr.isatty()
+
+    def fileno(self):
+        return sys.stderr.fileno()
+
+
+def progress_bar(max_value, widgets):
+    """A progressbar2 bar on the current stderr."""
+    import progressbar
+    return progressbar.ProgressBar(max_value=max_value, widgets=widgets, fd=_CurrentStderr())
