@@ -1,0 +1,440 @@
+"""CycleGAN (Zhu et al. 2017): the two generators, the two discriminators, their losses,
+the image pools, the learning-rate schedule, one training step and the checkpoint layout.
+
+    gan = CycleGAN(ngf=8, ndf=8, n_blocks=2, crop_size=32)
+    losses = gan.train_step(real_A, real_B)      # images in [-1, 1], (batch, crop, crop, 3)
+    fake_B = gan.translators["A2B"].translate(uint8_images_A)
+    ckpt = gan.checkpoint()                      # tf.train.Checkpoint of everything that trains
+
+Names follow the paper: G_A2B maps domain A to B, D_B tells real B from fake B.
+"""
+import glob
+import itertools
+import os
+import shutil
+import tempfile
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+import module
+import utils
+
+# Architecture settings: they fix every variable's shape, so a checkpoint only
+# restores into a model built with the same values.
+ARCHITECTURE_KEYS = ("ngf", "ndf", "n_blocks", "n_layers_D", "channels", "crop_size", "pool_size")
+
+# Losses reported by train_step, in this order (also the losses CSV's columns).
+LOSS_NAMES = ("G", "G_A2B", "G_B2A", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
+
+DIRECTIONS = ("A2B", "B2A")
+# Where each direction's generator sits in a training checkpoint.
+GENERATOR_KEYS = {"A2B": "G_A2B", "B2A": "G_B2A"}
+
+
+def lsgan_loss(scores, target):
+    """Least-squares GAN loss: mean((D(x) - target)^2), target 1 for real, 0 for fake."""
+    scores = tf.cast(scores, tf.float32)
+    return tf.reduce_mean(tf.square(scores - target))
+
+
+def l1_loss(x, y):
+    """Mean absolute error, the paper's ||x - y||_1 (Eq. 2) averaged over pixels."""
+    return tf.reduce_mean(tf.abs(tf.cast(x, tf.float32) - tf.cast(y, tf.float32)))
+
+
+def lr_factor(epoch, n_epochs, n_epochs_decay):
+    """Learning-rate multiplier for 1-based `epoch`.
+
+    1 for epochs 1..n_epochs, then falls linearly to exactly 0 at the last epoch:
+        factor(e) = 1 - max(0, e - n_epochs) / n_epochs_decay
+    so with 100 + 100 epochs: epoch 1 -> 1, 100 -> 1, 101 -> 0.99, 150 -> 0.5, 200 -> 0.
+    """
+    if n_epochs_decay <= 0 or epoch <= n_epochs:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - n_epochs) / float(n_epochs_decay))
+
+
+class ImagePool:
+    """The history of generated images of Shrivastava et al., kept as graph state.
+
+    While fewer than `size` images are stored, each new image is stored and returned.
+    After that, each image is, with probability 0.5, swapped for a random stored one
+    (which is returned, the new one taking its place), else returned as it is.
+    size 0 turns the pool off. Images and the fill count are variables, so the pool is
+    part of the tf.function step and of the checkpoint.
+    """
+
+    def __init__(self, size, image_shape, name):
+        self.size = int(size)
+        # Under tf.distribute each replica keeps its own pool (ON_READ variables are replica-
+        # local); a checkpoint holds the first replica's, and a restore gives it to every replica.
+        # Such variables cannot scatter, so an update assigns the whole pool (a copy of 50 crops).
+        local = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.images = tf.Variable(tf.zeros([max(self.size, 1), *image_shape], tf.float32),
+                                  name=f"{name}_images", **local)
+        self.count = tf.Variable(0, dtype=tf.int32, name=f"{name}_count", **local)
+
+    def query(self, images, rng):
+        """Returns a batch of the same shape: new images or older ones from the pool."""
+        if self.size == 0:
+            return images
+        images = tf.cast(images, tf.float32)
+        out = tf.TensorArray(tf.float32, size=tf.shape(images)[0], element_shape=images.shape[1:])
+        for i in tf.range(tf.shape(images)[0]):
+            # Both draws happen for every image so the generator state advances the same
+            # way however full the pool is.
+            u = rng.uniform([])
+            j = rng.uniform([], 0, self.size, dtype=tf.int32)
+            image = images[i]
+            if self.count < self.size:
+                self.images.assign(tf.tensor_scatter_nd_update(self.images, [[self.count]], image[None]))
+                self.count.assign_add(1)
+                picked = image
+            elif u > 0.5:
+                picked = tf.identity(self.images[j])
+                with tf.control_dependencies([picked]):
+                    self.images.assign(tf.tensor_scatter_nd_update(self.images, [[j]], image[None]))
+            else:
+                picked = image
+            out = out.write(i, picked)
+        return out.stack()
+
+
+class CycleGAN:
+    """The CycleGAN model: networks, optimizers, pools, counters and the training step.
+
+    Architecture (ngf, ndf, n_blocks, n_layers_D, channels) and the training crop size
+    are fixed at construction; the loss weights and Adam settings default to the paper's.
+    """
+
+    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, channels=3, crop_size=256,
+                 pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
+                 beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
+                 mixed_precision=False):
+        self.lambda_cycle = float(lambda_cycle)
+        self.lambda_identity = float(lambda_identity)
+        self.lr = float(lr)
+        # batch_size is per replica; the default strategy is one device.
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.replicas = self.strategy.num_replicas_in_sync
+        self.policy = mixed_precision_policy() if mixed_precision else None
+        with self.strategy.scope():
+            self._build(ngf, ndf, n_blocks, n_layers_D, channels, crop_size, pool_size, beta1, beta2, random_seed)
+        spec = tf.TensorSpec([batch_size, crop_size, crop_size, channels], tf.float32)
+        if self.replicas == 1 and not self.strategy.extended._in_multi_worker_mode():
+            self.train_step = tf.function(self._train_step, input_signature=[spec, spec],
+                                          jit_compile=jit_compile or None)
+        else:  # distributed values in; their spec comes from the distributed dataset
+            self.train_step = tf.function(self._train_step, jit_compile=jit_compile or None)
+        self.translators = {d: Translator(self.generator(d), jit_compile) for d in DIRECTIONS}
+
+    def _build(self, ngf, ndf, n_blocks, n_layers_D, channels, crop_size, pool_size, beta1, beta2, random_seed):
+        p = self.policy
+        self.G_A2B = module.resnet_generator(ngf, n_blocks, channels, name="G_A2B", dtype=p)
+        self.G_B2A = module.resnet_generator(ngf, n_blocks, channels, name="G_B2A", dtype=p)
+        self.D_A = module.patch_discriminator(ndf, n_layers_D, channels, name="D_A", dtype=p)
+        self.D_B = module.patch_discriminator(ndf, n_layers_D, channels, name="D_B", dtype=p)
+        # PyTorch's Adam has eps 1e-8; Keras defaults to 1e-7.
+        adam = lambda: keras.optimizers.Adam(self.lr, beta_1=beta1, beta_2=beta2, epsilon=1e-8)
+        if p == "mixed_float16":  # float16 gradients underflow without loss scaling
+            self.optimizer_G = keras.optimizers.LossScaleOptimizer(adam())
+            self.optimizer_D = keras.optimizers.LossScaleOptimizer(adam())
+        else:
+            self.optimizer_G, self.optimizer_D = adam(), adam()
+        self.G_vars = self.G_A2B.trainable_variables + self.G_B2A.trainable_variables
+        self.D_vars = self.D_A.trainable_variables + self.D_B.trainable_variables
+        # Built now, not at the first step, so a checkpoint restores every slot.
+        self.optimizer_G.build(self.G_vars)
+        self.optimizer_D.build(self.D_vars)
+        image_shape = (crop_size, crop_size, channels)
+        self.pool_A = ImagePool(pool_size, image_shape, "pool_A")
+        self.pool_B = ImagePool(pool_size, image_shape, "pool_B")
+        self.rng = tf.random.Generator.from_seed(random_seed)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.loss_sums = tf.Variable(tf.zeros([len(LOSS_NAMES)], tf.float64), trainable=False,
+                                     name="loss_sums")
+
+    def checkpoint(self):
+        """A tf.train.Checkpoint of everything training changes; these keys are the layout."""
+        return tf.train.Checkpoint(
+            **{GENERATOR_KEYS[d]: self.generator(d) for d in DIRECTIONS}, D_A=self.D_A, D_B=self.D_B,
+            optimizer_G=self.optimizer_G, optimizer_D=self.optimizer_D,
+            pool_A_images=self.pool_A.images, pool_A_count=self.pool_A.count,
+            pool_B_images=self.pool_B.images, pool_B_count=self.pool_B.count,
+            rng=self.rng, epoch=self.epoch, epoch_step=self.epoch_step, step=self.step,
+            loss_sums=self.loss_sums)
+
+    def set_learning_rate(self, epoch, n_epochs, n_epochs_decay):
+        """Sets both optimizers' rate for 1-based `epoch` (see lr_factor); returns it."""
+        lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay)
+        self.optimizer_G.learning_rate = lr
+        self.optimizer_D.learning_rate = lr
+        return lr
+
+    def generator_losses(self, real_A, real_B):
+        """The full objective of the generators (Eq. 3 plus the identity term).
+
+        L_G = (D_B(G_A2B(A)) - 1)^2 + (D_A(G_B2A(B)) - 1)^2                       LSGAN
+            + lambda_cycle * (|G_B2A(G_A2B(A)) - A| + |G_A2B(G_B2A(B)) - B|)      Eq. 2
+            + lambda_identity * lambda_cycle * (|G_A2B(B) - B| + |G_B2A(A) - A|)  Sec. 5.2
+        Returns (losses dict, fake_A, fake_B); identity passes are skipped when its weight is 0.
+        """
+        fake_B = self.G_A2B(real_A, training=True)
+        rec_A = self.G_B2A(fake_B, training=True)
+        fake_A = self.G_B2A(real_B, training=True)
+        rec_B = self.G_A2B(fake_A, training=True)
+        losses = {
+            "G_A2B": lsgan_loss(self.D_B(fake_B, training=True), 1.0),
+            "G_B2A": lsgan_loss(self.D_A(fake_A, training=True), 1.0),
+            "cycle_A": l1_loss(rec_A, real_A) * self.lambda_cycle,
+            "cycle_B": l1_loss(rec_B, real_B) * self.lambda_cycle,
+        }
+        if self.lambda_identity > 0:
+            weight = self.lambda_cycle * self.lambda_identity
+            losses["idt_A"] = l1_loss(self.G_A2B(real_B, training=True), real_B) * weight
+            losses["idt_B"] = l1_loss(self.G_B2A(real_A, training=True), real_A) * weight
+        else:
+            losses["idt_A"] = losses["idt_B"] = tf.constant(0.0)
+        losses["G"] = tf.add_n([losses[k] for k in LOSS_NAMES[1:7]])
+        return losses, fake_A, fake_B
+
+    def discriminator_loss(self, D, real, fake):
+        """0.5 * (mean((D(real) - 1)^2) + mean(D(fake)^2)): the D side of LSGAN, halved
+        as the reference does to slow D relative to G."""
+        return 0.5 * (lsgan_loss(D(real, training=True), 1.0) + lsgan_loss(D(fake, training=True), 0.0))
+
+    def _train_step(self, real_A, real_B):
+        """One training iteration on every replica (see _replica_step); returns the losses,
+        averaged over the global batch, as one vector in LOSS_NAMES order."""
+        per_replica = self.strategy.run(self._replica_step, args=(real_A, real_B))
+        vector = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        self.loss_sums.assign_add(tf.cast(vector, tf.float64))
+        self.step.assign_add(1)
+        self.epoch_step.assign_add(1)
+        return vector
+
+    def _replica_step(self, real_A, real_B):
+        """One iteration of Algorithm 1 on one replica's batch, as one graph:
+        1. translate both ways and back, score the fakes; generator loss (Eq. 3 + identity);
+        2. pass the fakes through the pools (history of 50 generated images);
+        3. discriminator losses on real images and pooled fakes;
+        4. Adam on both generators, then on both discriminators.
+        The discriminators' gradients do not depend on the generators' update (the fakes
+        were made before it), so computing both before applying either is the reference order.
+        Losses are divided by the number of replicas: the optimizers sum the replicas'
+        gradients, which then are those of the mean over the global batch.
+        """
+        scale = 1.0 / self.replicas
+        with tf.GradientTape() as tape_G:
+            losses, fake_A, fake_B = self.generator_losses(real_A, real_B)
+            loss_G = losses["G"] * scale
+        pooled_A = self.pool_A.query(tf.stop_gradient(fake_A), self.rng)
+        pooled_B = self.pool_B.query(tf.stop_gradient(fake_B), self.rng)
+        with tf.GradientTape() as tape_D:
+            losses["D_A"] = self.discriminator_loss(self.D_A, real_A, pooled_A)
+            losses["D_B"] = self.discriminator_loss(self.D_B, real_B, pooled_B)
+            loss_D = (losses["D_A"] + losses["D_B"]) * scale
+        grads_G = tape_G.gradient(self._scaled(self.optimizer_G, loss_G), self.G_vars)
+        grads_D = tape_D.gradient(self._scaled(self.optimizer_D, loss_D), self.D_vars)
+        self.optimizer_G.apply_gradients(zip(grads_G, self.G_vars))
+        self.optimizer_D.apply_gradients(zip(grads_D, self.D_vars))
+        return tf.stack([losses[k] for k in LOSS_NAMES]) * scale
+
+    @staticmethod
+    def _scaled(optimizer, loss):
+        """The loss as the optimizer wants its gradient: scaled up under float16 (a
+        LossScaleOptimizer unscales the gradients and skips steps that overflow)."""
+        return optimizer.scale_loss(loss) if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else loss
+
+    def generator(self, direction):
+        """G_A2B for "A2B", G_B2A for "B2A"."""
+        return self.G_A2B if direction == "A2B" else self.G_B2A
+
+
+def mixed_precision_policy():
+    """mixed_float16 where a GPU computes (with loss scaling), else mixed_bfloat16: CPUs have
+    bfloat16 convolutions (oneDNN) but no fast float16. Variables stay float32 either way."""
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+
+
+UINT8_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8)
+# Side of the windows large images are convolved in. TensorFlow's CPU convolutions take scratch
+# memory in proportion to the input area (about 0.5 GB for the generator at 256 x 256, 6 GB at
+# 1024 x 1024), so small windows bound the memory; larger ones do not run faster.
+WINDOW = 256
+
+
+class Translator:
+    """Translates uint8 RGB images at their own size with one generator.
+
+        t = Translator(gan.G_A2B)
+        fakes = t.translate(batch)            # uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)
+        fake = t.translate_image(rgb, 1024)   # one image, tiled if larger than 1024 x 1024
+
+    `translate` is one graph: reflect-pad to multiples of 4 (at least 8), G, crop, round.
+    The exported SavedModel holds that same graph, so both give the same pixels.
+    """
+
+    def __init__(self, G, jit_compile=False):
+        self.G = G
+        self.translate = tf.function(self._translate, input_signature=[UINT8_IMAGES],
+                                     jit_compile=jit_compile or None)
+        self._runs = {}  # tf.functions of the layer runs, for tiled translation
+
+    def _translate(self, images):
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        x = utils.pad_to_multiple(utils.to_float(images))
+        return utils.to_uint8(self.G(x, training=False)[:, :h, :w])
+
+    def translate_image(self, rgb, tile_size=2048, window=WINDOW):
+        """Translates one uint8 RGB image (H, W, 3); returns uint8 (H, W, 3).
+
+        An image of more than tile_size^2 pixels is translated layer run by layer run: the
+        convolutions on windows of `window` pixels (each with a margin that covers their reach),
+        each instance norm over the whole feature map. The result is the whole-image translation
+        (to float rounding), without seams, in far less memory: the largest feature maps are
+        held once, never the whole network's activations, and the convolutions' scratch
+        buffers stay the size of a window.
+        """
+        h, w = rgb.shape[:2]
+        if h * w <= tile_size * tile_size:
+            return self.translate(rgb[None]).numpy()[0]
+        x = utils.pad_to_multiple(utils.to_float(rgb[None])).numpy()
+        run = lambda L, x, names: self._run_tiled(L, x, names, window)
+        y = module.generator_flow(self.G, x, self._norm_whole, run)
+        return utils.to_uint8(y[0, :h, :w]).numpy()
+
+    def _run_tiled(self, L, x, names, tile_size, margin=4):
+        """Applies the layers `names` to a whole map x (1, H, W, C), tile by tile. A margin of 4
+        pixels covers every run the generator has (at most a 7x7 conv, or one stride-2 or
+        transposed 3x3 conv); tile origins are multiples of 4, so strided layers sample the
+        same grid as on the whole map. Returns the whole output map as a NumPy array."""
+        key = tuple(names)
+        if key not in self._runs:
+            self._runs[key] = tf.function(lambda t: module._run_layers(L, t, names), reduce_retracing=True)
+        x = np.asarray(x)
+        core = max(8, tile_size // 4 * 4)
+        out = None
+        for (y0, y1, ty, ty1), (x0, x1, tx, tx1) in itertools.product(
+                self._windows(x.shape[1], core, margin), self._windows(x.shape[2], core, margin)):
+            tile = self._runs[key](x[:, ty:ty1, tx:tx1]).numpy()
+            r = tile.shape[1] / (ty1 - ty)  # 1/2, 1 or 2: the run's change of scale
+            if out is None:
+                out = np.empty((1, round(x.shape[1] * r), round(x.shape[2] * r), tile.shape[3]), np.float32)
+            s = lambda a, b, o: slice(round((a - o) * r), round((b - o) * r))
+            out[:, s(y0, y1, 0), s(x0, x1, 0)] = tile[:, s(y0, y1, ty), s(x0, x1, tx)]
+        return out
+
+    @staticmethod
+    def _windows(length, core, margin):
+        """Along one axis: (core start, core end, window start, window end) covering `length`.
+        Every window has the same size (core + 2 margins, or the whole axis if shorter), shifted
+        inwards at the edges, so the layers see one shape (one trace, one set of oneDNN
+        primitives and scratch buffers, instead of one per edge-tile shape)."""
+        size = min(length, core + 2 * margin)
+        for start in range(0, length, core):
+            end = min(start + core, length)
+            window = min(max(0, start - margin), length - size)
+            yield start, end, window, window + size
+
+    @staticmethod
+    def _norm_whole(layer, x, rows=256):
+        """An InstanceNorm layer applied to a whole (1, H, W, C) map in NumPy, in place, a band of
+        rows at a time: sums in float64, so the statistics match the whole-image graph's."""
+        x = np.asarray(x)
+        total = np.zeros(x.shape[3])
+        squares = np.zeros(x.shape[3])
+        for r in range(0, x.shape[1], rows):
+            band = x[0, r:r + rows].astype(np.float64)
+            total += band.sum(axis=(0, 1))
+            squares += np.square(band).sum(axis=(0, 1))
+        n = x.shape[1] * x.shape[2]
+        mean = total / n
+        scale = 1.0 / np.sqrt(np.maximum(squares / n - mean ** 2, 0.0) + layer.epsilon)
+        for r in range(0, x.shape[1], rows):
+            x[0, r:r + rows] = (x[0, r:r + rows] - mean) * scale
+        return x
+
+
+class SavedModelTranslator:
+    """The Translator interface over an exported SavedModel's signature (whole images only)."""
+
+    def __init__(self, loaded, direction):
+        self.signature = loaded.signatures[direction]
+
+    def translate(self, images):
+        return self.signature(images=tf.convert_to_tensor(images, tf.uint8))["images"]
+
+    def translate_image(self, rgb, tile_size=None):
+        return self.translate(rgb[None]).numpy()[0]
+
+
+def export(generators, export_dir):
+    """Writes a SavedModel with signatures "A2B" and "B2A": uint8 RGB batches of any size in,
+    uint8 of the same size out (key "images"). Written beside export_dir and renamed into place."""
+    root = tf.Module()
+    signatures = {}
+
+    def signature(translator):
+        return tf.function(lambda images: {"images": translator.translate(images)}, input_signature=[UINT8_IMAGES])
+
+    for direction, G in generators.items():
+        setattr(root, f"G_{direction}", G)
+        signatures[direction] = signature(Translator(G))
+        setattr(root, direction, signatures[direction])
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
+    try:
+        tf.saved_model.save(root, tmp, signatures=signatures)
+        old = None
+        if os.path.exists(export_dir):
+            old = tmp + ".old"
+            os.rename(export_dir, old)
+        os.rename(tmp, export_dir)
+        if old:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_checkpoint(model_filepath):
+    """Resolves a run folder, a checkpoint prefix ("run/cyclegan.ckpt-12") or a prefix without
+    its number ("run/cyclegan.ckpt": the newest of that name) to (checkpoint path, run folder).
+    Raises utils.UserError with a one-line reason."""
+    path = model_filepath.rstrip("/") or "/"
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise utils.UserError(f"{model_filepath}: folder holds no checkpoint (and no saved_model.pb)")
+        return latest, path
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(path + ".index"):
+        return path, folder
+    numbered = sorted(glob.glob(glob.escape(path) + "-*.index"),
+                      key=lambda p: int(p[len(path) + 1:-len(".index")]) if p[len(path) + 1:-6].isdigit() else -1)
+    if numbered:
+        return numbered[-1][:-len(".index")], folder
+    raise utils.UserError(f"{model_filepath}: no such model (expected a run folder, a checkpoint prefix "
+                          f"or a SavedModel folder)")
+
+
+def load_generators(checkpoint_path, architecture, directions):
+    """Builds only the generators asked for and restores them from a training checkpoint.
+    Raises utils.UserError if the checkpoint does not hold them with this architecture."""
+    generators = {d: module.resnet_generator(architecture["ngf"], architecture["n_blocks"],
+                                             architecture.get("channels", 3), name=f"G_{d}")
+                  for d in directions}
+    ckpt = tf.train.Checkpoint(**{GENERATOR_KEYS[d]: G for d, G in generators.items()})
+    try:
+        ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise utils.UserError(f"{checkpoint_path}: cannot restore the generators ({reason})") from None
+    return generators

@@ -1,0 +1,214 @@
+"""The CycleGAN wiring: losses, pools, learning rate, the step and the checkpoint."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import model
+import module
+import utils
+from conftest import TINY, make_image
+
+
+def batch(seed, n=1, size=32):
+    return tf.constant(np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 3)), tf.float32)
+
+
+def test_lsgan_and_l1_on_hand_made_tensors():
+    assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 1.0)) == pytest.approx(2.0)
+    assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 0.0)) == pytest.approx(5.0)
+    assert float(model.l1_loss(tf.constant([1.0, -2.0]), tf.constant([0.0, 0.0]))) == pytest.approx(1.5)
+
+
+class Const:
+    """A stand-in network whose output is a fixed function of its input."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, training=False):
+        self.calls += 1
+        return self.fn(x)
+
+
+def test_generator_and_discriminator_losses_by_hand():
+    gan = model.CycleGAN.__new__(model.CycleGAN)
+    gan.lambda_cycle, gan.lambda_identity = 10.0, 0.5
+    gan.G_A2B = Const(lambda x: x * 0.5)          # fake_B = A/2, rec_B = fake_A/2
+    gan.G_B2A = Const(lambda x: x + 1.0)          # fake_A = B+1, rec_A = A/2+1
+    gan.D_A = Const(lambda x: tf.fill([1, 2, 2, 1], 3.0))
+    gan.D_B = Const(lambda x: tf.fill([1, 2, 2, 1], 0.0))
+    A, B = tf.fill([1, 4, 4, 3], 2.0), tf.fill([1, 4, 4, 3], -2.0)
+    losses, fake_A, fake_B = gan.generator_losses(A, B)
+    assert float(losses["G_A2B"]) == pytest.approx(1.0)         # (0 - 1)^2
+    assert float(losses["G_B2A"]) == pytest.approx(4.0)         # (3 - 1)^2
+    assert float(losses["cycle_A"]) == pytest.approx(10 * 0.0)  # |2/2 + 1 - 2|
+    assert float(losses["cycle_B"]) == pytest.approx(10 * 1.5)  # |(-2+1)/2 + 2|
+    assert float(losses["idt_A"]) == pytest.approx(5 * 1.0)     # |-2/2 + 2|
+    assert float(losses["idt_B"]) == pytest.approx(5 * 1.0)     # |2 + 1 - 2|
+    assert float(losses["G"]) == pytest.approx(1 + 4 + 0 + 15 + 5 + 5)
+    # 0.5 * ((3 - 1)^2 + 3^2)
+    assert float(gan.discriminator_loss(gan.D_A, A, fake_A)) == pytest.approx(6.5)
+
+    gan.lambda_identity = 0.0
+    gan.G_A2B.calls = gan.G_B2A.calls = 0
+    losses, _, _ = gan.generator_losses(A, B)
+    assert float(losses["idt_A"]) == 0 and float(losses["idt_B"]) == 0
+    assert gan.G_A2B.calls == 2 and gan.G_B2A.calls == 2  # identity passes skipped
+
+
+@pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (101, 0.99), (150, 0.5), (200, 0.0)])
+def test_learning_rate_schedule(epoch, factor):
+    assert model.lr_factor(epoch, 100, 100) == pytest.approx(factor)
+
+
+def test_learning_rate_set_on_both_optimizers(tiny_gan):
+    try:
+        assert tiny_gan.set_learning_rate(150, 100, 100) == pytest.approx(1e-4)
+        for opt in (tiny_gan.optimizer_G, tiny_gan.optimizer_D):
+            assert float(opt.learning_rate) == pytest.approx(1e-4)
+    finally:
+        tiny_gan.set_learning_rate(1, 100, 100)
+
+
+def pool_fn(pool, rng):
+    return tf.function(lambda x: pool.query(x, rng))
+
+
+def test_pool_fills_first_then_swaps_half_the_time():
+    pool = model.ImagePool(3, (1, 1, 1), "test_pool")
+    query = pool_fn(pool, tf.random.Generator.from_seed(1))
+    first = tf.reshape(tf.range(3, dtype=tf.float32), [3, 1, 1, 1])
+    np.testing.assert_array_equal(query(first), first)   # filling: returned as given
+    assert int(pool.count) == 3
+    np.testing.assert_array_equal(pool.images.numpy().ravel(), [0, 1, 2])
+    swapped, n = 0, 400
+    for i in range(n):
+        new = 100.0 + i
+        before = set(pool.images.numpy().ravel())
+        out = float(query(tf.fill([1, 1, 1, 1], new))[0, 0, 0, 0])
+        after = set(pool.images.numpy().ravel())
+        if out == new:
+            assert after == before                        # kept out of the pool
+        else:
+            swapped += 1
+            assert out in before and new in after and out not in after
+    assert 0.4 < swapped / n < 0.6
+
+
+def test_pool_size_zero_is_a_passthrough():
+    pool = model.ImagePool(0, (2, 2, 3), "off")
+    x = batch(3, n=2, size=2)
+    np.testing.assert_array_equal(pool_fn(pool, tf.random.Generator.from_seed(0))(x), x)
+
+
+def test_one_step_moves_every_variable_of_all_four_networks(tiny_gan):
+    nets = (tiny_gan.G_A2B, tiny_gan.G_B2A, tiny_gan.D_A, tiny_gan.D_B)
+    before = [[v.numpy().copy() for v in n.trainable_variables] for n in nets]
+    tiny_gan.train_step(batch(10), batch(11))
+    for net, old in zip(nets, before):
+        assert len(old) > 0
+        for v, o in zip(net.trainable_variables, old):
+            assert not np.array_equal(v.numpy(), o), f"{net.name}/{v.path} did not move"
+
+
+def test_cycle_loss_falls_when_overfitting_one_batch(tiny_gan):
+    rng = np.random.default_rng(20)
+    A, B = (utils.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
+    names = list(model.LOSS_NAMES)
+    cycle = lambda v: v[names.index("cycle_A")] + v[names.index("cycle_B")]
+    first = cycle(tiny_gan.train_step(A, B).numpy())
+    for _ in range(120):
+        last = cycle(tiny_gan.train_step(A, B).numpy())
+    assert last < 0.5 * first
+
+
+def test_checkpoint_round_trip_reproduces_outputs_and_state(tiny_gan, tmp_path):
+    tiny_gan.train_step(batch(30), batch(31))
+    path = tiny_gan.checkpoint().write(str(tmp_path / "ckpt"))
+    other = model.CycleGAN(**TINY, random_seed=123)
+    other.checkpoint().read(path).assert_consumed()
+    x = batch(32)
+    for d in model.DIRECTIONS:
+        np.testing.assert_array_equal(tiny_gan.generator(d)(x), other.generator(d)(x))
+    np.testing.assert_array_equal(tiny_gan.pool_A.images.numpy(), other.pool_A.images.numpy())
+    assert int(other.step) == int(tiny_gan.step)
+    # Same weights, Adam moments, pools and random state: the next step is identical too.
+    np.testing.assert_array_equal(tiny_gan.train_step(batch(33), batch(34)).numpy(),
+                                  other.train_step(batch(33), batch(34)).numpy())
+    np.testing.assert_array_equal(tiny_gan.G_A2B.get_weights()[0], other.G_A2B.get_weights()[0])
+
+
+@pytest.mark.parametrize("shape", [(17, 9), (301, 157), (1200, 40), (1, 3)])
+def test_translate_image_keeps_any_size(tiny_gan, shape):
+    rgb = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = tiny_gan.translators["B2A"].translate_image(rgb)
+    assert out.shape == (*shape, 3) and out.dtype == np.uint8
+
+
+def test_tiled_translation_equals_the_whole_image(tiny_gan):
+    rgb = make_image(np.random.default_rng(7), 221, 178)
+    t = tiny_gan.translators["A2B"]
+    whole = t.translate(rgb[None]).numpy()[0].astype(int)
+    tiled = t.translate_image(rgb, tile_size=64, window=64).astype(int)  # 4 x 3 windows at full scale
+    assert tiled.shape == rgb.shape
+    diff = np.abs(tiled - whole)
+    assert diff.max() <= 1 and diff.mean() < 0.01  # float rounding only: no seams anywhere
+
+
+def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path, monkeypatch):
+    import train
+    from conftest import TINY_FLAGS
+    made = []
+    real_init = model.CycleGAN.__init__
+    monkeypatch.setattr(model.CycleGAN, "__init__", lambda self, *a, **k: made.append(self) or real_init(self, *a, **k))
+    argv = ["--img_A_dir", str(dataset_dirs / "trainA"), "--img_B_dir", str(dataset_dirs / "trainB"),
+            "--model_dir", str(tmp_path), *TINY_FLAGS, "--n_epochs", "2", "--n_epochs_decay", "1"]
+    assert train.main(argv) == 0
+    gan, = made
+    assert int(gan.step.numpy()) == 18
+    assert gan.train_step.experimental_get_tracing_count() == 1
+
+
+def test_xla_step_and_translation_match_the_plain_graph():
+    plain = model.CycleGAN(**TINY, random_seed=3)
+    xla = model.CycleGAN(**TINY, random_seed=3, jit_compile=True)
+    for v, w in zip(plain.G_A2B.weights + plain.G_B2A.weights + plain.D_A.weights + plain.D_B.weights,
+                    xla.G_A2B.weights + xla.G_B2A.weights + xla.D_A.weights + xla.D_B.weights):
+        w.assign(v)
+    A, B = batch(40), batch(41)
+    for _ in range(3):
+        np.testing.assert_allclose(xla.train_step(A, B).numpy(), plain.train_step(A, B).numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(xla.G_A2B.weights[0].numpy(), plain.G_A2B.weights[0].numpy(), atol=1e-5)
+    images = np.random.default_rng(0).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
+    diff = np.abs(xla.translators["A2B"].translate(images).numpy().astype(int)
+                  - plain.translators["A2B"].translate(images).numpy().astype(int))
+    assert diff.max() <= 1
+
+
+def test_mixed_precision_trains_finite_and_translates_close_to_float32():
+    plain = model.CycleGAN(**TINY, random_seed=5)
+    mixed = model.CycleGAN(**TINY, random_seed=5, mixed_precision=True)
+    assert mixed.policy == "mixed_bfloat16"  # no GPU here
+    assert mixed.G_A2B.get_layer("res0_conv1").compute_dtype == "bfloat16"
+    nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
+    for v, w in zip(nets(plain), nets(mixed)):
+        assert w.dtype == tf.float32
+        w.assign(v)
+    rng = np.random.default_rng(50)
+    A, B = (utils.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
+    images = utils.to_uint8(A).numpy()
+
+    def translation_diff():
+        return np.abs(mixed.translators["A2B"].translate(images).numpy().astype(int)
+                      - plain.translators["A2B"].translate(images).numpy().astype(int))
+
+    # Same weights: bfloat16 arithmetic moves the output by a fraction of a grey level.
+    assert translation_diff().mean() < 1 and translation_diff().max() <= 4
+    for _ in range(3):
+        losses, reference = mixed.train_step(A, B).numpy(), plain.train_step(A, B).numpy()
+        assert np.all(np.isfinite(losses))
+        np.testing.assert_allclose(losses[0], reference[0], rtol=0.02)  # the total generator loss
+    assert mixed.G_A2B(A).dtype == tf.float32 and mixed.D_A(A).dtype == tf.float32
+    # Training apart, the two drift (Adam's first steps move each weight by about +-lr, whatever
+    # the gradient's size, so rounding flips some), but stay close.
+    assert translation_diff().mean() < 8
