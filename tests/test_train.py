@@ -1,0 +1,194 @@
+"""train.py end to end: the run folder, exact resume, refusals and failures."""
+import csv
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import model
+import train
+from conftest import TINY, TINY_FLAGS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flags(data, run, *extra):
+    return ["--img_A_dir", str(data / "trainA"), "--img_B_dir", str(data / "trainB"),
+            "--model_dir", str(run), *TINY_FLAGS, "--pool_size", "3", *extra]
+
+
+def final_weights(run):
+    """All weights of the newest checkpoint in a run folder, by variable name."""
+    path = tf.train.latest_checkpoint(str(run))
+    reader = tf.train.load_checkpoint(path)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if "save_counter" not in k and k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+@pytest.fixture(scope="module")
+def full_run(dataset_dirs, tmp_path_factory):
+    """Two uninterrupted epochs on the toy set with validation folders."""
+    run = tmp_path_factory.mktemp("full")
+    argv = flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "1",
+                 "--validation_A_dir", str(dataset_dirs / "testA"),
+                 "--validation_B_dir", str(dataset_dirs / "testB"))
+    assert train.main(argv) == 0
+    return run
+
+
+def test_run_folder_describes_itself(full_run, dataset_dirs):
+    import utils
+    config = utils.load_json(str(full_run / "config.json"))
+    assert config["architecture"] == {**TINY, "n_layers_D": 3, "channels": 3, "pool_size": 3}
+    assert config["steps_per_epoch"] == 6 and config["lambda_cycle"] == 10.0
+    assert tf.train.latest_checkpoint(str(full_run)).endswith("cyclegan.ckpt-12")
+    assert glob.glob(str(full_run / "logs" / "events.out.tfevents.*"))
+    with open(full_run / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == 0.0
+    assert all(np.isfinite(float(rows[1][k])) for k in model.LOSS_NAMES)
+    for epoch in ("epoch_001", "epoch_002"):
+        for direction, side in (("A2B", "testA"), ("B2A", "testB")):
+            out = sorted(os.listdir(full_run / "validation" / epoch / direction))
+            assert out == sorted(os.listdir(dataset_dirs / side))
+    shape = utils.read_image(str(full_run / "validation/epoch_002/A2B/img001.png")).shape
+    assert shape == utils.read_image(str(dataset_dirs / "testA/img001.png")).shape
+
+
+def test_tensorboard_has_losses_learning_rate_and_images(full_run):
+    tags = set()
+    for path in glob.glob(str(full_run / "logs" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    assert {f"loss/{k}" for k in model.LOSS_NAMES} <= tags
+    assert {"learning_rate", "A2B/real_fake_rec", "B2A/real_fake_rec"} <= tags
+
+
+def test_resume_equals_uninterrupted(full_run, dataset_dirs, tmp_path):
+    # 1 epoch, then the same command again after the schedule was extended: constant lr
+    # in both, so both runs see identical learning rates.
+    base = ["--validation_A_dir", str(dataset_dirs / "testA")]
+    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", *base)) == 0
+    uninterrupted = tmp_path / "once"
+    assert train.main(flags(dataset_dirs, uninterrupted, "--n_epochs", "2", "--n_epochs_decay", "0")) == 0
+    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", *base)) == 0
+    a, b = final_weights(uninterrupted), final_weights(tmp_path)
+    assert a.keys() == b.keys() and len(a) > 50
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_interrupted_mid_epoch_resumes_exactly(full_run, dataset_dirs, tmp_path, monkeypatch, capsys):
+    real_init = model.CycleGAN.__init__
+
+    def init_that_stops(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        step = self.train_step
+
+        def interrupting_step(a, b):
+            if int(self.step) == 8:  # Ctrl-C during epoch 2, step 3
+                raise KeyboardInterrupt
+            return step(a, b)
+        self.train_step = interrupting_step
+
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "1")
+    monkeypatch.setattr(model.CycleGAN, "__init__", init_that_stops)
+    assert train.main(argv) == 130
+    assert "run the same command to resume" in capsys.readouterr().err
+    monkeypatch.setattr(model.CycleGAN, "__init__", real_init)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-8")
+    assert train.main(argv) == 0
+    a, b = final_weights(full_run), final_weights(tmp_path)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with open(tmp_path / "losses.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_other_architecture_is_refused(full_run, dataset_dirs, capsys):
+    before = sorted(os.listdir(full_run))
+    argv = flags(dataset_dirs, full_run, "--n_epochs", "1", "--n_epochs_decay", "1")
+    argv[argv.index("--ngf") + 1] = "16"
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "another architecture" in err and "ngf 8 -> 16" in err
+    assert len(err.splitlines()) == 1
+    assert sorted(os.listdir(full_run)) == before
+
+
+def test_mismatched_checkpoint_without_config_is_refused(full_run, dataset_dirs, tmp_path, capsys):
+    for f in glob.glob(str(full_run / "cyclegan.ckpt-12*")) + [str(full_run / "checkpoint")]:
+        os.symlink(f, tmp_path / os.path.basename(f))
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "3")
+    argv[argv.index("--ndf") + 1] = "16"
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not match this model" in err and "Traceback" not in err
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_path, capsys):
+    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0")) == 0
+    saved = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / "cyclegan.ckpt-*"))}
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", "--lambda_cycle", "inf")
+    assert train.main(argv) == 1
+    assert "is not finite at epoch 2" in capsys.readouterr().err
+    assert {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / "cyclegan.ckpt-*"))} == saved
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-6")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder"),
+    (["--crop_size", "30"], "multiple of 4"),
+    (["--crop_size", "16"], "too small for a discriminator"),
+])
+def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setattr(model, "CycleGAN", None)  # building a model would fail loudly
+    assert train.main(flags(dataset_dirs, tmp_path / "run") + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_empty_folder_and_unreadable_images(dataset_dirs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(model, "CycleGAN", None)
+    (tmp_path / "empty").mkdir()
+    argv = flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(tmp_path / "empty")]
+    assert train.main(argv) == 2
+    assert "no images" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"nope")
+    assert train.main(flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "skipping" in err and "x.jpg" in err and "none of its images could be read" in err
+
+
+def test_dataset_shortcut(dataset_dirs, tmp_path):
+    args = train.build_parser().parse_args(["--dataset", "toy", "--data_dir", str(dataset_dirs.parent)])
+    train.resolve_paths(args)
+    assert args.img_A_dir == str(dataset_dirs / "trainA")
+    assert args.validation_B_dir == str(dataset_dirs / "testB")
+    assert args.model_dir == os.path.join("model", "toy")
+
+
+def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--img_A_dir", "--model_name", "--n_epochs_decay", "--lambda_identity", "--n_layers_D",
+                 "--no_flip", "--save_every_steps", "--random_seed", "--output_dir", "--distribute", "--jit_compile",
+                 "--eval_every", "--validation_truth_dir", "--inception_weights", "--keep_checkpoints", "--dataset",
+                 "--mixed_precision"):
+        assert flag in out.stdout
+    assert "(default: 0.0002)" in out.stdout
+    out = subprocess.run([sys.executable, "train.py", *flags(dataset_dirs, tmp_path / "run"),
+                          "--n_epochs", "1", "--n_epochs_decay", "0", "--save_every_steps", "4", "--jit_compile"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "epoch 1/1" in out.stderr
+    names = sorted(os.listdir(tmp_path / "run"))
+    assert "cyclegan.ckpt-4.index" in names and "cyclegan.ckpt-6.index" in names

@@ -1,0 +1,429 @@
+"""Train a CycleGAN on two folders of unpaired images.
+
+    python train.py --dataset horse2zebra                  # data/horse2zebra/{trainA,trainB,testA,testB}
+    python train.py --img_A_dir a/ --img_B_dir b/ --model_dir model/a2b
+
+The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
+losses.csv and, with validation folders, the translated validation images of every epoch.
+Running the same command again resumes from the newest checkpoint.
+Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (checkpoint saved).
+"""
+import argparse
+import csv
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import numpy as np
+import progressbar
+import tensorflow as tf
+
+import model
+import module
+import utils
+
+CONFIG_FILE = "config.json"
+LOSSES_FILE = "losses.csv"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train a CycleGAN on two folders of unpaired images.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="shortcut for DATA_DIR/NAME/trainA, trainB, testA, testB (test* as validation)")
+    g.add_argument("--data_dir", default="data", help="where --dataset looks for NAME/")
+    g.add_argument("--img_A_dir", help="folder of training images of domain A")
+    g.add_argument("--img_B_dir", help="folder of training images of domain B")
+    g.add_argument("--validation_A_dir", help="folder of A images translated to B after every epoch")
+    g.add_argument("--validation_B_dir", help="folder of B images translated to A after every epoch")
+    g.add_argument("--validation_truth_dir",
+                   help="true translations of the validation A images, same names (default with --dataset: "
+                        "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
+    g.add_argument("--load_size", type=int, default=286, help="images are resized to this square first")
+    g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
+    g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
+    g = p.add_argument_group("run folder")
+    g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
+    g.add_argument("--model_name", default="cyclegan.ckpt", help="checkpoint file prefix inside --model_dir")
+    g.add_argument("--output_dir", help="validation translations go to OUTPUT_DIR/epoch_NNN/{A2B,B2A} (default: MODEL_DIR/validation)")
+    g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: only at the end of each epoch)")
+    g.add_argument("--keep_checkpoints", type=int, default=3, help="how many recent checkpoints to keep")
+    g.add_argument("--eval_every", type=int, default=0,
+                   help="every N epochs (and at the last) score the validation translations: cycle L1, PSNR/SSIM "
+                        "against --validation_truth_dir, FID/KID if InceptionV3 weights are at hand (0: off)")
+    g.add_argument("--inception_weights", help="InceptionV3 weights file for FID/KID with --eval_every "
+                                               "(else Keras' cached ImageNet weights if present; never downloaded)")
+    g = p.add_argument_group("architecture (saved in config.json; a resumed run must match)")
+    g.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
+    g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
+    g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
+    g.add_argument("--n_layers_D", type=int, default=3, help="stride-2 layers in the PatchGAN (3: 70x70 patches)")
+    g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--n_epochs", type=int, default=100, help="epochs at the initial learning rate")
+    g.add_argument("--n_epochs_decay", type=int, default=100, help="epochs of linear decay of the learning rate to 0")
+    g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    g.add_argument("--batch_size", type=int, default=1, help="images of each domain per step")
+    g.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss")
+    g.add_argument("--lambda_identity", type=float, default=0.5,
+                   help="weight of the identity loss, relative to --lambda_cycle (0: off)")
+    g.add_argument("--random_seed", type=int, default=0, help="seeds weights, data order, augmentation and the pools")
+    g = p.add_argument_group("devices")
+    g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multiworker"),
+                   help="none: one device; mirrored: every GPU of this machine (tf.distribute.MirroredStrategy); "
+                        "multiworker: several machines described by TF_CONFIG (MultiWorkerMirroredStrategy). "
+                        "--batch_size is per replica; the learning rate is not scaled")
+    g.add_argument("--jit_compile", action="store_true",
+                   help="compile the training step and the validation translations with XLA")
+    g.add_argument("--mixed_precision", action="store_true",
+                   help="compute in float16 with loss scaling on a GPU, bfloat16 on a CPU; weights, generator "
+                        "outputs, discriminator scores and losses stay float32")
+    return p
+
+
+def make_strategy(kind):
+    """The tf.distribute strategy for --distribute (None: the default, one device)."""
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise utils.UserError("--distribute multiworker needs TF_CONFIG describing the cluster (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return None
+
+
+def is_chief(strategy):
+    """True on the worker that writes checkpoints, logs and validation images: the one task of
+    a single-machine run, else task 'chief', or worker 0 of a cluster without a chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in cluster)
+
+
+def resolve_paths(args):
+    """Fills the folder flags that --dataset and the defaults imply; checks they are given."""
+    if args.dataset:
+        root = os.path.join(args.data_dir, args.dataset)
+        args.img_A_dir = args.img_A_dir or os.path.join(root, "trainA")
+        args.img_B_dir = args.img_B_dir or os.path.join(root, "trainB")
+        for side in "AB":
+            name = f"validation_{side}_dir"
+            if getattr(args, name) is None and os.path.isdir(os.path.join(root, f"test{side}")):
+                setattr(args, name, os.path.join(root, f"test{side}"))
+        truth = os.path.join(root, "testA_truth")
+        if args.validation_truth_dir is None and os.path.isdir(truth) and args.validation_A_dir:
+            args.validation_truth_dir = truth
+    if not args.img_A_dir or not args.img_B_dir:
+        raise utils.UserError("give --dataset NAME, or both --img_A_dir and --img_B_dir")
+    args.model_dir = args.model_dir or os.path.join("model", args.dataset or "cyclegan")
+    args.output_dir = args.output_dir or os.path.join(args.model_dir, "validation")
+
+
+def check_args(args):
+    """One-line errors for values that cannot work."""
+    positive = ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise utils.UserError(f"--{name} must be at least 1")
+    for name in ("n_blocks", "n_epochs", "n_epochs_decay", "pool_size", "save_every_steps", "eval_every"):
+        if getattr(args, name) < 0:
+            raise utils.UserError(f"--{name} must not be negative")
+    if args.n_epochs + args.n_epochs_decay < 1:
+        raise utils.UserError("--n_epochs plus --n_epochs_decay must be at least 1")
+    if args.crop_size % 4 or args.crop_size < 8:
+        raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
+    if module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
+        raise utils.UserError(f"--crop_size {args.crop_size} is too small for a discriminator "
+                              f"with --n_layers_D {args.n_layers_D}")
+    if args.keep_checkpoints < 1:
+        raise utils.UserError("--keep_checkpoints must be at least 1")
+
+
+def architecture(args):
+    """The settings that fix variable shapes (model.ARCHITECTURE_KEYS); images are RGB."""
+    return {k: 3 if k == "channels" else getattr(args, k) for k in model.ARCHITECTURE_KEYS}
+
+
+def check_resumable(args, config_path):
+    """Refuses a run folder whose checkpoints were made for another architecture."""
+    if not os.path.exists(config_path):
+        return
+    saved = utils.load_json(config_path).get("architecture", {})
+    wanted = architecture(args)
+    diff = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in wanted if saved.get(k) != wanted[k]]
+    if diff:
+        raise utils.UserError(f"{args.model_dir}: its checkpoint was made with another architecture "
+                              f"({', '.join(diff)}); use another --model_dir or the saved settings")
+
+
+def restore(ckpt, path, model_dir):
+    """Restores every variable or fails with one line; never half-loads a checkpoint."""
+    try:
+        ckpt.restore(path).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        reason = str(e).strip().splitlines()[0][:300]
+        raise utils.UserError(f"{path}: does not match this model ({reason}); "
+                              f"use another --model_dir than {model_dir}") from None
+
+
+def load_validation(folder):
+    """(paths, images) of a validation folder; unreadable files are skipped with a warning."""
+    if not folder:
+        return [], []
+    paths = utils.check_images(utils.list_images(folder))
+    return paths, [utils.read_image(p) for p in paths]
+
+
+def preview_grid(gan, rgb, direction):
+    """real | translated | reconstructed, side by side, as a uint8 image."""
+    back = "B2A" if direction == "A2B" else "A2B"
+    fake = gan.translators[direction].translate_image(rgb)
+    rec = gan.translators[back].translate_image(fake)
+    return np.concatenate([rgb, fake, rec], axis=1)
+
+
+class LossLog:
+    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch."""
+
+    def __init__(self, path, done_epochs, extra_fields=()):
+        self.path = path
+        self.fields = ["epoch", "lr", "seconds", *model.LOSS_NAMES, *extra_fields]
+        rows = []
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                # Rows of epochs after the restored checkpoint are redone by this run.
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done_epochs]
+        self._write(rows)
+
+    def _write(self, rows):
+        import io
+        out = io.StringIO()
+        w = csv.DictWriter(out, self.fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        utils.atomic_write_bytes(self.path, out.getvalue().encode())
+        self.rows = rows
+
+    def add(self, epoch, lr, seconds, means, scores=None):
+        row = {"epoch": epoch, "lr": f"{lr:.8g}", "seconds": f"{seconds:.1f}",
+               **{k: f"{v:.6f}" for k, v in zip(model.LOSS_NAMES, means)},
+               **{k: f"{v:.6f}" for k, v in (scores or {}).items()}}
+        self._write(self.rows + [row])
+
+    def plot(self, path):
+        """losses.png: the mean losses per epoch."""
+        epochs = [int(r["epoch"]) for r in self.rows]
+        series = {k: [float(r[k]) if r.get(k) else float("nan") for r in self.rows]
+                  for k in ("G", "cycle_A", "cycle_B", "idt_A", "idt_B", "G_A2B", "G_B2A", "D_A", "D_B")}
+        if epochs:
+            utils.plot_curves(path, epochs, series, title="mean losses per epoch")
+
+
+def eval_fields(val, truth_dir, fid):
+    """The score columns --eval_every will fill."""
+    fields = []
+    for direction, (paths, _) in val.items():
+        if paths:
+            fields.append(f"{direction}_cycle_l1")
+            if direction == "A2B" and truth_dir:
+                fields += ["A2B_psnr", "A2B_ssim", "A2B_psnr_input", "A2B_ssim_input"]
+            if fid:
+                fields += [f"{direction}_fid", f"{direction}_kid"]
+    return fields
+
+
+def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
+    """Translates the validation images into OUTPUT_DIR/epoch_NNN/DIR, adds a frame to each
+    image's progress GIF (MODEL_DIR/progress/DIR/NAME.gif) and, when evaluate_now, returns
+    the scores of these translations (evaluate.translation_scores, FID/KID with inception)."""
+    import evaluate
+    scores = {}
+    for direction, (paths, images) in val.items():
+        if not paths:
+            continue
+        truth = args.validation_truth_dir if direction == "A2B" else None
+        if evaluate_now:
+            found, fakes, _ = evaluate.translation_scores(gan.translators, direction, paths, images, truth)
+            found.pop("images")
+            scores.update({f"{direction}_{k}": v for k, v in found.items()})
+            target = val["B2A" if direction == "A2B" else "A2B"][1]
+            if inception is not None and min(len(target), len(fakes)) >= 2:
+                f_real, f_fake = evaluate.features(inception, target), evaluate.features(inception, fakes)
+                scores[f"{direction}_fid"] = evaluate.fid(f_real, f_fake)
+                scores[f"{direction}_kid"] = evaluate.kid(f_real, f_fake)[0]
+        else:
+            fakes = [gan.translators[direction].translate_image(im) for im in images]
+        out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
+        for path, fake in zip(paths, fakes):
+            utils.write_image(os.path.join(out, os.path.basename(path)), fake)
+            gif = os.path.join(args.model_dir, "progress", direction, os.path.splitext(os.path.basename(path))[0] + ".gif")
+            frames, durations = [], []
+            if os.path.exists(gif):
+                frames, durations, _ = utils.read_animation(gif)
+            frames.append(utils.label(fake, f"epoch {epoch}"))
+            utils.write_animation(gif, frames, durations + [300])
+    return scores
+
+
+def progress_bar(epoch, total, steps):
+    widgets = [f"epoch {epoch}/{total} ", progressbar.Counter(), f"/{steps} ", progressbar.Bar(), " ",
+               progressbar.Variable("G", format="G {formatted_value}", precision=3), " ",
+               progressbar.Variable("cyc", format="cyc {formatted_value}", precision=3), " ",
+               progressbar.Variable("D", format="D {formatted_value}", precision=3), " ",
+               progressbar.ETA()]
+    return utils.progress_bar(steps, widgets)
+
+
+def train(args):
+    resolve_paths(args)
+    check_args(args)
+    paths_A = utils.check_images(utils.list_images(args.img_A_dir))
+    paths_B = utils.check_images(utils.list_images(args.img_B_dir))
+    for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
+        if not paths:
+            raise utils.UserError(f"{folder}: none of its images could be read")
+    val = {"A2B": load_validation(args.validation_A_dir), "B2A": load_validation(args.validation_B_dir)}
+    if args.validation_truth_dir and not os.path.isdir(args.validation_truth_dir):
+        raise utils.UserError(f"{args.validation_truth_dir}: no such folder")
+    inception = None
+    if args.eval_every:
+        import evaluate
+        if args.inception_weights or os.path.isfile(evaluate.KERAS_INCEPTION_FILE):
+            inception = evaluate.inception_model(args.inception_weights, allow_download=False)
+
+    config_path = os.path.join(args.model_dir, CONFIG_FILE)
+    check_resumable(args, config_path)
+    utils.setup_devices()
+    strategy = make_strategy(args.distribute)
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    global_batch = args.batch_size * replicas
+    if max(len(paths_A), len(paths_B)) < global_batch:
+        raise utils.UserError(f"the global batch ({global_batch}) is larger than the training set")
+    tf.keras.utils.set_random_seed(args.random_seed)
+    gan = model.CycleGAN(**architecture(args), lambda_cycle=args.lambda_cycle,
+                         lambda_identity=args.lambda_identity, lr=args.lr, beta1=args.beta1,
+                         batch_size=args.batch_size, random_seed=args.random_seed, strategy=strategy,
+                         jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
+    ckpt = gan.checkpoint()
+    # Every worker saves (TensorFlow's convention for multi-worker runs); all but the chief
+    # into a scratch folder they then delete. All restore from the chief's run folder.
+    save_dir = args.model_dir if chief else os.path.join(args.model_dir, ".workers", f"worker_{strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=args.keep_checkpoints,
+                                         checkpoint_name=args.model_name)
+
+    def save():
+        path = manager.save(checkpoint_number=int(gan.step.numpy()))
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
+        return path
+
+    latest = tf.train.latest_checkpoint(args.model_dir)
+    if latest:
+        restore(ckpt, latest, args.model_dir)
+        print(f"resuming from {latest} (epoch {int(gan.epoch.numpy())} done, "
+              f"{int(gan.epoch_step.numpy())} steps into the next)", file=sys.stderr)
+
+    total_epochs = args.n_epochs + args.n_epochs_decay
+    steps = max(len(paths_A), len(paths_B)) // global_batch
+    lr_rule = "not scaled with the global batch (the reference's rate is for batch 1; GANs do not follow the linear rule)"
+    print(f"replicas {replicas}, batch {args.batch_size} per replica, global batch {global_batch}, "
+          f"{steps} steps per epoch; learning rate {args.lr:g}, {lr_rule}", file=sys.stderr)
+    if chief:
+        config = {k: v for k, v in vars(args).items()}
+        config.update(architecture=architecture(args), images_A=len(paths_A), images_B=len(paths_B),
+                      steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
+                      learning_rate_rule=lr_rule, tensorflow=tf.__version__)
+        utils.save_json(config_path, config)
+        log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), int(gan.epoch.numpy()),
+                      eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
+        writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
+    else:
+        writer = tf.summary.create_noop_writer()
+    preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
+    preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
+
+    def epoch_data(epoch, done):
+        make = lambda shard: utils.make_dataset(paths_A, paths_B, epoch, args.random_seed, args.load_size,
+                                                args.crop_size, not args.no_flip, args.batch_size, skip_steps=done,
+                                                replicas=replicas, shard=shard)[0]
+        if strategy is None:
+            return make((0, 1))
+        return strategy.distribute_datasets_from_function(
+            lambda ctx: make((ctx.input_pipeline_id, ctx.num_input_pipelines)))
+
+    for epoch in range(int(gan.epoch.numpy()) + 1, total_epochs + 1):
+        lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)
+        done = int(gan.epoch_step.numpy())
+        if done == 0:
+            gan.loss_sums.assign(tf.zeros_like(gan.loss_sums))
+        ds = epoch_data(epoch, done)
+        start = time.time()
+        bar = progress_bar(epoch, total_epochs, steps)
+        bar.start(init_value=done)
+        try:
+            for real_A, real_B in ds:
+                losses = gan.train_step(real_A, real_B).numpy()
+                step = int(gan.step.numpy())
+                if not np.all(np.isfinite(losses)):
+                    bad = [k for k, v in zip(model.LOSS_NAMES, losses) if not np.isfinite(v)]
+                    bar.finish(dirty=True)
+                    print(f"error: loss {', '.join(bad)} is not finite at epoch {epoch}, step {step}; stopped. "
+                          f"The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
+                          file=sys.stderr)
+                    return 1
+                named = dict(zip(model.LOSS_NAMES, losses))
+                with writer.as_default(step=step):
+                    for name, value in named.items():
+                        tf.summary.scalar(f"loss/{name}", value)
+                    tf.summary.scalar("learning_rate", lr)
+                bar.update(int(gan.epoch_step.numpy()), G=named["G"], D=named["D_A"] + named["D_B"],
+                           cyc=named["cycle_A"] + named["cycle_B"])
+                if args.save_every_steps and step % args.save_every_steps == 0:
+                    save()
+        except KeyboardInterrupt:
+            bar.finish(dirty=True)
+            path = save()
+            print(f"interrupted at epoch {epoch}, step {int(gan.epoch_step.numpy())}/{steps}; saved {path}; "
+                  f"run the same command to resume", file=sys.stderr)
+            return 130
+        bar.finish()
+        means = gan.loss_sums.numpy() / max(int(gan.epoch_step.numpy()), 1)
+        gan.epoch.assign(epoch)
+        gan.epoch_step.assign(0)
+        path = save()
+        seconds = time.time() - start
+        if not chief:
+            continue
+        evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == total_epochs)
+        scores = validate(gan, epoch, val, args, inception, evaluate_now)
+        log.add(epoch, lr, seconds, means, scores)
+        log.plot(os.path.join(args.model_dir, "losses.png"))
+        with writer.as_default(step=int(gan.step.numpy())):
+            for direction, rgb in preview.items():
+                grid = preview_grid(gan, rgb, direction)
+                tf.summary.image(f"{direction}/real_fake_rec", grid[None])
+            for name, value in scores.items():
+                tf.summary.scalar(f"eval/{name}", value)
+        writer.flush()
+        if scores:
+            print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
+        summary = " ".join(f"{k} {v:.3f}" for k, v in zip(model.LOSS_NAMES, means))
+        print(f"epoch {epoch}/{total_epochs} lr {lr:.3g}: {summary}; saved {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None):
+    """Runs train.py with `argv` (default: sys.argv); returns the exit status."""
+    return utils.run_command(train, build_parser().parse_args(argv), 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
