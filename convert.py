@@ -1,0 +1,258 @@
+"""Translate a folder of images, GIFs and videos with a trained CycleGAN; export a SavedModel.
+
+    python convert.py --model_filepath model/horse2zebra --img_dir photos/ --conversion_direction A2B --output_dir out/
+    python convert.py --model_filepath model/horse2zebra --export_dir export/horse2zebra
+    python convert.py --model_filepath export/horse2zebra --img_dir photos/ --conversion_direction B2A --output_dir out/
+
+Every file keeps its own size, name and format. The architecture comes from the run's
+config.json; only the generators needed are built. Exit status: 0 every input converted,
+1 nothing could be done (model, flags or folders), 2 some inputs were skipped (each named).
+"""
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import numpy as np
+import progressbar
+import tensorflow as tf
+
+import model
+import utils
+
+CYCLE_DIRS = ("reconstructed", "real_fake_rec")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Translate images, animated GIFs and videos with a trained CycleGAN, or export it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders), 2 some inputs skipped.")
+    p.add_argument("--model_filepath", required=True,
+                   help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
+                        "model/NAME/cyclegan.ckpt-1200) or a folder written by --export_dir")
+    p.add_argument("--img_dir", help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
+                                     ".mp4 .avi videos (any letter case)")
+    p.add_argument("--conversion_direction", default="A2B", help="A2B (G_A2B) or B2A (G_B2A)")
+    p.add_argument("--output_dir", default="converted", help="where outputs go, with the inputs' file names")
+    p.add_argument("--batch_size", type=int, default=4, help="images of the same size translated together")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and an existing --export_dir)")
+    p.add_argument("--save_cycle", action="store_true",
+                   help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | reconstruction "
+                        "side by side (OUTPUT_DIR/real_fake_rec/) for each still image")
+    p.add_argument("--jpeg_quality", type=int, default=utils.JPEG_QUALITY,
+                   help="quality of JPEG and WebP outputs (1-100)")
+    p.add_argument("--tile_size", type=int, default=2048,
+                   help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same result in "
+                        "far less memory, a little slower); not for exported models")
+    p.add_argument("--jit_compile", action="store_true", help="compile the generator with XLA (once per image size)")
+    p.add_argument("--export_dir", help="write a SavedModel with signatures A2B and B2A (uint8 images of any "
+                                        "size in and out) to this folder")
+    return p
+
+
+def classify(path):
+    ext = os.path.splitext(path)[1].lower()
+    if ext in utils.IMAGE_EXTENSIONS:
+        return "image"
+    if ext in utils.ANIMATION_EXTENSIONS:
+        return "animation"
+    if ext in utils.VIDEO_EXTENSIONS:
+        return "video"
+    return None
+
+
+def list_inputs(folder):
+    if not os.path.isdir(folder):
+        raise utils.UserError(f"{folder}: no such folder")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if classify(f))
+    if not paths:
+        raise utils.UserError(f"{folder}: no images, GIFs or videos in this folder")
+    return paths
+
+
+def load_translators(model_filepath, directions, jit_compile=False):
+    """Translators for `directions` from a SavedModel folder or a training checkpoint; also
+    returns the generators (None for a SavedModel), for export."""
+    if os.path.isfile(os.path.join(model_filepath, "saved_model.pb")):
+        try:
+            loaded = tf.saved_model.load(model_filepath)
+        except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+            raise utils.UserError(f"{model_filepath}: cannot load the SavedModel ({str(e).splitlines()[0][:200]})") from None
+        missing = [d for d in directions if d not in loaded.signatures]
+        if missing:
+            raise utils.UserError(f"{model_filepath}: SavedModel has no signature {', '.join(missing)}")
+        return {d: model.SavedModelTranslator(loaded, d) for d in directions}, None
+    checkpoint, run_dir = model.find_checkpoint(model_filepath)
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise utils.UserError(f"{run_dir}: no config.json beside the checkpoint, so its architecture is unknown")
+    architecture = utils.load_json(config_path).get("architecture")
+    if not isinstance(architecture, dict):
+        raise utils.UserError(f"{config_path}: holds no architecture")
+    generators = model.load_generators(checkpoint, architecture, directions)
+    print(f"model: {checkpoint}", file=sys.stderr)
+    return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
+
+
+class Converter:
+    """Translates inputs one file at a time, batching still images of the same size."""
+
+    def __init__(self, translators, direction, args):
+        self.fwd = translators[direction]
+        self.back = translators.get("B2A" if direction == "A2B" else "A2B") if args.save_cycle else None
+        self.args = args
+        self.pending = {}  # (h, w) -> [(path, rgb)]
+        self.converted, self.skipped = [], []
+
+    def out_path(self, path, sub=None):
+        parts = [self.args.output_dir] + ([sub] if sub else []) + [os.path.basename(path)]
+        return os.path.join(*parts)
+
+    def skip(self, path, reason):
+        self.skipped.append(path)
+        print(f"skipped: {reason}", file=sys.stderr, flush=True)
+
+    def add(self, path):
+        """Converts one input (or queues a still image for its batch)."""
+        if os.path.exists(self.out_path(path)) and not self.args.overwrite:
+            self.skip(path, f"{self.out_path(path)}: exists, not overwritten (--overwrite to replace)")
+            return
+        kind = classify(path)
+        try:
+            if kind == "image":
+                rgb = utils.read_image(path)
+                if rgb.shape[0] * rgb.shape[1] > self.args.tile_size ** 2:
+                    self.write_still(path, rgb, self.fwd.translate_image(rgb, self.args.tile_size))
+                else:
+                    batch = self.pending.setdefault(rgb.shape[:2], [])
+                    batch.append((path, rgb))
+                    if len(batch) >= self.args.batch_size:
+                        self.flush(rgb.shape[:2])
+            elif kind == "animation":
+                frames, durations, loop = utils.read_animation(path)
+                fakes = [f for chunk in self.chunks(frames) for f in self.translate_batch(chunk)]
+                utils.write_animation(self.out_path(path), fakes, durations, loop)
+                self.converted.append(path)
+            else:
+                self.convert_video(path)
+        except utils.ImageError as e:
+            self.skip(path, str(e))
+        except OSError as e:  # writing failed: disk full, permissions
+            self.skip(path, f"{e.filename or self.out_path(path)}: cannot be written ({e.strerror or e})")
+
+    def chunks(self, frames):
+        for i in range(0, len(frames), self.args.batch_size):
+            yield frames[i:i + self.args.batch_size]
+
+    def translate_batch(self, images, translator=None):
+        batch = np.stack(images)
+        if batch.shape[1] * batch.shape[2] > self.args.tile_size ** 2:
+            return [(translator or self.fwd).translate_image(im, self.args.tile_size) for im in images]
+        return list((translator or self.fwd).translate(batch).numpy())
+
+    def convert_video(self, path):
+        cap, fps = utils.open_video(path)
+        writer, count = None, 0
+        try:
+            frames = utils.video_frames(cap)
+            while True:
+                chunk = [f for _, f in zip(range(self.args.batch_size), frames)]
+                if not chunk:
+                    break
+                for fake in self.translate_batch(chunk):
+                    if writer is None:
+                        writer = utils.VideoWriter(self.out_path(path), fps, fake.shape[:2])
+                    writer.write(fake)
+                    count += 1
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        finally:
+            cap.release()
+        if writer is None:
+            raise utils.ImageError(f"{path}: no frame could be decoded")
+        writer.close()
+        self.converted.append(path)
+
+    def flush(self, shape=None):
+        """Translates the queued images of one size (all sizes when shape is None)."""
+        for key in [shape] if shape else list(self.pending):
+            items = self.pending.pop(key, [])
+            if items:
+                fakes = self.translate_batch([rgb for _, rgb in items])
+                for (path, rgb), fake in zip(items, fakes):
+                    self.write_still(path, rgb, fake)
+
+    def write_still(self, path, rgb, fake):
+        quality = self.args.jpeg_quality
+        utils.write_image(self.out_path(path), fake, quality)
+        if self.back is not None:
+            rec = self.translate_batch([fake], self.back)[0]
+            utils.write_image(self.out_path(path, CYCLE_DIRS[0]), rec, quality)
+            utils.write_image(self.out_path(path, CYCLE_DIRS[1]), np.concatenate([rgb, fake, rec], axis=1), quality)
+        self.converted.append(path)
+
+
+def progress_bar(n):
+    widgets = ["converting ", progressbar.Counter(), f"/{n} ", progressbar.Bar(), " ",
+               progressbar.FileTransferSpeed(unit="img"), " ", progressbar.ETA()]
+    return utils.progress_bar(n, widgets)
+
+
+def check_args(args):
+    if args.conversion_direction not in model.DIRECTIONS:
+        raise utils.UserError(f"--conversion_direction {args.conversion_direction}: use A2B or B2A")
+    if not args.img_dir and not args.export_dir:
+        raise utils.UserError("nothing to do: give --img_dir (to convert) and/or --export_dir (to export)")
+    if args.batch_size < 1 or args.tile_size < 8:
+        raise utils.UserError("--batch_size must be at least 1 and --tile_size at least 8")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise utils.UserError("--jpeg_quality must be between 1 and 100")
+    if args.img_dir and os.path.realpath(args.img_dir) == os.path.realpath(args.output_dir):
+        raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
+    if args.export_dir and os.path.exists(args.export_dir) and not args.overwrite:
+        raise utils.UserError(f"{args.export_dir}: exists; choose another --export_dir or add --overwrite")
+    if args.export_dir and os.path.isfile(os.path.join(args.model_filepath, "saved_model.pb")):
+        raise utils.UserError(f"{args.model_filepath}: is already an exported SavedModel")
+
+
+def convert(args):
+    check_args(args)
+    inputs = list_inputs(args.img_dir) if args.img_dir else []
+    utils.setup_devices()
+    directions = set(model.DIRECTIONS) if (args.export_dir or args.save_cycle) else {args.conversion_direction}
+    translators, generators = load_translators(args.model_filepath, sorted(directions), args.jit_compile)
+    if args.export_dir:
+        model.export(generators, args.export_dir)
+        print(f"exported a SavedModel (signatures A2B, B2A) to {args.export_dir}", file=sys.stderr)
+    if not inputs:
+        return 0
+    conv = Converter(translators, args.conversion_direction, args)
+    start = time.time()
+    bar = progress_bar(len(inputs)).start()
+    try:
+        for i, path in enumerate(inputs):
+            conv.add(path)
+            bar.update(i + 1)
+        conv.flush()
+    except KeyboardInterrupt:
+        bar.finish(dirty=True)
+        print(f"interrupted: {len(conv.converted)} converted into {args.output_dir}", file=sys.stderr)
+        return 130
+    bar.finish()
+    print(f"converted {len(conv.converted)} of {len(inputs)} in {time.time() - start:.1f} s, "
+          f"skipped {len(conv.skipped)}; outputs in {args.output_dir}", file=sys.stderr)
+    return 2 if conv.skipped else 0
+
+
+def main(argv=None):
+    """Runs convert.py with `argv` (default: sys.argv); returns the exit status."""
+    return utils.run_command(convert, build_parser().parse_args(argv), 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
