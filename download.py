@@ -1,0 +1,365 @@
+"""Download the official CycleGAN datasets, or generate the offline `sample` set.
+
+    python download.py --datasets horse2zebra apple2orange   # -> data/NAME/{trainA,trainB,testA,testB}
+    python download.py --datasets sample                     # no network: a synthetic known-answer set
+    python download.py --list
+
+Downloads stream to download/NAME.zip.part and continue where they stopped (HTTP Range)
+when run again; the zip is checked (size, every member's CRC, no member leaving the target)
+before it is extracted into a temporary folder that is renamed into place, so data/NAME
+is either complete or absent. Exit status: 0 all done, 1 some dataset failed, 2 bad arguments.
+"""
+import argparse
+import errno
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+
+import cv2
+import numpy as np
+import progressbar
+import requests
+
+import utils
+
+# The reference implementation's server; any mirror with the same file names works (--base_url).
+BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/"
+
+# Approximate zip sizes in MB, for --list; the download checks the server's own Content-Length.
+DATASETS = {
+    "apple2orange": 78, "summer2winter_yosemite": 133, "horse2zebra": 117, "monet2photo": 305,
+    "cezanne2photo": 280, "ukiyoe2photo": 293, "vangogh2photo": 307, "maps": 1460,
+    "cityscapes": 280, "facades": 35, "iphone2dslr_flower": 340, "ae_photos": 11, "mini": 1,
+}
+SAMPLE = "sample"
+SPLITS = ("trainA", "trainB", "testA", "testB")
+
+CITYSCAPES_HELP = (
+    "cityscapes: its licence forbids redistribution, so no server offers the zip. Register at "
+    "https://www.cityscapes-dataset.com, download gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip, "
+    "then build DATA_DIR/cityscapes/{trainA,trainB,testA,testB} with the photos (leftImg8bit) as A and "
+    "the colour label maps (gtFine *_color.png) as B, train from train/ and test from val/.")
+
+
+class DownloadError(Exception):
+    """A dataset that could not be fetched or extracted; str() is the one-line reason."""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Download CycleGAN datasets (or generate the offline sample set).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=[], metavar="NAME",
+                   help=f"datasets to fetch: {', '.join(DATASETS)}, or '{SAMPLE}' (generated offline)")
+    p.add_argument("--download_dir", default="download", help="where the zip files are kept")
+    p.add_argument("--data_dir", default="data", help="where datasets are extracted, as DATA_DIR/NAME/")
+    p.add_argument("--list", action="store_true", help="list the dataset names with their sizes and exit")
+    p.add_argument("--base_url", default=BASE_URL,
+                   help="server or mirror holding NAME.zip (http://, https:// or file://)")
+    p.add_argument("--force", action="store_true", help="download and extract again even if present")
+    p.add_argument("--retries", type=int, default=5, help="attempts per download on connection errors and timeouts")
+    p.add_argument("--retry_wait", type=float, default=2.0, help="seconds before the first retry; doubles each time")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a connection counts as timed out")
+    p.add_argument("--seed", type=int, default=0, help=f"random seed of the generated '{SAMPLE}' set")
+    return p
+
+
+# ---------------------------------------------------------------------------- download
+
+def _bar(total, name):
+    widgets = [f"{name} ", progressbar.DataSize(), " ", progressbar.Bar(), " ",
+               progressbar.FileTransferSpeed(), " ", progressbar.ETA()]
+    return utils.progress_bar(total or progressbar.UnknownLength, widgets)
+
+
+def _open(url, offset, timeout):
+    """Starts a GET at byte `offset`; returns (chunks, start, total) where `start` is where
+    the body begins (0 when the server ignored the Range) and total the full size or None."""
+    if url.startswith("file://"):
+        path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+        if not os.path.isfile(path):
+            raise DownloadError(f"{url}: no such file")
+        total = os.path.getsize(path)
+        f = open(path, "rb")
+        f.seek(min(offset, total))
+
+        def chunks():
+            with f:
+                while block := f.read(1 << 20):
+                    yield block
+        return chunks(), min(offset, total), total
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    r = requests.get(url, headers=headers, stream=True, timeout=timeout)
+    if r.status_code == 416 and offset:  # nothing left, or the .part is longer than the file
+        r.close()
+        return iter(()), offset, None
+    if r.status_code not in (200, 206):
+        r.close()
+        raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
+    if r.status_code == 206:
+        # Content-Range: bytes START-END/TOTAL
+        span, _, total = r.headers.get("Content-Range", "").partition("/")
+        start = int(span.split()[-1].split("-")[0]) if span else offset
+        total = int(total) if total.isdigit() else None
+    else:
+        start = 0
+        length = r.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+    return r.iter_content(1 << 16), start, total
+
+
+def download(url, path, retries=5, retry_wait=2.0, timeout=30.0, name=""):
+    """Fetches `url` to `path` through `path`.part, resuming it where the server allows;
+    retries connection errors and timeouts with doubling waits; checks the final size.
+    Raises DownloadError with a one-line reason."""
+    part = path + ".part"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    for attempt in range(retries):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            chunks, start, total = _open(url, have, timeout)
+            if start != have:  # the server sent the whole file: start over
+                have = 0
+            bar = _bar(total, name)
+            bar.start(init_value=min(have, total or have))
+            with open(part, "r+b" if have else "wb") as f:
+                f.seek(have)
+                f.truncate()
+                for block in chunks:
+                    f.write(block)
+                    have += len(block)
+                    bar.update(min(have, total) if total else have)
+            bar.finish()
+            if total is not None and have != total:
+                raise requests.exceptions.ChunkedEncodingError(f"got {have} of {total} bytes")
+            os.replace(part, path)
+            return
+        except RETRYABLE as e:
+            reason = _connection_reason(e, url)
+        except requests.exceptions.RequestException as e:
+            raise DownloadError(f"{url}: {e}") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DownloadError(f"{part}: disk full") from None
+            raise DownloadError(f"{e.filename or part}: {e.strerror or e}") from None
+        if attempt + 1 < retries:
+            wait = retry_wait * 2 ** attempt
+            utils.warn(f"{name}: {reason}; retrying in {wait:g} s")
+            time.sleep(wait)
+    raise DownloadError(f"{reason} (gave up after {retries} attempts; run again to resume)")
+
+
+RETRYABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+             requests.exceptions.ChunkedEncodingError)
+
+
+def _connection_reason(e, url):
+    """A short reason for a retryable failure: timed out, unreachable, or dropped."""
+    host = urllib.parse.urlparse(url).netloc
+    text = str(e)
+    if isinstance(e, requests.exceptions.Timeout) or "timed out" in text:
+        return f"{host}: timed out"
+    if isinstance(e, requests.exceptions.ChunkedEncodingError) or "aborted" in text or "reset" in text:
+        return f"{host}: connection dropped before the end of the file"
+    return f"{host}: host unreachable"
+
+
+# ---------------------------------------------------------------------------- archives
+
+def check_zip(path, target):
+    """Opens the zip and checks every member's CRC and that none would land outside
+    `target` (absolute paths, '..', links). Returns the member names; raises DownloadError."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad is not None:
+                raise DownloadError(f"{path}: member {bad} fails its CRC check (corrupt download)")
+            root = os.path.realpath(target)
+            for info in z.infolist():
+                name = info.filename
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise DownloadError(f"{path}: member {name} is a link; refusing the archive")
+                dest = os.path.realpath(os.path.join(root, name))
+                if (os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/")
+                        or not (dest == root or dest.startswith(root + os.sep))):
+                    raise DownloadError(f"{path}: member {name} would be written outside {target}; refusing the archive")
+            return z.namelist()
+    except zipfile.BadZipFile as e:
+        raise DownloadError(f"{path}: not a valid zip file ({e})") from None
+    except zipfile.LargeZipFile as e:
+        raise DownloadError(f"{path}: {e}") from None
+
+
+def extract(zip_path, dest):
+    """Extracts into a temporary folder beside `dest`, finds the folder holding the splits
+    (the reference zips put everything under NAME/), and renames it to `dest`."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.tmp-")
+    try:
+        check_zip(zip_path, tmp)
+        with zipfile.ZipFile(zip_path) as z:
+            z.extractall(tmp)
+        root = tmp
+        entries = [e for e in os.listdir(root) if not e.startswith(("__MACOSX", "."))]
+        while len(entries) == 1 and os.path.isdir(os.path.join(root, entries[0])) and entries[0] not in SPLITS:
+            root = os.path.join(root, entries[0])
+            entries = [e for e in os.listdir(root) if not e.startswith(("__MACOSX", "."))]
+        if not any(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
+            raise DownloadError(f"{zip_path}: holds none of {', '.join(SPLITS)}")
+        _swap_into_place(root, dest)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DownloadError(f"{dest}: disk full while extracting") from None
+        raise DownloadError(f"{dest}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_into_place(ready, dest):
+    """Renames the finished folder to `dest`; an older `dest` (with --force) is removed only
+    once the new one is complete."""
+    old = None
+    if os.path.exists(dest):
+        old = dest + f".old-{os.getpid()}"
+        os.rename(dest, old)
+    os.rename(ready, dest)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_complete(folder):
+    return all(os.path.isdir(os.path.join(folder, s)) for s in SPLITS)
+
+
+def fetch(name, args):
+    """Downloads (unless the zip is there) and extracts one official dataset."""
+    dest = os.path.join(args.data_dir, name)
+    if is_complete(dest) and not args.force:
+        print(f"{name}: already in {dest}, skipping (--force to fetch again)", file=sys.stderr)
+        return
+    zip_path = os.path.join(args.download_dir, f"{name}.zip")
+    if os.path.exists(zip_path) and args.force:
+        os.remove(zip_path)
+    if os.path.exists(zip_path):
+        print(f"{name}: using {zip_path}", file=sys.stderr)
+    else:
+        url = urllib.parse.urljoin(args.base_url if args.base_url.endswith("/") else args.base_url + "/", f"{name}.zip")
+        download(url, zip_path, args.retries, args.retry_wait, args.timeout, name=name)
+    try:
+        check_zip(zip_path, dest)
+    except DownloadError:
+        os.remove(zip_path)
+        raise
+    extract(zip_path, dest)
+    print(f"{name}: extracted to {dest}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- sample set
+
+def sample_scene(rng, h, w):
+    """A random picture: a smooth two-colour gradient with a few filled shapes (uint8 RGB)."""
+    c0, c1 = rng.uniform(40, 215, size=(2, 3))
+    t = np.linspace(0, 1, w)[None, :, None] * np.ones((h, 1, 1))
+    img = (c0 * (1 - t) + c1 * t).astype(np.float32)
+    for _ in range(rng.integers(2, 6)):
+        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
+        size = int(rng.integers(max(4, min(h, w) // 10), max(5, min(h, w) // 3)))
+        if rng.random() < 0.5:
+            cv2.circle(img, (cx, cy), size, color, -1, lineType=cv2.LINE_AA)
+        else:
+            cv2.rectangle(img, (cx - size, cy - size // 2), (cx + size, cy + size // 2), color, -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def sample_transform(rgb):
+    """The hidden A -> B translation: a colour change (channels rotated R,G,B -> B,R,G with a
+    gamma of 0.8) and a texture change (dark outlines along edges). Local and translation
+    invariant, so a fully convolutional generator can learn it exactly."""
+    x = rgb.astype(np.float32) / 255.0
+    x = x[..., [2, 0, 1]] ** 0.8
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    edges = np.abs(cv2.Laplacian(cv2.GaussianBlur(gray, (3, 3), 0), cv2.CV_32F, ksize=3))
+    x = x * (1.0 - np.clip(edges * 2.0, 0, 0.8))[..., None]
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_sample(dest, seed=0, n_train=250, n_test=25):
+    """Writes the `sample` set into `dest` (through a temporary folder): trainA/testA are random
+    scenes, trainB/testB are other random scenes under sample_transform, and testA_truth holds
+    the true translation of every testA image. Sizes 64 to 128 px; the same seed gives the
+    same files."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".sample.tmp-")
+    try:
+        for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
+            for side in "AB":
+                rng = np.random.default_rng([seed, offset, ord(side)])
+                folder = os.path.join(tmp, f"{split}{side}")
+                for i in range(n):
+                    h, w = (int(v) for v in rng.integers(64, 129, size=2))
+                    scene = sample_scene(rng, h, w)
+                    name = f"{i:04d}.png"
+                    utils.write_image(os.path.join(folder, name), scene if side == "A" else sample_transform(scene))
+                    if split == "test" and side == "A":
+                        utils.write_image(os.path.join(tmp, "testA_truth", name), sample_transform(scene))
+        _swap_into_place(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def main(argv=None):
+    """Runs download.py with `argv` (default: sys.argv); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, mb in DATASETS.items():
+            note = "  (not redistributable: see --datasets cityscapes)" if name == "cityscapes" else ""
+            print(f"{name:24s} about {mb} MB{note}")
+        print(f"{SAMPLE:24s} generated locally, about 8 MB")
+        return 0
+    unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
+    if unknown:
+        print(f"error: unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}",
+              file=sys.stderr)
+        return 2
+    if not args.datasets:
+        print("error: name at least one dataset with --datasets (see --list)", file=sys.stderr)
+        return 2
+    failed = []
+    for name in dict.fromkeys(args.datasets):
+        try:
+            if name == SAMPLE:
+                dest = os.path.join(args.data_dir, SAMPLE)
+                if is_complete(dest) and not args.force:
+                    print(f"{SAMPLE}: already in {dest}, skipping (--force to make again)", file=sys.stderr)
+                    continue
+                make_sample(dest, args.seed)
+                print(f"{SAMPLE}: generated in {dest}", file=sys.stderr)
+            elif name == "cityscapes":
+                raise DownloadError(CITYSCAPES_HELP)
+            else:
+                fetch(name, args)
+        except DownloadError as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            failed.append(name)
+        except OSError as e:
+            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            print(f"error: {name}: {getattr(e, 'filename', '') or ''} {reason}".replace("  ", " "), file=sys.stderr)
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
