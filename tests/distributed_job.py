@@ -1,0 +1,69 @@
+"""Jobs the distribution tests run in a fresh process: TensorFlow's devices can only be split
+into logical CPUs before it starts. Usage: python distributed_job.py JOB OUT_DIR [ARGS...]"""
+import json
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def two_cpus():
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def equivalence(out):
+    """One step, 2 replicas x batch 1, against one device x batch 2, same weights and images."""
+    import model
+    import utils
+    from conftest import TINY, make_image
+    strategy = two_cpus()
+    single = model.CycleGAN(**{**TINY, "pool_size": 0}, batch_size=2)
+    dist = model.CycleGAN(**{**TINY, "pool_size": 0}, batch_size=1, strategy=strategy)
+    nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
+    for a, b in zip(nets(single), nets(dist)):
+        b.assign(a)
+    rng = np.random.default_rng(0)
+    A, B = (np.stack([utils.to_float(make_image(rng, 32, 32)).numpy() for _ in range(2)]) for _ in "AB")
+    losses_single = single.train_step(A, B).numpy()
+    a, b = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((A, B)).batch(2))))
+    assert len(a.values) == 2
+    losses_dist = dist.train_step(a, b).numpy()
+    weights = {f"{i}:{v.path}": (v.numpy(), w.numpy()) for i, (v, w) in enumerate(zip(nets(single), nets(dist)))}
+    np.savez(os.path.join(out, "equivalence.npz"), losses_single=losses_single, losses_dist=losses_dist,
+             names=np.array(list(weights)), **{f"s{i}": s for i, (s, _) in enumerate(weights.values())},
+             **{f"d{i}": d for i, (_, d) in enumerate(weights.values())})
+
+
+def mirrored_run(out, data, image):
+    """Trains with --distribute mirrored on 2 CPUs, resumes single-device, resumes mirrored again;
+    then restores the final checkpoint under the strategy and translates `image`."""
+    import model
+    import train
+    import utils
+    from conftest import TINY_FLAGS
+    strategy = two_cpus()
+    run = os.path.join(out, "run")
+    base = ["--img_A_dir", os.path.join(data, "trainA"), "--img_B_dir", os.path.join(data, "trainB"),
+            "--model_dir", run, *TINY_FLAGS, "--n_epochs_decay", "0"]
+    codes = [train.main(base + ["--n_epochs", "1", "--distribute", "mirrored"]),
+             train.main(base + ["--n_epochs", "2"]),
+             train.main(base + ["--n_epochs", "3", "--distribute", "mirrored"])]
+    config = utils.load_json(os.path.join(run, "config.json"))
+    gan = model.CycleGAN(**config["architecture"], strategy=strategy)
+    gan.checkpoint().read(tf.train.latest_checkpoint(run)).expect_partial()
+    fake = gan.translators["A2B"].translate_image(utils.read_image(image))
+    np.save(os.path.join(out, "mirrored_fake.npy"), fake)
+    with open(os.path.join(out, "mirrored.json"), "w") as f:
+        json.dump({"codes": codes, "global_batch": config["global_batch_size"], "steps": config["steps_per_epoch"],
+                   "step": int(gan.step.numpy()), "replicas": config["replicas"]}, f)
+
+
+if __name__ == "__main__":
+    job, out, *rest = sys.argv[1:]
+    {"equivalence": equivalence, "mirrored_run": mirrored_run}[job](out, *rest)
