@@ -1,0 +1,186 @@
+"""Measure training and conversion speed against this machine's peak; prints one JSON object.
+
+    python benchmark.py --crop_size 128 --n_blocks 6          # reference architecture at 128 px
+    python benchmark.py --crop_size 256 --jit_compile --iters 5
+    python benchmark.py --img_A_dir data/x/trainA --img_B_dir data/x/trainB
+
+FLOPs are counted analytically from the layer shapes: 2 x multiply-adds of every convolution
+(a transposed convolution on its input grid), nothing for norms and activations. One training
+iteration counts 6 generator and 6 discriminator forward passes (identity loss on), each
+backward pass as 2 forwards. The peak is a large float32 matmul (NumPy's BLAS), run here.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import numpy as np
+import tensorflow as tf
+
+import model
+import module
+import utils
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Time training and conversion; compare with this machine's peak.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--crop_size", type=int, default=256, help="training crop and conversion size")
+    p.add_argument("--load_size", type=int, default=286, help="resize before the crop (input pipeline)")
+    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
+    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
+    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks")
+    p.add_argument("--n_layers_D", type=int, default=3, help="PatchGAN stride-2 layers")
+    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step")
+    p.add_argument("--pool_size", type=int, default=50, help="image pool size")
+    p.add_argument("--lambda_identity", type=float, default=0.5, help="identity weight (0 skips 2 generator passes)")
+    p.add_argument("--jit_compile", action="store_true", help="XLA-compile the step and the conversion")
+    p.add_argument("--mixed_precision", action="store_true", help="float16 (GPU) or bfloat16 (CPU) compute")
+    p.add_argument("--iters", type=int, default=5, help="timed training iterations (after 2 untimed)")
+    p.add_argument("--convert_iters", type=int, default=5, help="timed conversion batches (after 2 untimed)")
+    p.add_argument("--pipeline_images", type=int, default=200, help="images decoded to time the input pipeline")
+    p.add_argument("--img_A_dir", help="time real images of domain A (default: synthetic JPEGs)")
+    p.add_argument("--img_B_dir", help="time real images of domain B")
+    return p
+
+
+def conv_flops(layer, input_shape, output_shape):
+    """2 x multiply-adds of a Conv2D / Conv2DTranspose for one image (transposed: input grid)."""
+    kh, kw = layer.kernel_size
+    if isinstance(layer, tf.keras.layers.Conv2DTranspose):
+        h, w, cin = input_shape[1], input_shape[2], input_shape[3]
+        return 2 * h * w * kh * kw * cin * layer.filters
+    cin = input_shape[3]
+    return 2 * output_shape[1] * output_shape[2] * kh * kw * cin * layer.filters
+
+
+def generator_flops(G, size):
+    """FLOPs of one generator forward pass on a size x size image."""
+    total = 0
+
+    def run(L, x, names):
+        nonlocal total
+        for name in names:
+            y = L[name](x)
+            if isinstance(L[name], (tf.keras.layers.Conv2D, tf.keras.layers.Conv2DTranspose)):
+                total += conv_flops(L[name], x.shape, y.shape)
+            x = y
+        return x
+
+    module.generator_flow(G, tf.zeros([1, size, size, 3]), lambda layer, x: layer(x), run)
+    return total
+
+
+def discriminator_flops(D, size):
+    """FLOPs of one discriminator forward pass on a size x size image (its layers form a chain)."""
+    x, total = tf.zeros([1, size, size, 3]), 0
+    for layer in D.layers[1:]:
+        y = layer(x)
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            total += conv_flops(layer, x.shape, y.shape)
+        x = y
+    return total
+
+
+def matmul_peak(n=4096, reps=5):
+    """GFLOP/s of the best of `reps` float32 n x n matmuls (NumPy's BLAS, all cores)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def spread(times):
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def synthetic_folder(root, name, n, size, seed):
+    """n random smooth JPEGs of size x size in root/name."""
+    import cv2
+    folder = os.path.join(root, name)
+    os.makedirs(folder)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        cv2.imwrite(os.path.join(folder, f"{i:04d}.jpg"), cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC))
+    return folder
+
+
+def main(argv=None):
+    """Runs the benchmark with `argv`; prints JSON on stdout and a summary on stderr."""
+    args = build_parser().parse_args(argv)
+    utils.setup_devices()
+    result = {"config": vars(args), "tensorflow": tf.__version__,
+              "devices": [d.name for d in tf.config.list_logical_devices()]}
+    result["peak_gflops"] = matmul_peak()
+
+    gan = model.CycleGAN(args.ngf, args.ndf, args.n_blocks, args.n_layers_D, 3, args.crop_size, args.pool_size,
+                         lambda_identity=args.lambda_identity, batch_size=args.batch_size,
+                         jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
+    g_flops = generator_flops(gan.G_A2B, args.crop_size)
+    d_flops = discriminator_flops(gan.D_A, args.crop_size)
+    g_passes = 6 if args.lambda_identity > 0 else 4
+    step_flops = 3 * (g_passes * g_flops + 6 * d_flops) * args.batch_size
+    result.update(generator_forward_gflop=g_flops / 1e9, discriminator_forward_gflop=d_flops / 1e9,
+                  train_iteration_gflop=step_flops / 1e9)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = [args.img_A_dir, args.img_B_dir]
+        if not all(dirs):
+            n = max(args.pipeline_images // 2, args.batch_size)
+            dirs = [synthetic_folder(tmp, s, n, args.load_size, i) for i, s in enumerate("AB")]
+        paths = [utils.list_images(d) for d in dirs]
+        # Input pipeline alone: decode, resize, crop, flip.
+        ds, steps = utils.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size)
+        batches = list(ds.take(2))
+        start = time.perf_counter()
+        count = sum(1 for _ in ds) * 2 * args.batch_size
+        result["pipeline_images_per_s"] = count / (time.perf_counter() - start)
+        real_A, real_B = batches[0]
+
+    # Training: two untimed iterations (tracing, compiling), then the timed ones.
+    for _ in range(2):
+        gan.train_step(real_A, real_B).numpy()
+    times = [_timed(lambda: gan.train_step(real_A, real_B).numpy()) for _ in range(args.iters)]
+    result["train_seconds_per_iteration"] = spread(times)
+    result["train_gflops"] = step_flops / 1e9 / statistics.median(times)
+    result["train_fraction_of_peak"] = result["train_gflops"] / result["peak_gflops"]
+    result["train_images_per_s"] = 2 * args.batch_size / statistics.median(times)
+    result["train_traces"] = gan.train_step.experimental_get_tracing_count()
+
+    # Conversion: convert.py's path (uint8 in, pad, generator, crop, uint8 out).
+    translator = gan.translators["A2B"]
+    images = utils.to_uint8(real_A).numpy()
+    for _ in range(2):
+        translator.translate(images).numpy()
+    times = [_timed(lambda: translator.translate(images).numpy()) for _ in range(args.convert_iters)]
+    result["convert_images_per_s"] = args.batch_size / statistics.median(times)
+    result["convert_gflops"] = g_flops * args.batch_size / 1e9 / statistics.median(times)
+    result["convert_fraction_of_peak"] = result["convert_gflops"] / result["peak_gflops"]
+    result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print(f"train {statistics.median([result['train_seconds_per_iteration']['median']]):.2f} s/iteration, "
+          f"{result['train_gflops']:.1f} GFLOP/s = {100 * result['train_fraction_of_peak']:.0f}% of the "
+          f"{result['peak_gflops']:.0f} GFLOP/s matmul peak; convert {result['convert_images_per_s']:.2f} img/s "
+          f"({100 * result['convert_fraction_of_peak']:.0f}% of peak); pipeline {result['pipeline_images_per_s']:.0f} "
+          f"img/s ({result['pipeline_over_step']:.0f}x the step)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""benchmark.py: the FLOP counts it divides by, and one tiny run of the whole command."""
+import json
+
+import pytest
+
+import benchmark
+import module
+
+
+def test_flop_counts_of_the_reference_networks():
+    # The figures PyTorch's own FLOP counter gives for the official networks (within 1%).
+    assert benchmark.generator_flops(module.resnet_generator(), 256) / 1e9 == pytest.approx(99.10, abs=0.01)
+    assert benchmark.generator_flops(module.resnet_generator(), 128) / 1e9 == pytest.approx(24.78, abs=0.01)
+    assert benchmark.discriminator_flops(module.patch_discriminator(), 256) / 1e9 == pytest.approx(6.29, abs=0.01)
+
+
+def test_tiny_benchmark_reports_everything(capsys):
+    assert benchmark.main(["--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",
+                           "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("train_seconds_per_iteration", "convert_images_per_s", "pipeline_images_per_s", "peak_gflops",
+                "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
+        assert key in result
+    assert result["train_traces"] == 1
+    assert result["peak_gflops"] > 1 and 0 < result["train_fraction_of_peak"] < 1.5
+    assert result["train_iteration_gflop"] == pytest.approx(
+        3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
