@@ -34,10 +34,16 @@ def equivalence(out):
     a, b = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((A, B)).batch(2))))
     assert len(a.values) == 2
     losses_dist = dist.train_step(a, b).numpy()
-    weights = {f"{i}:{v.path}": (v.numpy(), w.numpy()) for i, (v, w) in enumerate(zip(nets(single), nets(dist)))}
+    # Adam's first moment after one step is (1 - beta1) * gradient: the gradients themselves.
+    moments = lambda g: [m.numpy() for opt in (g.optimizer_G, g.optimizer_D) for m in opt._momentums]
+    pairs = list(zip(nets(single), nets(dist), moments(single), moments(dist)))
+    assert len(pairs) == len(nets(single)) == len(moments(single))
+    arrays = {}
+    for i, (v, w, m_single, m_dist) in enumerate(pairs):
+        assert v.shape == m_single.shape
+        arrays.update({f"s{i}": v.numpy(), f"d{i}": w.numpy(), f"gs{i}": m_single, f"gd{i}": m_dist})
     np.savez(os.path.join(out, "equivalence.npz"), losses_single=losses_single, losses_dist=losses_dist,
-             names=np.array(list(weights)), **{f"s{i}": s for i, (s, _) in enumerate(weights.values())},
-             **{f"d{i}": d for i, (_, d) in enumerate(weights.values())})
+             names=np.array([v.path for v in nets(single)]), **arrays)
 
 
 def mirrored_run(out, data, image):

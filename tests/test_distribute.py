@@ -29,17 +29,21 @@ def test_two_replicas_of_one_equal_one_device_of_two(tmp_path):
     job("equivalence", tmp_path)
     r = np.load(tmp_path / "equivalence.npz")
     np.testing.assert_allclose(r["losses_dist"], r["losses_single"], rtol=1e-5)
-    moved = 0
+    lr, tight, total = 2e-4, 0, 0
+    # Float noise in a gradient is relative to the largest gradients of the whole model.
+    scale = max(np.abs(r[f"gs{i}"]).max() for i in range(len(r["names"])))
     for i, name in enumerate(r["names"]):
-        single, dist = r[f"s{i}"], r[f"d{i}"]
-        if name.endswith("bias") and "score" not in name and not name.split(":")[1].startswith(("conv0", "dec_conv")):
-            # A bias right before an instance norm has a true gradient of zero (the norm removes
-            # it), so Adam's first step moves it by +-lr on float noise: equal within 2 lr.
-            np.testing.assert_allclose(dist, single, atol=2 * 2e-4 + 1e-7, err_msg=name)
-        else:
-            np.testing.assert_allclose(dist, single, atol=1e-5, err_msg=name)
-            moved += 1
-    assert moved >= 30
+        single, dist, g_single, g_dist = r[f"s{i}"], r[f"d{i}"], r[f"gs{i}"], r[f"gd{i}"]
+        # The gradients: equal up to float summation order.
+        np.testing.assert_allclose(g_dist, g_single, rtol=1e-3, atol=1e-5 * scale, err_msg=name)
+        # Adam's first step moves a weight by lr * g / (|g| + eps), about +-lr whatever |g| is, so
+        # where |g| is at float-noise level (e.g. a bias right before an instance norm, whose true
+        # gradient is 0) the step's size is noise too: bounded by 2 lr. Everywhere else it is exact.
+        clear = np.abs(g_single) > 1e-4 * scale
+        np.testing.assert_allclose(dist[clear], single[clear], atol=1e-5, err_msg=name)
+        np.testing.assert_array_less(np.abs(dist - single), 2 * lr + 1e-7, err_msg=name)
+        tight, total = tight + clear.sum(), total + clear.size
+    assert tight > 0.9 * total
 
 
 def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path, dataset_dirs):
