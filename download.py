@@ -263,13 +263,26 @@ def fetch(name, args):
 
 # ---------------------------------------------------------------------------- sample set
 
+# Domain A's colours: each channel has its own range (reds high, greens middle, blues low).
+# The hidden translation rotates the channels, so each channel's histogram says where it went:
+# with equal ranges any channel permutation would fit the unpaired data equally well and the
+# known answer could not be learned from it.
+SAMPLE_COLOUR_RANGES = np.array([(140.0, 240.0), (70.0, 170.0), (10.0, 110.0)])
+
+
+def sample_colour(rng):
+    """One random colour of domain A (RGB floats, see SAMPLE_COLOUR_RANGES)."""
+    lo, hi = SAMPLE_COLOUR_RANGES.T
+    return lo + (hi - lo) * rng.random(3)
+
+
 def sample_scene(rng, h, w):
     """A random picture: a smooth two-colour gradient with a few filled shapes (uint8 RGB)."""
-    c0, c1 = rng.uniform(40, 215, size=(2, 3))
+    c0, c1 = sample_colour(rng), sample_colour(rng)
     t = np.linspace(0, 1, w)[None, :, None] * np.ones((h, 1, 1))
     img = (c0 * (1 - t) + c1 * t).astype(np.float32)
     for _ in range(rng.integers(2, 6)):
-        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        color = tuple(float(v) for v in sample_colour(rng))
         cx, cy = int(rng.integers(0, w)), int(rng.integers(0, h))
         size = int(rng.integers(max(4, min(h, w) // 10), max(5, min(h, w) // 3)))
         if rng.random() < 0.5:

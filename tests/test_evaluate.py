@@ -128,9 +128,9 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
         rows = list(csv.DictReader(f))
     assert {"A2B_cycle_l1", "B2A_cycle_l1", "A2B_ssim", "A2B_psnr_input"} <= set(rows[0])
     after = float(rows[-1]["A2B_psnr"])
-    # After brief training the translation is closer to the truth than before training,
-    # and than the untranslated input.
-    assert after > before["psnr"] + 0.5 and after > before["psnr_input"] + 0.5
+    # After brief training the translation is much closer to the truth than before training,
+    # and than the untranslated input (about 18-19 dB against 12 and 8.6 here).
+    assert after > before["psnr"] + 3 and after > before["psnr_input"] + 3
     # The same figure from the command line, against the truth folder the set ships with.
     capsys.readouterr()
     monkeypatch.setattr(evaluate, "inception_model", lambda weights=None, allow_download=True: net)
