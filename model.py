@@ -184,10 +184,19 @@ class CycleGAN:
             + lambda_cycle * (|G_B2A(G_A2B(A)) - A| + |G_A2B(G_B2A(B)) - B|)      Eq. 2
             + lambda_identity * lambda_cycle * (|G_A2B(B) - B| + |G_B2A(A) - A|)  Sec. 5.2
         Returns (losses dict, fake_A, fake_B); identity passes are skipped when its weight is 0.
+        A generator's translation and identity passes take the same weights on inputs of one
+        shape, so they run as one batch: 4 generator calls instead of 6, with larger (faster)
+        convolutions. Exact, because instance norm works image by image.
         """
-        fake_B = self.G_A2B(real_A, training=True)
+        identity = self.lambda_identity > 0
+        n = tf.shape(real_A)[0]
+        if identity:
+            fake_B, idt_A = tf.split(self.G_A2B(tf.concat([real_A, real_B], 0), training=True), [n, -1])
+            fake_A, idt_B = tf.split(self.G_B2A(tf.concat([real_B, real_A], 0), training=True), [n, -1])
+        else:
+            fake_B = self.G_A2B(real_A, training=True)
+            fake_A = self.G_B2A(real_B, training=True)
         rec_A = self.G_B2A(fake_B, training=True)
-        fake_A = self.G_B2A(real_B, training=True)
         rec_B = self.G_A2B(fake_A, training=True)
         losses = {
             "G_A2B": lsgan_loss(self.D_B(fake_B, training=True), 1.0),
@@ -195,10 +204,10 @@ class CycleGAN:
             "cycle_A": l1_loss(rec_A, real_A) * self.lambda_cycle,
             "cycle_B": l1_loss(rec_B, real_B) * self.lambda_cycle,
         }
-        if self.lambda_identity > 0:
+        if identity:
             weight = self.lambda_cycle * self.lambda_identity
-            losses["idt_A"] = l1_loss(self.G_A2B(real_B, training=True), real_B) * weight
-            losses["idt_B"] = l1_loss(self.G_B2A(real_A, training=True), real_A) * weight
+            losses["idt_A"] = l1_loss(idt_A, real_B) * weight
+            losses["idt_B"] = l1_loss(idt_B, real_A) * weight
         else:
             losses["idt_A"] = losses["idt_B"] = tf.constant(0.0)
         losses["G"] = tf.add_n([losses[k] for k in LOSS_NAMES[1:7]])
@@ -206,8 +215,10 @@ class CycleGAN:
 
     def discriminator_loss(self, D, real, fake):
         """0.5 * (mean((D(real) - 1)^2) + mean(D(fake)^2)): the D side of LSGAN, halved
-        as the reference does to slow D relative to G."""
-        return 0.5 * (lsgan_loss(D(real, training=True), 1.0) + lsgan_loss(D(fake, training=True), 0.0))
+        as the reference does to slow D relative to G. Real and fake images go through D
+        as one batch (per-image instance norm keeps them independent)."""
+        scores_real, scores_fake = tf.split(D(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True), 2)
+        return 0.5 * (lsgan_loss(scores_real, 1.0) + lsgan_loss(scores_fake, 0.0))
 
     def _train_step(self, real_A, real_B):
         """One training iteration on every replica (see _replica_step); returns the losses,

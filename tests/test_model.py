@@ -35,8 +35,8 @@ def test_generator_and_discriminator_losses_by_hand():
     gan.lambda_cycle, gan.lambda_identity = 10.0, 0.5
     gan.G_A2B = Const(lambda x: x * 0.5)          # fake_B = A/2, rec_B = fake_A/2
     gan.G_B2A = Const(lambda x: x + 1.0)          # fake_A = B+1, rec_A = A/2+1
-    gan.D_A = Const(lambda x: tf.fill([1, 2, 2, 1], 3.0))
-    gan.D_B = Const(lambda x: tf.fill([1, 2, 2, 1], 0.0))
+    gan.D_A = Const(lambda x: tf.fill([tf.shape(x)[0], 2, 2, 1], 3.0))
+    gan.D_B = Const(lambda x: tf.fill([tf.shape(x)[0], 2, 2, 1], 0.0))
     A, B = tf.fill([1, 4, 4, 3], 2.0), tf.fill([1, 4, 4, 3], -2.0)
     losses, fake_A, fake_B = gan.generator_losses(A, B)
     assert float(losses["G_A2B"]) == pytest.approx(1.0)         # (0 - 1)^2
@@ -48,12 +48,29 @@ def test_generator_and_discriminator_losses_by_hand():
     assert float(losses["G"]) == pytest.approx(1 + 4 + 0 + 15 + 5 + 5)
     # 0.5 * ((3 - 1)^2 + 3^2)
     assert float(gan.discriminator_loss(gan.D_A, A, fake_A)) == pytest.approx(6.5)
+    assert gan.G_A2B.calls == 2 and gan.G_B2A.calls == 2  # translation and identity in one batch
 
     gan.lambda_identity = 0.0
     gan.G_A2B.calls = gan.G_B2A.calls = 0
     losses, _, _ = gan.generator_losses(A, B)
     assert float(losses["idt_A"]) == 0 and float(losses["idt_B"]) == 0
     assert gan.G_A2B.calls == 2 and gan.G_B2A.calls == 2  # identity passes skipped
+
+
+def test_batched_passes_equal_separate_calls(tiny_gan):
+    # Translation and identity passes share one generator call, real and fake one discriminator
+    # call: the same values as separate calls, because instance norm works image by image.
+    A, B = batch(60, n=2), batch(61, n=2)
+    losses, fake_A, fake_B = tiny_gan.generator_losses(A, B)
+    G_A2B, G_B2A, D_A = tiny_gan.G_A2B, tiny_gan.G_B2A, tiny_gan.D_A
+    np.testing.assert_allclose(fake_B, G_A2B(A), atol=1e-5)
+    np.testing.assert_allclose(fake_A, G_B2A(B), atol=1e-5)
+    separate = {"idt_A": model.l1_loss(G_A2B(B), B) * 5, "idt_B": model.l1_loss(G_B2A(A), A) * 5,
+                "cycle_A": model.l1_loss(G_B2A(G_A2B(A)), A) * 10}
+    for name, value in separate.items():
+        assert float(losses[name]) == pytest.approx(float(value), rel=1e-5)
+    d_loss = 0.5 * (model.lsgan_loss(D_A(A), 1.0) + model.lsgan_loss(D_A(fake_A), 0.0))
+    assert float(tiny_gan.discriminator_loss(D_A, A, fake_A)) == pytest.approx(float(d_loss), rel=1e-5)
 
 
 @pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (101, 0.99), (150, 0.5), (200, 0.0)])
