@@ -22,6 +22,7 @@ def test_tiny_benchmark_reports_everything(capsys):
                 "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
         assert key in result
     assert result["train_traces"] == 1
+    assert result["config"]["convert_batch_size"] == 4  # convert.py's own batch of same-size images
     assert result["peak_gflops"] > 1 and 0 < result["train_fraction_of_peak"] < 1.5
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
