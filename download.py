@@ -15,7 +15,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -199,9 +198,7 @@ def check_zip(path, target):
 def extract(zip_path, dest):
     """Extracts into a temporary folder beside `dest`, finds the folder holding the splits
     (the reference zips put everything under NAME/), and renames it to `dest`."""
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dest)}.tmp-")
+    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp-")
     try:
         check_zip(zip_path, tmp)
         with zipfile.ZipFile(zip_path) as z:
@@ -309,9 +306,7 @@ def make_sample(dest, seed=0, n_train=250, n_test=25):
     scenes, trainB/testB are other random scenes under sample_transform, and testA_truth holds
     the true translation of every testA image. Sizes 64 to 128 px; the same seed gives the
     same files."""
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".sample.tmp-")
+    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(dest)), ".sample.tmp-")
     try:
         for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
             for side in "AB":

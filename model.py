@@ -12,9 +12,7 @@ import glob
 import itertools
 import os
 import shutil
-import tempfile
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -399,9 +397,8 @@ def export(generators, export_dir):
         setattr(root, f"G_{direction}", G)
         signatures[direction] = signature(Translator(G))
         setattr(root, direction, signatures[direction])
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
+    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(export_dir)),
+                              f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
     try:
         tf.saved_model.save(root, tmp, signatures=signatures)
         old = None

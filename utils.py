@@ -166,6 +166,7 @@ class VideoWriter:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=ext)
+        os.fchmod(fd, usual_mode())
         os.close(fd)
         self.path = path
         self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext]), fps,
@@ -202,12 +203,30 @@ def write_image(path, rgb, jpeg_quality=JPEG_QUALITY):
     atomic_write_bytes(path, encoded.tobytes())
 
 
+def usual_mode(directory=False):
+    """The permissions open() or os.mkdir() would give under the current umask. tempfile's
+    mkstemp and mkdtemp make private (0600, 0700) files and folders; what is renamed into place
+    from them gets these instead, so outputs, datasets and exports stay readable as usual."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def make_temp_dir(parent, prefix):
+    """A new folder in `parent` (made if needed) with the usual permissions, to be renamed into place."""
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
+    os.chmod(tmp, usual_mode(directory=True))
+    return tmp
+
+
 def atomic_write_bytes(path, data):
     """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
+        os.fchmod(fd, usual_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -1,5 +1,6 @@
 """convert.py on a tiny model trained for a few steps in this session."""
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -171,6 +172,7 @@ def test_saved_model_reproduces_convert_without_project_code(run_dir, tmp_path):
     export = tmp_path / "export"
     assert convert.main(["--model_filepath", str(run_dir), "--export_dir", str(export)]) == 0
     assert convert.main(["--model_filepath", str(run_dir), "--export_dir", str(export)]) == 1  # exists
+    assert stat.S_IMODE(os.stat(export).st_mode) == utils.usual_mode(directory=True)
     for d in model.DIRECTIONS:
         assert conv(run_dir, src, tmp_path / f"ckpt_{d}", "--conversion_direction", d) == 0
         assert conv(export, src, tmp_path / f"saved_{d}", "--conversion_direction", d) == 0

@@ -4,6 +4,7 @@ import filecmp
 import http.server
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -257,6 +258,8 @@ def test_sample_is_deterministic_and_has_the_truth(tmp_path):
     truth = utils.read_image(str(tmp_path / "one" / "testA_truth" / "0001.png"))
     assert a.shape == truth.shape and 64 <= a.shape[0] <= 128
     np.testing.assert_array_equal(truth, download.sample_transform(a))
+    # Renamed into place from a private temporary folder, it is readable as any folder is.
+    assert stat.S_IMODE(os.stat(tmp_path / "one").st_mode) == utils.usual_mode(directory=True)
 
 
 def test_download_sample_command_then_train_on_it(tmp_path):

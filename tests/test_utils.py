@@ -1,5 +1,6 @@
 """Image I/O, folders and the training pipeline."""
 import os
+import stat
 
 import cv2
 import numpy as np
@@ -68,6 +69,20 @@ def test_write_image_keeps_format_and_leaves_no_temporary_file(tmp_path, rgb):
     assert sorted(os.listdir(tmp_path)) == ["out.jpg", "out.png"]
     np.testing.assert_array_equal(utils.read_image(str(tmp_path / "out.png")), rgb)
     assert np.abs(utils.read_image(str(tmp_path / "out.jpg")).astype(int) - rgb).mean() < 3
+
+
+def test_outputs_and_folders_get_the_usual_permissions(tmp_path, rgb):
+    # Written through private temporary files and folders, then renamed: they must end up with
+    # the modes a plain open() or mkdir() gives, not 0600 / 0700.
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+    old = os.umask(0o022)
+    try:
+        utils.write_image(str(tmp_path / "out.png"), rgb)
+        utils.save_json(str(tmp_path / "config.json"), {"a": 1})
+        folder = utils.make_temp_dir(str(tmp_path / "sub"), ".tmp-")
+        assert (mode(tmp_path / "out.png"), mode(tmp_path / "config.json"), mode(folder)) == (0o644, 0o644, 0o755)
+    finally:
+        os.umask(old)
 
 
 def test_pixel_range_round_trip(rgb):
