@@ -91,6 +91,8 @@ def test_bad_files_are_skipped_and_named(run_dir, tmp_path, capsys):
     (src / "empty.jpg").write_bytes(b"")
     good = open(src / "good.png", "rb").read()
     (src / "truncated.png").write_bytes(good[:len(good) // 3])
+    photo = cv2.imencode(".jpg", make_image(np.random.default_rng(3), 64, 64))[1].tobytes()
+    (src / "truncated.jpg").write_bytes(photo[:len(photo) * 9 // 10])
     (src / "text.jpg").write_text("not an image at all")
     (src / "huge.png").write_bytes(absurd_png())
     (src / "broken.gif").write_bytes(b"GIF89a\x00")
@@ -100,10 +102,11 @@ def test_bad_files_are_skipped_and_named(run_dir, tmp_path, capsys):
     assert conv(run_dir, src, tmp_path / "out") == 2
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
-    assert len(skipped) == 7 and "Traceback" not in err
-    for name in ("empty.jpg", "truncated.png", "text.jpg", "huge.png", "broken.gif", "broken.mp4", "link.png"):
+    assert len(skipped) == 8 and "Traceback" not in err
+    for name in ("empty.jpg", "truncated.png", "truncated.jpg", "text.jpg", "huge.png", "broken.gif", "broken.mp4",
+                 "link.png"):
         assert any(name in line for line in skipped), name
-    assert "empty file" in err and "converted 1 of 8" in err
+    assert "empty file" in err and "converted 1 of 9" in err
     assert os.listdir(tmp_path / "out") == ["good.png"]
 
 
