@@ -163,10 +163,7 @@ class VideoWriter:
 
     def __init__(self, path, fps, size_hw):
         ext = os.path.splitext(path)[1].lower()
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=ext)
-        os.fchmod(fd, usual_mode())
+        fd, self.tmp = temp_file_beside(path)
         os.close(fd)
         self.path = path
         self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext]), fps,
@@ -220,13 +217,21 @@ def make_temp_dir(parent, prefix):
     return tmp
 
 
-def atomic_write_bytes(path, data):
-    """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
+def temp_file_beside(path):
+    """A new hidden file (fd, name) in the folder of `path` (made if needed), with its extension in
+    lower case (OpenCV's video writer picks the container by it) and the usual permissions, to be
+    renamed over `path` once complete."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1].lower())
+    os.fchmod(fd, usual_mode())
+    return fd, tmp
+
+
+def atomic_write_bytes(path, data):
+    """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
+    fd, tmp = temp_file_beside(path)
     try:
-        os.fchmod(fd, usual_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
