@@ -144,10 +144,10 @@ def features(net, images, batch_size=32):
 
 def read_folder(folder):
     """The readable images of a folder (unreadable ones skipped with a warning): (paths, images)."""
-    paths = utils.check_images(utils.list_images(folder))
+    paths, images = utils.read_images(utils.list_images(folder))
     if not paths:
         raise utils.UserError(f"{folder}: none of its images could be read")
-    return paths, [utils.read_image(p) for p in paths]
+    return paths, images
 
 
 def distribution_scores(net, real, fake, args):

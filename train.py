@@ -177,8 +177,7 @@ def load_validation(folder):
     """(paths, images) of a validation folder; unreadable files are skipped with a warning."""
     if not folder:
         return [], []
-    paths = utils.check_images(utils.list_images(folder))
-    return paths, [utils.read_image(p) for p in paths]
+    return utils.read_images(utils.list_images(folder))
 
 
 def preview_grid(gan, rgb, direction):

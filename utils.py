@@ -293,26 +293,33 @@ def setup_devices():
             pass
 
 
-def check_images(paths):
-    """Decodes every file once; warns (one line each) about those that fail and returns
-    the readable ones. Runs in threads: OpenCV decodes without holding the GIL."""
+def read_images(paths, keep=True):
+    """Decodes every file once; warns (one line each) about those that fail. Returns the readable
+    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
+    memory). Runs in threads: OpenCV decodes without holding the GIL."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def ok(path):
+    def read(path):
         try:
-            read_image(path)
-            return True
+            image = read_image(path)
+            return image if keep else True, None
         except ImageError as e:
-            return str(e)
+            return None, str(e)
 
-    kept = []
+    kept, images = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for path, result in zip(paths, pool.map(ok, paths)):
-            if result is True:
+        for path, (image, error) in zip(paths, pool.map(read, paths)):
+            if error is None:
                 kept.append(path)
+                images.append(image)
             else:
-                warn(f"skipping {result}")
-    return kept
+                warn(f"skipping {error}")
+    return kept, images if keep else None
+
+
+def check_images(paths):
+    """The readable paths among `paths` (see read_images), without keeping the images."""
+    return read_images(paths, keep=False)[0]
 
 
 def epoch_order(n_A, n_B, epoch, random_seed):

@@ -61,6 +61,11 @@ def test_check_images_skips_broken_files_with_a_warning(tmp_path, capsys):
     assert kept == good
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png" in err[0] and err[0].startswith("warning:")
+    # read_images: the same paths and their pictures, from one decode each.
+    paths, images = utils.read_images(utils.list_images(str(tmp_path)))
+    assert paths == good and len(images) == 2
+    for path, image in zip(paths, images):
+        np.testing.assert_array_equal(image, utils.read_image(path))
 
 
 def test_write_image_keeps_format_and_leaves_no_temporary_file(tmp_path, rgb):
