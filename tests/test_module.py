@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import module
 
@@ -93,6 +94,40 @@ def test_instance_norm_statistics():
     y = np.asarray(module.InstanceNorm()(x))
     want = (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, want, atol=1e-4)
+
+
+def test_instance_norm_gradient_is_the_exact_derivative():
+    # The hand-written gradient against TensorFlow differentiating the formula itself, for a
+    # loss that weighs every output differently (so no term of the gradient cancels).
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(1.0, 3.0, size=(2, 5, 7, 3)).astype(np.float32))
+    w = tf.constant(rng.normal(size=(2, 5, 7, 3)).astype(np.float32))
+
+    def formula(x):
+        mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(var + 1e-5)
+
+    grads = []
+    for f in (module.InstanceNorm(), formula):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(f(x)) * w + f(x) * w)
+        grads.append(tape.gradient(loss, x).numpy())
+    assert np.abs(grads[1]).max() > 0.1
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-5 * np.abs(grads[1]).max())
+
+
+def test_crop_and_its_gradient():
+    x = tf.reshape(tf.range(2 * 5 * 6 * 1, dtype=tf.float32), (2, 5, 6, 1))
+    crop = module.Crop2D(((1, 0), (2, 1)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = crop(x)
+    np.testing.assert_array_equal(y, x[:, 1:, 2:5])
+    assert crop.compute_output_shape((None, 5, 6, 1)) == (None, 4, 3, 1)
+    want = np.zeros((2, 5, 6, 1), np.float32)
+    want[:, 1:, 2:5] = 1
+    np.testing.assert_array_equal(tape.gradient(y, x), want)
 
 
 def test_reflection_pad_mirrors_without_edge_repeat():
