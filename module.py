@@ -61,37 +61,37 @@ class InstanceNorm(keras.layers.Layer):
     """Instance normalization without scale or offset (nn.InstanceNorm2d(affine=False)).
 
     y = (x - mean_hw(x)) / sqrt(var_hw(x) + eps), statistics per image and channel,
-    biased variance, eps 1e-5. The statistics are taken in float32 even under
-    mixed precision, where a float16 variance would underflow.
+    biased variance, eps 1e-5.
 
-    The gradient is written by hand: dx = (dy - mean_hw(dy) - y * mean_hw(dy * y)) / sqrt(var + eps),
-    the exact derivative, in 7 passes over the map where TensorFlow's automatic one takes
-    about 15 (Tile, Neg, SquaredDifference's gradient, ...). Instance norm follows every
-    convolution but the last, so this is a tenth of a training step at 256 px.
+    For one image this is batch normalization in training mode, so it runs as TensorFlow's
+    FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU): one pass forward and one fused gradient,
+    about twice as fast as the same formula in separate ops and their automatic gradient.
+    The statistics are float32 whatever the input's dtype. A batch whose size is known when
+    the graph is built goes image by image (fastest here); one of unknown size (conversion)
+    is laid out as one image with batch x channels channels.
     """
 
     def __init__(self, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
 
+    def _batch_norm(self, x):
+        channels = tf.shape(x)[3:]
+        # The raw op: tf.nn.fused_batch_norm would raise eps to cuDNN's old minimum, 1.001e-5.
+        return tf.raw_ops.FusedBatchNormV3(x=x, scale=tf.ones(channels), offset=tf.zeros(channels),
+                                           mean=tf.zeros([0]), variance=tf.zeros([0]),
+                                           epsilon=self.epsilon, is_training=True)[0]
+
     def call(self, x):
-        @tf.custom_gradient
-        def instance_norm(x):
-            x32 = tf.cast(x, tf.float32)
-            mean = tf.reduce_mean(x32, axis=[1, 2], keepdims=True)
-            centred = x32 - mean
-            inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=[1, 2], keepdims=True) + self.epsilon)
-            y = centred * inv_std
-
-            def grad(dy):
-                dy = tf.cast(dy, tf.float32)
-                mean_dy = tf.reduce_mean(dy, axis=[1, 2], keepdims=True)
-                mean_dy_y = tf.reduce_mean(dy * y, axis=[1, 2], keepdims=True)
-                return tf.cast((dy - mean_dy - y * mean_dy_y) * inv_std, x.dtype)
-
-            return tf.cast(y, x.dtype), grad
-
-        return instance_norm(x)
+        n = x.shape[0]
+        if n == 1:
+            return self._batch_norm(x)
+        if n is not None:
+            return tf.concat([self._batch_norm(image) for image in tf.split(x, n)], 0)
+        shape = tf.shape(x)
+        images_as_channels = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+        y = tf.reshape(self._batch_norm(images_as_channels), [shape[1], shape[2], shape[0], shape[3]])
+        return tf.transpose(y, [2, 0, 1, 3])
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}

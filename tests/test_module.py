@@ -96,25 +96,32 @@ def test_instance_norm_statistics():
     np.testing.assert_allclose(y, want, atol=1e-4)
 
 
-def test_instance_norm_gradient_is_the_exact_derivative():
-    # The hand-written gradient against TensorFlow differentiating the formula itself, for a
-    # loss that weighs every output differently (so no term of the gradient cancels).
+@pytest.mark.parametrize("batch", [1, 3, None])
+def test_instance_norm_values_and_gradient_in_each_layout(batch):
+    # Batches of 1, of a known size (image by image) and of a size unknown to the graph
+    # (images as channels) against the formula, values and gradient (by TensorFlow's own
+    # differentiation of it), for a loss that weighs every output differently.
     rng = np.random.default_rng(4)
-    x = tf.constant(rng.normal(1.0, 3.0, size=(2, 5, 7, 3)).astype(np.float32))
-    w = tf.constant(rng.normal(size=(2, 5, 7, 3)).astype(np.float32))
+    x = tf.constant(rng.normal(1.0, 3.0, size=(batch or 2, 5, 7, 3)).astype(np.float32))
+    w = tf.constant(rng.normal(size=x.shape).astype(np.float32))
 
     def formula(x):
         mean, var = tf.nn.moments(x, axes=[1, 2], keepdims=True)
         return (x - mean) * tf.math.rsqrt(var + 1e-5)
 
-    grads = []
-    for f in (module.InstanceNorm(), formula):
+    def value_and_grad(f, x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(tf.square(f(x)) * w + f(x) * w)
-        grads.append(tape.gradient(loss, x).numpy())
-    assert np.abs(grads[1]).max() > 0.1
-    np.testing.assert_allclose(grads[0], grads[1], atol=1e-5 * np.abs(grads[1]).max())
+            y = f(x)
+            loss = tf.reduce_sum(tf.square(y) * w + y * w)
+        return y, tape.gradient(loss, x)
+
+    norm = module.InstanceNorm()
+    run = tf.function(lambda x: value_and_grad(norm, x), input_signature=[tf.TensorSpec((batch, 5, 7, 3))])
+    (y, g), (y_want, g_want) = run(x), value_and_grad(formula, x)
+    np.testing.assert_allclose(y, y_want, atol=1e-5)
+    assert np.abs(g_want).max() > 0.1
+    np.testing.assert_allclose(g, g_want, atol=1e-5 * np.abs(g_want).max())
 
 
 def test_crop_and_its_gradient():
