@@ -3,6 +3,7 @@
     python benchmark.py --crop_size 128 --n_blocks 6          # reference architecture at 128 px
     python benchmark.py --crop_size 256 --jit_compile --iters 5
     python benchmark.py --img_A_dir data/x/trainA --img_B_dir data/x/trainB
+    python benchmark.py --crop_size 256 --iters 3 --profile   # also where one step's time goes, by op
 
 FLOPs are counted analytically from the layer shapes: 2 x multiply-adds of every convolution
 (a transposed convolution on its input grid), nothing for norms and activations. One training
@@ -10,6 +11,8 @@ iteration counts 6 generator and 6 discriminator forward passes (identity loss o
 backward pass as 2 forwards. The peak is a large float32 matmul (NumPy's BLAS), run here.
 """
 import argparse
+import collections
+import glob
 import json
 import os
 import resource
@@ -54,6 +57,8 @@ def build_parser():
     p.add_argument("--pipeline_images", type=int, default=200, help="images decoded to time the input pipeline")
     p.add_argument("--img_A_dir", help="time real images of domain A (default: synthetic JPEGs)")
     p.add_argument("--img_B_dir", help="time real images of domain B")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one more training step and report the time of each TensorFlow op type")
     return p
 
 
@@ -102,6 +107,32 @@ def matmul_peak(n=4096, reps=5):
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
     return 2 * n ** 3 / best / 1e9
+
+
+def profile_ops(fn, top=15):
+    """Runs fn once under TensorFlow's profiler; returns {op type: milliseconds} for the `top`
+    op types that took longest, plus "all ops". Times of ops that ran at the same time on
+    different threads add up, so the total can exceed the wall time."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        fn()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            with open(path, "rb") as f:
+                space.MergeFromString(f.read())
+    ms = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                # TensorFlow names an op's event "node name:OpType"; executor and function events differ.
+                name = plane.event_metadata[event.metadata_id].name
+                op_type = name.rpartition(":")[2]
+                if ":" in name and op_type.isidentifier() and not op_type.startswith("__") \
+                        and op_type not in ("Run", "Process"):
+                    ms[op_type] += event.duration_ps / 1e9
+    return {"all ops": sum(ms.values()), **dict(ms.most_common(top))}
 
 
 def _timed(fn):
@@ -167,6 +198,8 @@ def main(argv=None):
     result["train_fraction_of_peak"] = result["train_gflops"] / result["peak_gflops"]
     result["train_images_per_s"] = 2 * args.batch_size / statistics.median(times)
     result["train_traces"] = gan.train_step.experimental_get_tracing_count()
+    if args.profile:
+        result["profile_ms_by_op"] = profile_ops(lambda: gan.train_step(real_A, real_B).numpy())
 
     # Conversion: convert.py's path (uint8 in, pad, generator, crop, uint8 out).
     translator = gan.translators["A2B"]

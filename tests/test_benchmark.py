@@ -16,12 +16,16 @@ def test_flop_counts_of_the_reference_networks():
 
 def test_tiny_benchmark_reports_everything(capsys):
     assert benchmark.main(["--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",
-                           "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16"]) == 0
+                           "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16", "--profile"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("train_seconds_per_iteration", "convert_images_per_s", "pipeline_images_per_s", "peak_gflops",
                 "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
         assert key in result
     assert result["train_traces"] == 1
+    # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) and Adam's variable updates appear.
+    ops = result["profile_ms_by_op"]
+    assert any("Conv2D" in op for op in ops) and any("Variable" in op for op in ops), ops
+    assert ops["all ops"] >= max(v for k, v in ops.items() if k != "all ops") > 0
     assert result["config"]["convert_batch_size"] == 4  # convert.py's own batch of same-size images
     assert result["peak_gflops"] > 1 and 0 < result["train_fraction_of_peak"] < 1.5
     assert result["train_iteration_gflop"] == pytest.approx(
