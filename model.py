@@ -287,14 +287,26 @@ class Translator:
         fake = t.translate_image(rgb, 1024)   # one image, tiled if larger than 1024 x 1024
 
     `translate` is one graph: reflect-pad to multiples of 4 (at least 8), G, crop, round.
-    The exported SavedModel holds that same graph, so both give the same pixels.
+    The exported SavedModel holds that same graph, so both give the same pixels. The graph
+    is traced once per batch size (any height and width): with the batch size known, instance
+    norm runs image by image, its fastest layout; a batch of unknown size (as in the export)
+    gets the general graph.
     """
 
     def __init__(self, G, jit_compile=False):
         self.G = G
-        self.translate = tf.function(self._translate, input_signature=[UINT8_IMAGES],
-                                     jit_compile=jit_compile or None)
+        self.jit_compile = jit_compile
+        self._graphs = {}  # batch size (None: any) -> tf.function of _translate
         self._runs = {}  # tf.functions of the layer runs, for tiled translation
+
+    def translate(self, images):
+        """uint8 images (N, H, W, 3) -> their translations, uint8 (N, H, W, 3)."""
+        n = images.shape[0]
+        if n not in self._graphs:
+            spec = tf.TensorSpec([n, None, None, 3], tf.uint8, name="images")
+            self._graphs[n] = tf.function(self._translate, input_signature=[spec],
+                                          jit_compile=self.jit_compile or None)
+        return self._graphs[n](images)
 
     def _translate(self, images):
         h, w = tf.shape(images)[1], tf.shape(images)[2]

@@ -172,6 +172,22 @@ def test_tiled_translation_equals_the_whole_image(tiny_gan):
     assert diff.max() <= 1 and diff.mean() < 0.01  # float rounding only: no seams anywhere
 
 
+def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_gan):
+    # A batch of known size (instance norm image by image), one image, and the general graph of
+    # any batch size (the export's) give the same pixels; sizes of image do not retrace.
+    t = model.Translator(tiny_gan.G_A2B)
+    rng = np.random.default_rng(3)
+    images = np.stack([make_image(rng, 40, 24) for _ in range(3)])
+    batched = t.translate(images).numpy().astype(int)
+    one_by_one = np.stack([t.translate(image[None]).numpy()[0] for image in images]).astype(int)
+    general = tf.function(t.translate, input_signature=[model.UINT8_IMAGES])(images).numpy().astype(int)
+    for other in (one_by_one, general):
+        assert np.abs(batched - other).max() <= 1
+    t.translate(np.stack([make_image(rng, 17, 33) for _ in range(3)]))
+    assert sorted(t._graphs, key=str) == [1, 3, None]
+    assert all(g.experimental_get_tracing_count() == 1 for g in t._graphs.values())
+
+
 def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path, monkeypatch):
     import train
     from conftest import TINY_FLAGS
