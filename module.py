@@ -47,7 +47,11 @@ class Crop2D(keras.layers.Layer):
     def call(self, x):
         (top, bottom), (left, right) = self.cropping
         shape = tf.shape(x)
-        return tf.slice(x, [0, top, left, 0], [-1, shape[1] - top - bottom, shape[2] - left - right, -1])
+        y = tf.slice(x, [0, top, left, 0], [-1, shape[1] - top - bottom, shape[2] - left - right, -1])
+        # tf.slice's shape inference loses even the batch size here; what follows (instance
+        # norm's image-by-image layout) needs it.
+        y.set_shape(self.compute_output_shape(x.shape))
+        return y
 
     def compute_output_shape(self, shape):
         shrink = lambda d, pair: None if d is None else d - sum(pair)

@@ -135,6 +135,9 @@ def test_crop_and_its_gradient():
     want = np.zeros((2, 5, 6, 1), np.float32)
     want[:, 1:, 2:5] = 1
     np.testing.assert_array_equal(tape.gradient(y, x), want)
+    # In a graph the batch size stays known (instance norm after it needs it).
+    graph = tf.function(crop).get_concrete_function(tf.TensorSpec((2, None, None, 1)))
+    assert graph.structured_outputs.shape.as_list() == [2, None, None, 1]
 
 
 def test_reflection_pad_mirrors_without_edge_repeat():
