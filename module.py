@@ -101,8 +101,103 @@ class InstanceNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+class Conv2D(keras.layers.Conv2D):
+    """keras.layers.Conv2D ('valid' padding, bias, no activation) with two exact rewrites for
+    shapes that oneDNN's CPU convolutions run far below the machine's peak. Both give the same
+    values and gradients (up to float rounding) from the same variables:
+
+    - few filters (at most 4, stride 1, odd kernel: the generator's last layer, 64 -> 3
+      channels): oneDNN pads the output channels to 16, so 3 filters cost as much as 16. The
+      image goes through space_to_depth (2x2 blocks), a convolution with the kernel rearranged
+      for blocks (4x the filters, (k + 1) / 2 taps a side), then depth_to_space: about 1.3x the
+      multiply-adds of the original but 4x the channels; twice as fast forward here (see
+      _space_to_depth_conv).
+    - a batch of one image (the cycle passes and the discriminator's score of a fake): oneDNN
+      runs a batch of one 20-30% slower than a batch of two of the same total size (unblocked
+      weights, uneven split of the work between cores), so the image runs as two bands of
+      rows stacked as a batch of two (see _banded_conv).
+
+    Only without a visible GPU (cuDNN has neither gap); everything else is keras.layers.Conv2D.
+    """
+
+    def call(self, inputs):
+        plain = (self.padding != "valid" or not self.use_bias or self.dilation_rate != (1, 1)
+                 or self.activation is not keras.activations.linear or tf.config.list_logical_devices("GPU"))
+        kernel_size, stride = self.kernel_size[0], self.strides[0]
+        if not plain and self.filters <= 4 and stride == 1 and kernel_size % 2 and kernel_size > 1:
+            return _space_to_depth_conv(inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias))
+        if not plain and inputs.shape[0] == 1 and inputs.shape[1] is not None and (inputs.shape[1] - kernel_size) // stride >= 1:
+            return _banded_conv(inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias), stride)
+        return super().call(inputs)
+
+
+def _space_to_depth_kernel(kernel):
+    """The kernel (k, k, ci, co), k odd, of a stride-1 convolution, for the same convolution on
+    2x2 blocks: (K, K, 4 ci, 4 co) with K = (k + 1) / 2, input channels in space_to_depth's
+    order (row in block, column in block, ci) and output channels in depth_to_space's.
+
+    Output pixel (2i + a, 2j + b) reads input rows 2i + a .. 2i + a + k - 1, that is rows
+    2 bi + r of blocks i + bi, with tap row 2 bi + r - a of the kernel (zero outside 0..k-1)."""
+    k, ci, co = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    K = (k + 1) // 2
+    # padded[t + 1] is tap t; rows -1 and k .. 2K - 1 are zero.
+    padded = tf.pad(kernel, [[1, 2 * K - k], [1, 2 * K - k], [0, 0], [0, 0]])
+    parts = []
+    for a in range(2):
+        for b in range(2):
+            taps = padded[1 - a:1 - a + 2 * K, 1 - b:1 - b + 2 * K]          # (2K, 2K, ci, co)
+            taps = tf.transpose(tf.reshape(taps, [K, 2, K, 2, ci, co]), [0, 2, 1, 3, 4, 5])
+            parts.append(tf.reshape(taps, [K, K, 4 * ci, co]))
+    return tf.concat(parts, 3)
+
+
+def _space_to_depth_conv(x, kernel, bias):
+    """conv2d(x, kernel, 1, 'VALID') + bias for an odd kernel, computed on 2x2 blocks (see
+    Conv2D). An odd height or width gets one zero row or column, whose output is cropped."""
+    k = kernel.shape[0]
+    h, w = x.shape[1], x.shape[2]
+    if h is None or w is None or h % 2 or w % 2:
+        shape = tf.shape(x)
+        x = tf.pad(x, [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]])
+    y = tf.nn.conv2d(tf.nn.space_to_depth(x, 2), _space_to_depth_kernel(kernel), 1, "VALID")
+    y = tf.nn.depth_to_space(tf.nn.bias_add(y, tf.tile(bias, [4])), 2)
+    if h is None or w is None or h % 2 or w % 2:
+        y = y[:, :shape[1] - k + 1, :shape[2] - k + 1]
+    return y
+
+
+def _banded_conv(x, kernel, bias, stride):
+    """conv2d(x, kernel, stride, 'VALID') + bias of one image x (1, H, W, C) as two bands of
+    rows, with the gradient described in Conv2D. H is static; the output has at least 2 rows.
+    The bias is added to the bands, where TensorFlow fuses it into the convolution."""
+    strides = [1, stride, stride, 1]
+    k = kernel.shape[0]
+    out_rows = (x.shape[1] - k) // stride + 1
+    band_rows = (out_rows + 1) // 2               # output rows per band
+    overlap = 2 * band_rows - out_rows            # 1 if out_rows is odd
+    span = (band_rows - 1) * stride + k           # input rows per band
+    start = (out_rows - band_rows) * stride       # first input row of the second band
+
+    @tf.custom_gradient
+    def banded(x, kernel, bias):
+        bands = tf.concat([x[:, :span], x[:, start:start + span]], 0)
+        y = tf.nn.bias_add(tf.nn.conv2d(bands, kernel, strides, "VALID"), bias)
+        if overlap:
+            y = tf.concat([y[:1], y[1:, overlap:]], 1)
+        y = tf.reshape(y, [1, out_rows, -1, kernel.shape[3]])
+
+        def grad(dy):
+            dx = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, strides, "VALID")
+            dk = tf.compat.v1.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, strides, "VALID")
+            return dx, dk, tf.raw_ops.BiasAddGrad(out_backprop=dy)
+
+        return y, grad
+
+    return banded(x, kernel, bias)
+
+
 def _conv(filters, kernel, stride=1, name=None, dtype=None):
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype,
+    return Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype,
                                kernel_initializer=conv_init(), bias_initializer="zeros", name=name)
 
 

@@ -144,3 +144,45 @@ def test_reflection_pad_mirrors_without_edge_repeat():
     x = np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1) * np.ones((1, 4, 1, 1), np.float32)
     y = np.asarray(module.ReflectionPad2D(2)(x))[0, 0, :, 0]
     np.testing.assert_array_equal(y, [2, 1, 0, 1, 2, 3, 2, 1])
+
+
+def conv_graph_ops(layer, x_spec):
+    """(type, input shape) of every convolution-related op of layer's graph for inputs x_spec."""
+    graph = tf.function(layer).get_concrete_function(x_spec).graph
+    return [(op.type, op.inputs[0].shape.as_list() if op.inputs else None) for op in graph.get_operations()]
+
+
+@pytest.mark.parametrize("filters,k,stride,shape,static,path", [
+    (3, 7, 1, (2, 18, 14), True, "space_to_depth"),     # the generator's last layer
+    (3, 7, 1, (1, 17, 15), True, "space_to_depth"),     # odd sides: a zero row and column, cropped
+    (2, 3, 1, (3, 13, 10), False, "space_to_depth"),    # sides unknown when traced (conversion)
+    (6, 3, 1, (1, 12, 9), True, "banded"),              # even output height: two halves
+    (6, 3, 1, (1, 11, 9), True, "banded"),              # odd output height: bands overlap a row
+    (6, 4, 2, (1, 17, 12), True, "banded"),             # stride 2
+    (6, 4, 1, (1, 5, 7), True, "banded"),               # two output rows, one per band
+    (6, 3, 1, (1, 12, 9), False, "plain"),              # height unknown: keras's convolution
+    (6, 3, 1, (2, 12, 9), True, "plain"),
+])
+def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path):
+    ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
+    reference = keras.layers.Conv2D(filters, k, strides=stride)
+    x = tf.constant(np.random.default_rng(k + filters).normal(size=(*shape, 5)), tf.float32)
+    ours.build(x.shape), reference.build(x.shape)
+    reference.set_weights(ours.get_weights())
+    spec = tf.TensorSpec([shape[0], *(shape[1:] if static else (None, None)), 5])
+    ops = conv_graph_ops(ours, spec)
+    conv_batches = [s[0] for t, s in ops if t == "Conv2D"]
+    assert ("SpaceToDepth" in [t for t, _ in ops]) == (path == "space_to_depth")
+    assert conv_batches == [2 if path == "banded" else shape[0]]
+
+    def values_and_gradients(layer):
+        fn = tf.function(lambda x: layer(x), input_signature=[spec])
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * tf.sin(tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))))
+        return [y] + tape.gradient(loss, [x, *layer.trainable_weights])
+
+    for got, want in zip(values_and_gradients(ours), values_and_gradients(reference)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
