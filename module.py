@@ -117,12 +117,15 @@ class Conv2D(keras.layers.Conv2D):
       weights, uneven split of the work between cores), so the image runs as two bands of
       rows stacked as a batch of two (see _banded_conv).
 
-    Only without a visible GPU (cuDNN has neither gap); everything else is keras.layers.Conv2D.
+    Only for square kernels and strides, channels last, and without a visible GPU (cuDNN has
+    neither gap); everything else is keras.layers.Conv2D.
     """
 
     def call(self, inputs):
         plain = (self.padding != "valid" or not self.use_bias or self.dilation_rate != (1, 1)
-                 or self.activation is not keras.activations.linear or tf.config.list_logical_devices("GPU"))
+                 or self.data_format != "channels_last" or self.activation is not keras.activations.linear
+                 or self.kernel_size[0] != self.kernel_size[1] or self.strides[0] != self.strides[1]
+                 or tf.config.list_logical_devices("GPU"))
         kernel_size, stride = self.kernel_size[0], self.strides[0]
         if not plain and self.filters <= 4 and stride == 1 and kernel_size % 2 and kernel_size > 1:
             return _space_to_depth_conv(inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias))

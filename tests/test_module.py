@@ -162,11 +162,13 @@ def conv_graph_ops(layer, x_spec):
     (6, 4, 1, (1, 5, 7), True, "banded"),               # two output rows, one per band
     (6, 3, 1, (1, 12, 9), False, "plain"),              # height unknown: keras's convolution
     (6, 3, 1, (2, 12, 9), True, "plain"),
+    (3, (7, 5), 1, (1, 18, 14), True, "plain"),         # a kernel that is not square
+    (6, 3, (2, 1), (1, 12, 9), True, "plain"),           # nor the strides
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path):
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(filters, k, strides=stride)
-    x = tf.constant(np.random.default_rng(k + filters).normal(size=(*shape, 5)), tf.float32)
+    x = tf.constant(np.random.default_rng(filters).normal(size=(*shape, 5)), tf.float32)
     ours.build(x.shape), reference.build(x.shape)
     reference.set_weights(ours.get_weights())
     spec = tf.TensorSpec([shape[0], *(shape[1:] if static else (None, None)), 5])
