@@ -159,14 +159,13 @@ def _space_to_depth_conv(x, kernel, bias):
     Conv2D). An odd height or width gets one zero row or column, whose output is cropped."""
     k = kernel.shape[0]
     h, w = x.shape[1], x.shape[2]
-    if h is None or w is None or h % 2 or w % 2:
+    maybe_odd = h is None or w is None or h % 2 or w % 2
+    if maybe_odd:
         shape = tf.shape(x)
         x = tf.pad(x, [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]])
     y = tf.nn.conv2d(tf.nn.space_to_depth(x, 2), _space_to_depth_kernel(kernel), 1, "VALID")
     y = tf.nn.depth_to_space(tf.nn.bias_add(y, tf.tile(bias, [4])), 2)
-    if h is None or w is None or h % 2 or w % 2:
-        y = y[:, :shape[1] - k + 1, :shape[2] - k + 1]
-    return y
+    return y[:, :shape[1] - k + 1, :shape[2] - k + 1] if maybe_odd else y
 
 
 def _banded_conv(x, kernel, bias, stride):
@@ -201,7 +200,7 @@ def _banded_conv(x, kernel, bias, stride):
 
 def _conv(filters, kernel, stride=1, name=None, dtype=None):
     return Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype,
-                               kernel_initializer=conv_init(), bias_initializer="zeros", name=name)
+                  kernel_initializer=conv_init(), bias_initializer="zeros", name=name)
 
 
 def _generator_layers(ngf, n_blocks, channels, dtype=None):

@@ -147,7 +147,7 @@ def test_reflection_pad_mirrors_without_edge_repeat():
 
 
 def conv_graph_ops(layer, x_spec):
-    """(type, input shape) of every convolution-related op of layer's graph for inputs x_spec."""
+    """(type, shape of the first input) of every op of layer's graph for inputs x_spec."""
     graph = tf.function(layer).get_concrete_function(x_spec).graph
     return [(op.type, op.inputs[0].shape.as_list() if op.inputs else None) for op in graph.get_operations()]
 
