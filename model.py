@@ -309,8 +309,8 @@ class Translator:
     `translate` is one graph: reflect-pad to multiples of 4 (at least 8), G, crop, round.
     The exported SavedModel holds that same graph, so both give the same pixels. The graph
     is traced once per batch size (any height and width): with the batch size known, instance
-    norm runs image by image, its fastest layout; a batch of unknown size (as in the export)
-    gets the general graph.
+    norm runs image by image, its fastest layout, and on the CPU the two halves of a batch run
+    side by side; a batch of unknown size (as in the export) gets the general graph.
     """
 
     def __init__(self, G, jit_compile=False):
@@ -329,6 +329,15 @@ class Translator:
         return self._graphs[n](images)
 
     def _translate(self, images):
+        n = images.shape[0]
+        if n is not None and n > 1 and not tf.config.list_logical_devices("GPU"):
+            # On the CPU, two halves of the batch as two independent runs of G, which TensorFlow
+            # executes side by side: one half's norms, padding and ReLUs (a third of the time of
+            # a lone run here, on one core) overlap the other's convolutions.
+            return tf.concat([self._translate_all(half) for half in tf.split(images, [n - n // 2, n // 2])], 0)
+        return self._translate_all(images)
+
+    def _translate_all(self, images):
         h, w = tf.shape(images)[1], tf.shape(images)[2]
         x = utils.pad_to_multiple(utils.to_float(images))
         return utils.to_uint8(self.G(x, training=False)[:, :h, :w])

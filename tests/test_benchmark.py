@@ -28,5 +28,20 @@ def test_tiny_benchmark_reports_everything(capsys):
     assert ops["all ops"] >= max(v for k, v in ops.items() if k != "all ops") > 0
     assert result["config"]["convert_batch_size"] == 4  # convert.py's own batch of same-size images
     assert result["peak_gflops"] > 1 and 0 < result["train_fraction_of_peak"] < 1.5
+    # The peak is sampled before, between and after the timed calls (1 + 3 + 3 here); each call is
+    # also compared with the peaks measured right around it, never above the run's best.
+    assert result["peak_gflops"] == result["peak_gflops_spread"]["max"] >= result["peak_gflops_spread"]["min"] > 1
+    for part in ("train", "convert"):
+        assert result[f"{part}_fraction_of_adjacent_peak"] >= result[f"{part}_fraction_of_peak"] > 0
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
+
+
+def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(monkeypatch):
+    meter = benchmark.MatmulPeak(n=64, settle=0)
+    peaks, times = [100.0, 200.0, 50.0], [1.0, 2.0]
+    monkeypatch.setattr(meter, "measure", lambda: peaks.pop(0))
+    monkeypatch.setattr(benchmark, "_timed", lambda fn: times.pop(0))
+    # 100 GFLOP per call: 100 GFLOP/s against max(100, 200), then 50 GFLOP/s against max(200, 50).
+    assert meter.time_against(None, 2, 100e9) == ([1.0, 2.0], [0.5, 0.25])
+    assert peaks == [] and times == []
