@@ -4,6 +4,7 @@
     python benchmark.py --crop_size 256 --jit_compile --iters 5
     python benchmark.py --img_A_dir data/x/trainA --img_B_dir data/x/trainB
     python benchmark.py --crop_size 256 --iters 3 --profile   # also where one step's time goes, by op
+    python benchmark.py --crop_size 128 --ceiling             # also what TensorFlow's convolution reaches alone
 
 FLOPs are counted analytically from the layer shapes: 2 x multiply-adds of every convolution
 (a transposed convolution on its input grid), nothing for norms and activations. One training
@@ -59,6 +60,9 @@ def build_parser():
     p.add_argument("--img_B_dir", help="time real images of domain B")
     p.add_argument("--profile", action="store_true",
                    help="profile one more training step and report the time of each TensorFlow op type")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also time the generator's residual convolution alone (forward, input and weight "
+                        "gradients) against the matmul peak: what TensorFlow's kernels reach here")
     return p
 
 
@@ -164,6 +168,35 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
+def conv_ceiling(peak, size, ngf, iters=3, reps=10):
+    """What TensorFlow's own convolution kernels reach here: the generator's residual convolution
+    (3x3, 4 ngf -> 4 ngf channels on the size/4 map, a batch of 2 as in the step) alone, as
+    forward, input gradient and weight gradient. Each timed call runs `reps` independent copies
+    (TensorFlow runs them side by side, as it does the two generators' convolutions). Returns
+    {part: median fraction of the peak measured around each call}."""
+    side, c = size // 4, 4 * ngf
+    rng = np.random.default_rng(2)
+    normal = lambda *shape: [tf.constant(rng.standard_normal(shape, dtype=np.float32)) for _ in range(reps)]
+    xs, ws, gs = normal(2, side + 2, side + 2, c), normal(3, 3, c, c), normal(2, side, side, c)
+    strides = [1, 1, 1, 1]
+    parts = {
+        "forward": lambda: [tf.nn.conv2d(x, w, 1, "VALID") for x, w in zip(xs, ws)],
+        "input_gradient": lambda: [tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=xs[0].shape, filter=w, out_backprop=g, strides=strides, padding="VALID")
+            for w, g in zip(ws, gs)],
+        "weight_gradient": lambda: [tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=ws[0].shape, out_backprop=g, strides=strides, padding="VALID")
+            for x, g in zip(xs, gs)],
+    }
+    flop = reps * 2 * 2 * side * side * 9 * c * c
+    out = {}
+    for name, body in parts.items():
+        fn = tf.function(body)
+        fn()
+        out[name] = statistics.median(peak.time_against(fn, iters, flop)[1])
+    return out
+
+
 def spread(times):
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
@@ -235,6 +268,8 @@ def main(argv=None):
     result["convert_images_per_s"] = args.convert_batch_size / statistics.median(times)
     result["convert_gflops"] = g_flops * args.convert_batch_size / 1e9 / statistics.median(times)
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
+    if args.ceiling:
+        result["conv_ceiling_fraction_of_adjacent_peak"] = conv_ceiling(peak, args.crop_size, args.ngf)
     # The run's peak: the best matmul of the whole run, against the median rates (the stricter figure).
     result["peak_gflops"] = max(peak.samples)
     result["peak_gflops_spread"] = spread(peak.samples)
@@ -251,6 +286,10 @@ def main(argv=None):
           f"({100 * result['convert_fraction_of_adjacent_peak']:.0f}% / {100 * result['convert_fraction_of_peak']:.0f}%); "
           f"pipeline {result['pipeline_images_per_s']:.0f} img/s ({result['pipeline_over_step']:.0f}x the step)",
           file=sys.stderr)
+    if args.ceiling:
+        print("the residual convolution alone: " + ", ".join(
+            f"{part.replace('_', ' ')} {100 * v:.0f}%" for part, v in result["conv_ceiling_fraction_of_adjacent_peak"].items())
+            + " of the peak around it", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ def test_flop_counts_of_the_reference_networks():
 
 def test_tiny_benchmark_reports_everything(capsys):
     assert benchmark.main(["--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",
-                           "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16", "--profile"]) == 0
+                           "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16", "--profile", "--ceiling"]) == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("train_seconds_per_iteration", "convert_images_per_s", "pipeline_images_per_s", "peak_gflops",
                 "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
@@ -33,6 +33,8 @@ def test_tiny_benchmark_reports_everything(capsys):
     assert result["peak_gflops"] == result["peak_gflops_spread"]["max"] >= result["peak_gflops_spread"]["min"] > 1
     for part in ("train", "convert"):
         assert result[f"{part}_fraction_of_adjacent_peak"] >= result[f"{part}_fraction_of_peak"] > 0
+    ceiling = result["conv_ceiling_fraction_of_adjacent_peak"]
+    assert sorted(ceiling) == ["forward", "input_gradient", "weight_gradient"] and all(0 < v < 1.5 for v in ceiling.values())
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
 
