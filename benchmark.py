@@ -76,21 +76,37 @@ def conv_flops(layer, input_shape, output_shape):
     return 2 * output_shape[1] * output_shape[2] * kh * kw * cin * layer.filters
 
 
-def generator_flops(G, size):
-    """FLOPs of one generator forward pass on a size x size image."""
-    total = 0
+def executed_conv_flops(layer, input_shape, output_shape, dtype):
+    """(FLOPs per image, FLOPs per call) that a convolution layer executes: for a Winograd
+    F(4x4, 3x3) layer (module.Conv2D) its 36 matmuls over the 4x4 output tiles per image and the
+    kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by a batch); for
+    the others conv_flops. The transforms of the input and output (additions and scalings) are
+    not counted, as norms and activations are not."""
+    if isinstance(layer, module.Conv2D) and layer.runs_winograd(input_shape, dtype):
+        tiles = (output_shape[1] // module.WINOGRAD_TILE) * (output_shape[2] // module.WINOGRAD_TILE)
+        cin, cout = input_shape[3], layer.filters
+        return 2 * 36 * tiles * cin * cout, 2 * 36 * 9 * cin * cout
+    return conv_flops(layer, input_shape, output_shape), 0
+
+
+def generator_flops(G, size, dtype="float32"):
+    """FLOPs of one generator forward pass on a size x size image: the analytic count and the
+    executed one per image and per call (see executed_conv_flops) for inputs of `dtype`."""
+    total = per_image = per_call = 0
 
     def run(L, x, names):
-        nonlocal total
+        nonlocal total, per_image, per_call
         for name in names:
             y = L[name](x)
             if isinstance(L[name], (tf.keras.layers.Conv2D, tf.keras.layers.Conv2DTranspose)):
                 total += conv_flops(L[name], x.shape, y.shape)
+                image, call = executed_conv_flops(L[name], x.shape, y.shape, dtype)
+                per_image, per_call = per_image + image, per_call + call
             x = y
         return x
 
     module.generator_flow(G, tf.zeros([1, size, size, 3]), lambda layer, x: layer(x), run)
-    return total
+    return total, per_image, per_call
 
 
 def discriminator_flops(D, size):
@@ -225,12 +241,16 @@ def main(argv=None):
     gan = model.CycleGAN(args.ngf, args.ndf, args.n_blocks, args.n_layers_D, 3, args.crop_size, args.pool_size,
                          lambda_identity=args.lambda_identity, batch_size=args.batch_size,
                          jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
-    g_flops = generator_flops(gan.G_A2B, args.crop_size)
+    compute_dtype = gan.G_A2B.get_layer("res0_conv1").compute_dtype if args.n_blocks else "float32"
+    g_flops, g_image, g_call = generator_flops(gan.G_A2B, args.crop_size, compute_dtype)
     d_flops = discriminator_flops(gan.D_A, args.crop_size)
     g_passes = 6 if args.lambda_identity > 0 else 4
     step_flops = 3 * (g_passes * g_flops + 6 * d_flops) * args.batch_size
+    # Executed: the 4 generator calls of a step (translation and identity share one) transform
+    # each Winograd kernel once forward and once for its gradient.
+    executed_step_flops = 3 * (g_passes * g_image + 6 * d_flops) * args.batch_size + 4 * 2 * g_call
     result.update(generator_forward_gflop=g_flops / 1e9, discriminator_forward_gflop=d_flops / 1e9,
-                  train_iteration_gflop=step_flops / 1e9)
+                  train_iteration_gflop=step_flops / 1e9, train_iteration_executed_gflop=executed_step_flops / 1e9)
 
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [args.img_A_dir, args.img_B_dir]
@@ -252,6 +272,7 @@ def main(argv=None):
     times, fractions = peak.time_against(lambda: gan.train_step(real_A, real_B).numpy(), args.iters, step_flops)
     result["train_seconds_per_iteration"] = spread(times)
     result["train_gflops"] = step_flops / 1e9 / statistics.median(times)
+    result["train_executed_gflops"] = executed_step_flops / 1e9 / statistics.median(times)
     result["train_fraction_of_adjacent_peak"] = statistics.median(fractions)
     result["train_images_per_s"] = 2 * args.batch_size / statistics.median(times)
     result["train_traces"] = gan.train_step.experimental_get_tracing_count()
@@ -274,6 +295,7 @@ def main(argv=None):
     result["peak_gflops"] = max(peak.samples)
     result["peak_gflops_spread"] = spread(peak.samples)
     result["train_fraction_of_peak"] = result["train_gflops"] / result["peak_gflops"]
+    result["train_executed_fraction_of_peak"] = result["train_executed_gflops"] / result["peak_gflops"]
     result["convert_fraction_of_peak"] = result["convert_gflops"] / result["peak_gflops"]
     result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -282,7 +304,9 @@ def main(argv=None):
     print(f"train {result['train_seconds_per_iteration']['median']:.2f} s/iteration, "
           f"{result['train_gflops']:.1f} GFLOP/s = {100 * result['train_fraction_of_adjacent_peak']:.0f}% of the "
           f"matmul peak measured around each iteration, {100 * result['train_fraction_of_peak']:.0f}% of the run's "
-          f"best ({result['peak_gflops']:.0f} GFLOP/s); convert {result['convert_images_per_s']:.2f} img/s "
+          f"best ({result['peak_gflops']:.0f} GFLOP/s); executed multiply-adds (Winograd) "
+          f"{result['train_executed_gflops']:.1f} GFLOP/s = {100 * result['train_executed_fraction_of_peak']:.0f}% "
+          f"of the run's best; convert {result['convert_images_per_s']:.2f} img/s "
           f"({100 * result['convert_fraction_of_adjacent_peak']:.0f}% / {100 * result['convert_fraction_of_peak']:.0f}%); "
           f"pipeline {result['pipeline_images_per_s']:.0f} img/s ({result['pipeline_over_step']:.0f}x the step)",
           file=sys.stderr)

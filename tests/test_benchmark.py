@@ -9,8 +9,22 @@ import module
 
 def test_flop_counts_of_the_reference_networks():
     # The figures PyTorch's own FLOP counter gives for the official networks (within 1%).
-    assert benchmark.generator_flops(module.resnet_generator(), 256) / 1e9 == pytest.approx(99.10, abs=0.01)
-    assert benchmark.generator_flops(module.resnet_generator(), 128) / 1e9 == pytest.approx(24.78, abs=0.01)
+    assert benchmark.generator_flops(module.resnet_generator(), 256)[0] / 1e9 == pytest.approx(99.10, abs=0.01)
+    assert benchmark.generator_flops(module.resnet_generator(), 128)[0] / 1e9 == pytest.approx(24.78, abs=0.01)
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_executed_flops_count_winograd_tiles_in_the_residual_blocks(size):
+    """The 18 residual convolutions (256 channels on a size/4 grid) execute 36 multiply-adds per
+    4x4 tile instead of 9 per pixel: a quarter; every other layer as counted analytically."""
+    G = module.resnet_generator()
+    analytic, per_image, per_call = benchmark.generator_flops(G, size)
+    side = size // 4
+    residual = 18 * 2 * side * side * 9 * 256 * 256
+    assert per_image == analytic - residual + residual // 4
+    assert per_call == 18 * 2 * 36 * 9 * 256 * 256
+    # Under mixed precision (bfloat16 on this CPU) nothing runs as Winograd.
+    assert benchmark.generator_flops(G, size, "bfloat16")[1:] == (analytic, 0)
     assert benchmark.discriminator_flops(module.patch_discriminator(), 256) / 1e9 == pytest.approx(6.29, abs=0.01)
 
 
@@ -37,6 +51,10 @@ def test_tiny_benchmark_reports_everything(capsys):
     assert sorted(ceiling) == ["forward", "input_gradient", "weight_gradient"] and all(0 < v < 1.5 for v in ceiling.values())
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
+    # The tiny generator's residual blocks (32 channels on an 8x8 grid) run as Winograd.
+    assert 0 < result["train_iteration_executed_gflop"] < result["train_iteration_gflop"]
+    assert result["train_executed_fraction_of_peak"] == pytest.approx(
+        result["train_fraction_of_peak"] * result["train_iteration_executed_gflop"] / result["train_iteration_gflop"])
 
 
 def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(monkeypatch):

@@ -164,6 +164,8 @@ def conv_graph_ops(layer, x_spec):
     (6, 3, 1, (2, 12, 9), True, "plain"),
     (3, (7, 5), 1, (1, 18, 14), True, "plain"),         # a kernel that is not square
     (6, 3, (2, 1), (1, 12, 9), True, "plain"),           # nor the strides
+    (6, 3, 1, (2, 14, 10), True, "winograd"),           # sides 4k + 2: F(4x4, 3x3)
+    (6, 3, 1, (1, 6, 18), True, "winograd"),            # one image, one row of tiles
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path):
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
@@ -175,7 +177,10 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
     ops = conv_graph_ops(ours, spec)
     conv_batches = [s[0] for t, s in ops if t == "Conv2D"]
     assert ("SpaceToDepth" in [t for t, _ in ops]) == (path == "space_to_depth")
-    assert conv_batches == [2 if path == "banded" else shape[0]]
+    assert conv_batches == ([] if path == "winograd" else [2 if path == "banded" else shape[0]])
+    # Winograd: 36 matmuls in one op (input transform (36, tiles, C) by the transformed kernel).
+    tiles = shape[0] * ((shape[1] - 2) // 4) * ((shape[2] - 2) // 4)
+    assert ([s for t, s in ops if t == "BatchMatMulV2"] == [[36, tiles, 5]]) == (path == "winograd")
 
     def values_and_gradients(layer):
         fn = tf.function(lambda x: layer(x), input_signature=[spec])
@@ -188,3 +193,36 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
     for got, want in zip(values_and_gradients(ours), values_and_gradients(reference)):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_only_for_float32_3x3_stride_1_on_sides_4k_plus_2():
+    assert module.winograd_applies(3, 1, (1, 34, 66, 8), tf.float32)
+    assert module.winograd_applies(3, 1, (None, 10, 6, 8), "float32")           # batch may be unknown
+    assert not module.winograd_applies(3, 1, (1, 34, 66, 8), tf.bfloat16)       # mixed precision
+    assert not module.winograd_applies(3, 1, (1, 33, 66, 8), tf.float32)
+    assert not module.winograd_applies(3, 1, (1, None, 66, 8), tf.float32)
+    assert not module.winograd_applies(3, 2, (1, 34, 66, 8), tf.float32)
+    assert not module.winograd_applies(4, 1, (1, 34, 66, 8), tf.float32)
+    assert not module.winograd_applies(3, 1, (1, 2, 66, 8), tf.float32)         # no output row
+
+
+def test_winograd_conv_matches_direct_convolution_at_generator_scale():
+    """Rounding on the residual blocks' shape (256 channels, values and weights as in training):
+    Winograd's transforms scale values by up to 100 and back; the error stays ~1e-5 of the scale."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 18, 10, 256)), tf.float32)
+    kernel = tf.constant(rng.normal(0, 0.02, size=(3, 3, 256, 256)), tf.float32)
+    bias = tf.constant(rng.normal(size=256), tf.float32)
+    dy = tf.constant(rng.normal(size=(2, 16, 8, 256)), tf.float32)
+
+    def run(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            y = conv(x, kernel, bias)
+            loss = tf.reduce_sum(y * dy)
+        return [y] + tape.gradient(loss, [x, kernel, bias])
+
+    direct = run(lambda x, k, b: tf.nn.conv2d(x, k, 1, "VALID") + b)
+    for got, want in zip(run(module._winograd_conv), direct):
+        scale = float(tf.reduce_max(tf.abs(want)))
+        assert float(tf.reduce_max(tf.abs(got - want))) < 3e-5 * scale
