@@ -78,12 +78,13 @@ def conv_flops(layer, input_shape, output_shape):
 
 def executed_conv_flops(layer, input_shape, output_shape, dtype):
     """(FLOPs per image, FLOPs per call) that a convolution layer executes: for a Winograd
-    F(4x4, 3x3) layer (module.Conv2D) its 36 matmuls over the 4x4 output tiles per image and the
+    F(4x4, 3x3) layer (module.Conv2D) its 36 matmuls over the 4x4 output tiles per image (a
+    side not a multiple of 4 is padded to one, and the padding's outputs count too) and the
     kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by a batch); for
     the others conv_flops. The transforms of the input and output (additions and scalings) are
     not counted, as norms and activations are not."""
     if isinstance(layer, module.Conv2D) and layer.runs_winograd(input_shape, dtype):
-        tiles = (output_shape[1] // module.WINOGRAD_TILE) * (output_shape[2] // module.WINOGRAD_TILE)
+        tiles = -(-output_shape[1] // module.WINOGRAD_TILE) * -(-output_shape[2] // module.WINOGRAD_TILE)
         cin, cout = input_shape[3], layer.filters
         return 2 * 36 * tiles * cin * cout, 2 * 36 * 9 * cin * cout
     return conv_flops(layer, input_shape, output_shape), 0
@@ -289,6 +290,11 @@ def main(argv=None):
     result["convert_images_per_s"] = args.convert_batch_size / statistics.median(times)
     result["convert_gflops"] = g_flops * args.convert_batch_size / 1e9 / statistics.median(times)
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
+    # Executed: each run of G transforms its Winograd kernels once; on the CPU a batch of
+    # more than one image is two runs side by side (model.Translator).
+    runs = 2 if args.convert_batch_size > 1 and not tf.config.list_logical_devices("GPU") else 1
+    result["convert_executed_gflops"] = ((g_image * args.convert_batch_size + runs * g_call) / 1e9
+                                         / statistics.median(times))
     if args.ceiling:
         result["conv_ceiling_fraction_of_adjacent_peak"] = conv_ceiling(peak, args.crop_size, args.ngf)
     # The run's peak: the best matmul of the whole run, against the median rates (the stricter figure).
@@ -297,6 +303,7 @@ def main(argv=None):
     result["train_fraction_of_peak"] = result["train_gflops"] / result["peak_gflops"]
     result["train_executed_fraction_of_peak"] = result["train_executed_gflops"] / result["peak_gflops"]
     result["convert_fraction_of_peak"] = result["convert_gflops"] / result["peak_gflops"]
+    result["convert_executed_fraction_of_peak"] = result["convert_executed_gflops"] / result["peak_gflops"]
     result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -307,7 +314,8 @@ def main(argv=None):
           f"best ({result['peak_gflops']:.0f} GFLOP/s); executed multiply-adds (Winograd) "
           f"{result['train_executed_gflops']:.1f} GFLOP/s = {100 * result['train_executed_fraction_of_peak']:.0f}% "
           f"of the run's best; convert {result['convert_images_per_s']:.2f} img/s "
-          f"({100 * result['convert_fraction_of_adjacent_peak']:.0f}% / {100 * result['convert_fraction_of_peak']:.0f}%); "
+          f"({100 * result['convert_fraction_of_adjacent_peak']:.0f}% / {100 * result['convert_fraction_of_peak']:.0f}%, "
+          f"executed {100 * result['convert_executed_fraction_of_peak']:.0f}%); "
           f"pipeline {result['pipeline_images_per_s']:.0f} img/s ({result['pipeline_over_step']:.0f}x the step)",
           file=sys.stderr)
     if args.ceiling:

@@ -232,11 +232,22 @@ _TAPS = WINOGRAD_TILE + 2
 
 def winograd_applies(kernel_size, stride, input_shape, dtype):
     """Whether Conv2D runs a convolution on an input of this shape as _winograd_conv (apart
-    from the GPU and layer-option checks in Conv2D.call)."""
+    from the GPU and layer-option checks in Conv2D.call): 3x3, stride 1, float32. A height or
+    width not of the form 4k + 2 (or unknown when the graph is built) is padded at the end to
+    the next one and the output cropped (see winograd_padding)."""
     h, w = input_shape[1], input_shape[2]
     return (kernel_size == 3 and stride == 1 and tf.as_dtype(dtype) == tf.float32
-            and h is not None and w is not None and h > 2 and w > 2
-            and (h - 2) % WINOGRAD_TILE == 0 and (w - 2) % WINOGRAD_TILE == 0)
+            and (h is None or h > 2) and (w is None or w > 2))
+
+
+def winograd_padding(side):
+    """Rows (or columns) added at the end of a side of this length for F(4x4, 3x3): 0 to 3."""
+    return (2 - side) % WINOGRAD_TILE
+
+
+def _dim(x, axis):
+    """x's size along axis: an int when the graph knows it, else a scalar tensor."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
 
 
 def _combine(parts, coefficients):
@@ -256,20 +267,20 @@ def _along(axis, index):
 def _tiles(x, axis):
     """Overlapping tiles along axis (length 4 n + 2): the 6 tensors of length n whose element
     t is x[4 t + r], r = 0..5."""
-    n = (x.shape[axis] - 2) // WINOGRAD_TILE
+    n = (_dim(x, axis) - 2) // WINOGRAD_TILE
     return [x[_along(axis, slice(r, r + WINOGRAD_TILE * (n - 1) + 1, WINOGRAD_TILE))] for r in range(_TAPS)]
 
 
 def _interleave(parts, axis):
     """The inverse of taking every len(parts)-th row: row k p + i of the result is row k of parts[i]."""
     y = tf.stack(parts, axis + 1)
-    shape = [-1 if d is None else d for d in y.shape]
+    shape = [_dim(y, i) for i in range(len(y.shape))]
     return tf.reshape(y, shape[:axis] + [shape[axis] * len(parts)] + shape[axis + 2:])
 
 
 def _untiles(parts, axis):
     """The adjoint of _tiles: the 6 tile rows added back where they came from (tiles overlap by 2)."""
-    n = parts[0].shape[axis]
+    n = _dim(parts[0], axis)
     head = _interleave(parts[:WINOGRAD_TILE], axis)                               # rows 4t .. 4t+3
     tail = _interleave(parts[WINOGRAD_TILE:] + [tf.zeros_like(parts[0])] * (WINOGRAD_TILE - 2), axis)
     tail = tail[_along(axis, slice(0, WINOGRAD_TILE * n + 2 - WINOGRAD_TILE))]      # rows 4t+4, 4t+5
@@ -287,7 +298,7 @@ def _to_matrices(parts, channels):
 
 def _from_matrices(m, like):
     """(36, N h w, C) -> m[i][j] (N, h, w, C), with h and w those of `like` (N, h, w, ...)."""
-    m = tf.reshape(m, [_TAPS, _TAPS, -1, like.shape[1], like.shape[2], m.shape[-1]])
+    m = tf.reshape(m, [_TAPS, _TAPS, -1, _dim(like, 1), _dim(like, 2), m.shape[-1]])
     return [[m[i, j] for j in range(_TAPS)] for i in range(_TAPS)]
 
 
@@ -326,15 +337,22 @@ def _winograd_output_adjoint(dy):
 
 
 def _winograd_conv(x, kernel, bias):
-    """conv2d(x, kernel, 1, 'VALID') + bias for a 3x3 kernel and x (N, 4h + 2, 4w + 2, C) by
-    F(4x4, 3x3), with its gradient written out: the transposed transforms around two more sets
-    of 36 matmuls (one for the input's gradient, one for the kernel's). The transformed input
-    is kept for the kernel's gradient (2.25x the input's size)."""
+    """conv2d(x, kernel, 1, 'VALID') + bias for a 3x3 kernel by F(4x4, 3x3), with its gradient
+    written out: the transposed transforms around two more sets of 36 matmuls (one for the
+    input's gradient, one for the kernel's). The transformed input is kept for the kernel's
+    gradient (2.25x the input's size). A side of x (N, H, W, C) not of the form 4k + 2 is
+    zero-padded at the end, which only adds outputs past the end, cropped (by tf.slice, whose
+    gradient is a pad)."""
     c, k = kernel.shape[2], kernel.shape[3]
     # G g G^T for every (C_in, C_out) pair as one matmul by the Kronecker product G (x) G
     # (36 x 9): 5x faster with its gradient than an einsum here. Automatic gradient.
     u = tf.reshape(tf.matmul(_WINOGRAD_GG, tf.reshape(kernel, [9, c * k])), [_TAPS * _TAPS, c, k])
-    grid = x[:, :(x.shape[1] - 2) // WINOGRAD_TILE, :(x.shape[2] - 2) // WINOGRAD_TILE, :0]    # shape only
+    h, w = _dim(x, 1), _dim(x, 2)
+    pad_h, pad_w = winograd_padding(h), winograd_padding(w)
+    padded = not (isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0)
+    if padded:
+        x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    grid = x[:, :(_dim(x, 1) - 2) // WINOGRAD_TILE, :(_dim(x, 2) - 2) // WINOGRAD_TILE, :0]    # shape only
 
     @tf.custom_gradient
     def winograd(x, u, bias):
@@ -348,7 +366,13 @@ def _winograd_conv(x, kernel, bias):
 
         return y, grad
 
-    return winograd(x, u, bias)
+    y = winograd(x, u, bias)
+    if not padded:
+        return y
+    cropped = tf.slice(y, [0, 0, 0, 0], [-1, h - 2, w - 2, -1])
+    cropped.set_shape([x.shape[0], None if isinstance(h, tf.Tensor) else h - 2,
+                       None if isinstance(w, tf.Tensor) else w - 2, k])
+    return cropped
 
 
 def _conv(filters, kernel, stride=1, name=None, dtype=None):

@@ -23,6 +23,9 @@ def test_executed_flops_count_winograd_tiles_in_the_residual_blocks(size):
     residual = 18 * 2 * side * side * 9 * 256 * 256
     assert per_image == analytic - residual + residual // 4
     assert per_call == 18 * 2 * 36 * 9 * 256 * 256
+    # At 120 px the 30x30 grid is padded to 32x32 outputs (8x8 tiles), and the padding counts.
+    analytic, per_image, _ = benchmark.generator_flops(G, 120)
+    assert per_image == analytic - 18 * 2 * 30 * 30 * 9 * 256 * 256 + 18 * 2 * 8 * 8 * 36 * 256 * 256
     # Under mixed precision (bfloat16 on this CPU) nothing runs as Winograd.
     assert benchmark.generator_flops(G, size, "bfloat16")[1:] == (analytic, 0)
     assert benchmark.discriminator_flops(module.patch_discriminator(), 256) / 1e9 == pytest.approx(6.29, abs=0.01)
@@ -55,6 +58,8 @@ def test_tiny_benchmark_reports_everything(capsys):
     assert 0 < result["train_iteration_executed_gflop"] < result["train_iteration_gflop"]
     assert result["train_executed_fraction_of_peak"] == pytest.approx(
         result["train_fraction_of_peak"] * result["train_iteration_executed_gflop"] / result["train_iteration_gflop"])
+    # Conversion too (sides unknown when traced: padded when needed); its kernel transforms count per run.
+    assert 0 < result["convert_executed_fraction_of_peak"] < result["convert_fraction_of_peak"]
 
 
 def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(monkeypatch):

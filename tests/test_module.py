@@ -155,17 +155,20 @@ def conv_graph_ops(layer, x_spec):
 @pytest.mark.parametrize("filters,k,stride,shape,static,path", [
     (3, 7, 1, (2, 18, 14), True, "space_to_depth"),     # the generator's last layer
     (3, 7, 1, (1, 17, 15), True, "space_to_depth"),     # odd sides: a zero row and column, cropped
-    (2, 3, 1, (3, 13, 10), False, "space_to_depth"),    # sides unknown when traced (conversion)
-    (6, 3, 1, (1, 12, 9), True, "banded"),              # even output height: two halves
-    (6, 3, 1, (1, 11, 9), True, "banded"),              # odd output height: bands overlap a row
+    (2, 5, 1, (3, 13, 10), False, "space_to_depth"),    # sides unknown when traced
+    (6, 5, 1, (1, 12, 9), True, "banded"),              # even output height: two halves
+    (6, 5, 1, (1, 11, 9), True, "banded"),              # odd output height: bands overlap a row
     (6, 4, 2, (1, 17, 12), True, "banded"),             # stride 2
     (6, 4, 1, (1, 5, 7), True, "banded"),               # two output rows, one per band
-    (6, 3, 1, (1, 12, 9), False, "plain"),              # height unknown: keras's convolution
-    (6, 3, 1, (2, 12, 9), True, "plain"),
+    (6, 5, 1, (1, 12, 9), False, "plain"),              # height unknown: keras's convolution
+    (6, 5, 1, (2, 12, 9), True, "plain"),
     (3, (7, 5), 1, (1, 18, 14), True, "plain"),         # a kernel that is not square
     (6, 3, (2, 1), (1, 12, 9), True, "plain"),           # nor the strides
-    (6, 3, 1, (2, 14, 10), True, "winograd"),           # sides 4k + 2: F(4x4, 3x3)
+    (6, 3, 1, (2, 14, 10), True, "winograd"),           # 3x3, stride 1, sides 4k + 2: F(4x4, 3x3)
     (6, 3, 1, (1, 6, 18), True, "winograd"),            # one image, one row of tiles
+    (6, 3, 1, (1, 11, 9), True, "winograd"),            # other sides: zero-padded to 4k + 2, cropped
+    (6, 3, 1, (2, 12, 9), False, "winograd"),           # sides unknown when traced (conversion)
+    (2, 3, 1, (3, 3, 5), False, "winograd"),            # one output row
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path):
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
@@ -179,7 +182,7 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
     assert ("SpaceToDepth" in [t for t, _ in ops]) == (path == "space_to_depth")
     assert conv_batches == ([] if path == "winograd" else [2 if path == "banded" else shape[0]])
     # Winograd: 36 matmuls in one op (input transform (36, tiles, C) by the transformed kernel).
-    tiles = shape[0] * ((shape[1] - 2) // 4) * ((shape[2] - 2) // 4)
+    tiles = shape[0] * -(-(shape[1] - 2) // 4) * -(-(shape[2] - 2) // 4) if static else None
     assert ([s for t, s in ops if t == "BatchMatMulV2"] == [[36, tiles, 5]]) == (path == "winograd")
 
     def values_and_gradients(layer):
@@ -195,15 +198,16 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_only_for_float32_3x3_stride_1_on_sides_4k_plus_2():
+def test_winograd_only_for_float32_3x3_stride_1():
     assert module.winograd_applies(3, 1, (1, 34, 66, 8), tf.float32)
     assert module.winograd_applies(3, 1, (None, 10, 6, 8), "float32")           # batch may be unknown
+    assert module.winograd_applies(3, 1, (1, None, None, 8), tf.float32)        # sides too (padded)
+    assert module.winograd_applies(3, 1, (1, 33, 3, 8), tf.float32)             # padded
     assert not module.winograd_applies(3, 1, (1, 34, 66, 8), tf.bfloat16)       # mixed precision
-    assert not module.winograd_applies(3, 1, (1, 33, 66, 8), tf.float32)
-    assert not module.winograd_applies(3, 1, (1, None, 66, 8), tf.float32)
     assert not module.winograd_applies(3, 2, (1, 34, 66, 8), tf.float32)
     assert not module.winograd_applies(4, 1, (1, 34, 66, 8), tf.float32)
     assert not module.winograd_applies(3, 1, (1, 2, 66, 8), tf.float32)         # no output row
+    assert [module.winograd_padding(side) for side in (34, 33, 32, 31, 3)] == [0, 1, 2, 3, 3]
 
 
 def test_winograd_conv_matches_direct_convolution_at_generator_scale():
