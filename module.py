@@ -103,10 +103,16 @@ class InstanceNorm(keras.layers.Layer):
 
 
 class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D ('valid' padding, bias, no activation) with two exact rewrites for
-    shapes that oneDNN's CPU convolutions run far below the machine's peak. Both give the same
-    values and gradients (up to float rounding) from the same variables:
+    """keras.layers.Conv2D ('valid' padding, bias, no activation) with three rewrites for
+    shapes that oneDNN's CPU convolutions run far below the machine's peak, or with far more
+    multiply-adds than needed. All give the same values and gradients (up to float rounding)
+    from the same variables; the first rule that applies is taken:
 
+    - 3x3, stride 1, float32 (the residual blocks' convolutions, 85-90% of the generator's
+      multiply-adds): Winograd's minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output
+      instead of 9 (see _winograd_conv), in training and in conversion (sides unknown when
+      traced are fine). Rounding differs from the direct convolution by about 1e-5 of the
+      output's scale. Not under mixed precision: float16 and bfloat16 keep the direct one.
     - few filters (at most 4, stride 1, odd kernel: the generator's last layer, 64 -> 3
       channels): oneDNN pads the output channels to 16, so 3 filters cost as much as 16. The
       image goes through space_to_depth (2x2 blocks), a convolution with the kernel rearranged
@@ -117,11 +123,6 @@ class Conv2D(keras.layers.Conv2D):
       runs a batch of one 20-30% slower than a batch of two of the same total size (unblocked
       weights, uneven split of the work between cores), so the image runs as two bands of
       rows stacked as a batch of two (see _banded_conv).
-
-    - 3x3, stride 1, float32, static height and width of the form 4k + 2 (the residual blocks'
-      convolutions in training, 85-90% of the step's multiply-adds): Winograd's minimal
-      filtering F(4x4, 3x3), 2.25 multiply-adds per output instead of 9 (see _winograd_conv).
-      Rounding differs from the direct convolution by about 1e-5 of the output's scale.
 
     Only for square kernels and strides, channels last, and without a visible GPU (cuDNN has
     none of these gaps and picks Winograd itself); everything else is keras.layers.Conv2D.
