@@ -251,90 +251,84 @@ def _dim(x, axis):
     return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
 
 
-def _combine(parts, coefficients):
-    """sum(c * p), skipping zero coefficients (the transforms' matrices are sparse)."""
-    total = None
-    for c, p in zip(coefficients, parts):
-        if c:
-            term = p if c == 1 else -p if c == -1 else p * float(c)
-            total = term if total is None else total + term
-    return total
+def _shape(x):
+    return [_dim(x, axis) for axis in range(len(x.shape))]
 
 
-def _along(axis, index):
-    return (slice(None),) * axis + (index,)
+def _reshape_axis(x, axis, sizes):
+    """x with its axis `axis` replaced by axes of these sizes (-1 for one of them)."""
+    shape = _shape(x)
+    return tf.reshape(x, shape[:axis] + list(sizes) + shape[axis + 1:])
+
+
+def _cut(x, axis, start, stop):
+    return x[(slice(None),) * axis + (slice(start, stop),)]
 
 
 def _tiles(x, axis):
-    """Overlapping tiles along axis (length 4 n + 2): the 6 tensors of length n whose element
-    t is x[4 t + r], r = 0..5."""
+    """Overlapping tiles along axis (length 4 n + 2) -> axes (n, 6) there: element (t, r) is
+    x[4 t + r]. Rows 4t .. 4t+3 are x[:4n] in blocks of 4; rows 4t+4, 4t+5 are the last two of
+    each block of x[2:]."""
     n = (_dim(x, axis) - 2) // WINOGRAD_TILE
-    return [x[_along(axis, slice(r, r + WINOGRAD_TILE * (n - 1) + 1, WINOGRAD_TILE))] for r in range(_TAPS)]
+    blocks = lambda start: _reshape_axis(_cut(x, axis, start, start + WINOGRAD_TILE * n), axis, [n, WINOGRAD_TILE])
+    return tf.concat([blocks(0), _cut(blocks(2), axis + 1, 2, WINOGRAD_TILE)], axis + 1)
 
 
-def _interleave(parts, axis):
-    """The inverse of taking every len(parts)-th row: row k p + i of the result is row k of parts[i]."""
-    y = tf.stack(parts, axis + 1)
-    shape = [_dim(y, i) for i in range(len(y.shape))]
-    return tf.reshape(y, shape[:axis] + [shape[axis] * len(parts)] + shape[axis + 2:])
+def _untiles(t, axis):
+    """The adjoint of _tiles: axes (n, 6) -> one of length 4 n + 2, overlapping tiles added."""
+    pad = lambda x, at, before, after: tf.pad(x, [[0, 0]] * at + [[before, after]] + [[0, 0]] * (len(x.shape) - at - 1))
+    merge = lambda x: tf.reshape(x, _shape(x)[:axis] + [-1] + _shape(x)[axis + 2:])
+    head = merge(_cut(t, axis + 1, 0, WINOGRAD_TILE))                                # rows 4t .. 4t+3
+    tail = merge(pad(_cut(t, axis + 1, WINOGRAD_TILE, _TAPS), axis + 1, 2, 0))      # rows 4t+2 .. 4t+5
+    return pad(head, axis, 0, 2) + pad(tail, axis, 2, 0)
 
 
-def _untiles(parts, axis):
-    """The adjoint of _tiles: the 6 tile rows added back where they came from (tiles overlap by 2)."""
-    n = _dim(parts[0], axis)
-    head = _interleave(parts[:WINOGRAD_TILE], axis)                               # rows 4t .. 4t+3
-    tail = _interleave(parts[WINOGRAD_TILE:] + [tf.zeros_like(parts[0])] * (WINOGRAD_TILE - 2), axis)
-    tail = tail[_along(axis, slice(0, WINOGRAD_TILE * n + 2 - WINOGRAD_TILE))]      # rows 4t+4, 4t+5
-    pad_head = [[0, 0]] * 4
-    pad_head[axis] = [0, 2]
-    pad_tail = [[0, 0]] * 4
-    pad_tail[axis] = [WINOGRAD_TILE, 0]
-    return tf.pad(head, pad_head) + tf.pad(tail, pad_tail)
+def _transform(matrix, t, axis):
+    """Along axis (of len(matrix[0])): y[i] = sum_r matrix[i, r] t[r]. A broadcast product and a
+    sum that XLA fuses into one loop; the few zero coefficients cost less than more ops."""
+    shape = [1] * (len(t.shape) + 1)
+    shape[axis:axis + 2] = matrix.shape
+    return tf.reduce_sum(tf.expand_dims(t, axis) * tf.constant(matrix.reshape(shape)), axis + 1)
 
 
-def _to_matrices(parts, channels):
-    """36 tensors (N, h, w, C) -> (36, N h w, C), the matmuls' batch."""
-    return tf.reshape(tf.stack(parts, 0), [_TAPS * _TAPS, -1, channels])
-
-
-def _from_matrices(m, like):
-    """(36, N h w, C) -> m[i][j] (N, h, w, C), with h and w those of `like` (N, h, w, ...)."""
-    m = tf.reshape(m, [_TAPS, _TAPS, -1, _dim(like, 1), _dim(like, 2), m.shape[-1]])
-    return [[m[i, j] for j in range(_TAPS)] for i in range(_TAPS)]
-
-
-# The four transforms are memory-bound chains of slices and sums: XLA makes each one loop.
+# The four transforms are memory-bound: XLA makes each a few loops, compiled per shape in
+# well under a second.
 @tf.function(jit_compile=True)
 def _winograd_input(x):
-    """B^T d B of every tile of x (N, 4h + 2, 4w + 2, C): (36, N h w, C)."""
-    rows = [_combine(_tiles(x, 1), _WINOGRAD_BT[i]) for i in range(_TAPS)]
-    return _to_matrices([_combine(_tiles(r, 2), _WINOGRAD_BT[j]) for r in rows for j in range(_TAPS)], x.shape[3])
+    """B^T d B of every tile d of x (N, 4h + 2, 4w + 2, C): (36, N h w, C)."""
+    t = _transform(_WINOGRAD_BT, _tiles(x, 1), 2)                    # (N, h, 6, W, C)
+    t = _transform(_WINOGRAD_BT, _tiles(t, 3), 4)                    # (N, h, 6, w, 6, C)
+    return tf.reshape(tf.transpose(t, [2, 4, 0, 1, 3, 5]), [_TAPS * _TAPS, -1, x.shape[3]])
 
 
 @tf.function(jit_compile=True)
 def _winograd_input_adjoint(dv, grid):
     """The gradient of _winograd_input: dv (36, N h w, C) -> (N, 4h + 2, 4w + 2, C);
     grid is any (N, h, w, ...) tensor (for the shape)."""
-    dv = _from_matrices(dv, grid)
-    cols = [_untiles([_combine(dv[i], _WINOGRAD_BT[:, r]) for r in range(_TAPS)], 2) for i in range(_TAPS)]
-    return _untiles([_combine(cols, _WINOGRAD_BT[:, r]) for r in range(_TAPS)], 1)
+    n, h, w = _dim(grid, 0), _dim(grid, 1), _dim(grid, 2)
+    t = tf.reshape(dv, [_TAPS, _TAPS, n, h, w, dv.shape[2]])
+    t = _transform(_WINOGRAD_BT.T, _transform(_WINOGRAD_BT.T, t, 0), 1)
+    t = tf.transpose(t, [2, 3, 0, 4, 1, 5])                            # (N, h, 6, w, 6, C)
+    return _untiles(_untiles(t, 3), 1)
 
 
 @tf.function(jit_compile=True)
 def _winograd_output(m, bias, grid):
     """A^T m A + bias for every tile: m (36, N h w, C_out) -> (N, 4h, 4w, C_out)."""
-    m = _from_matrices(m, grid)
-    cols = [_interleave([_combine(m[i], _WINOGRAD_AT[b]) for b in range(WINOGRAD_TILE)], 2) for i in range(_TAPS)]
-    return _interleave([_combine(cols, _WINOGRAD_AT[b]) for b in range(WINOGRAD_TILE)], 1) + bias
+    n, h, w = _dim(grid, 0), _dim(grid, 1), _dim(grid, 2)
+    t = tf.reshape(m, [_TAPS, _TAPS, n, h, w, m.shape[2]])
+    t = _transform(_WINOGRAD_AT, _transform(_WINOGRAD_AT, t, 0), 1)   # (4, 4, N, h, w, C)
+    t = tf.transpose(t, [2, 3, 0, 4, 1, 5])
+    return tf.reshape(t, [n, WINOGRAD_TILE * h, WINOGRAD_TILE * w, m.shape[2]]) + bias
 
 
 @tf.function(jit_compile=True)
 def _winograd_output_adjoint(dy):
     """The gradients of _winograd_output: dy (N, 4h, 4w, C_out) -> (36, N h w, C_out) and the bias's."""
-    blocks = lambda x, axis: [x[_along(axis, slice(b, None, WINOGRAD_TILE))] for b in range(WINOGRAD_TILE)]
-    rows = [_combine(blocks(dy, 1), _WINOGRAD_AT[:, i]) for i in range(_TAPS)]
-    dm = _to_matrices([_combine(blocks(r, 2), _WINOGRAD_AT[:, j]) for r in rows for j in range(_TAPS)], dy.shape[3])
-    return dm, tf.reduce_sum(dy, [0, 1, 2])
+    t = _reshape_axis(_reshape_axis(dy, 2, [-1, WINOGRAD_TILE]), 1, [-1, WINOGRAD_TILE])   # (N, h, 4, w, 4, C)
+    t = tf.transpose(t, [2, 4, 0, 1, 3, 5])
+    t = _transform(_WINOGRAD_AT.T, _transform(_WINOGRAD_AT.T, t, 0), 1)
+    return tf.reshape(t, [_TAPS * _TAPS, -1, dy.shape[3]]), tf.reduce_sum(dy, [0, 1, 2])
 
 
 def _winograd_conv(x, kernel, bias):
