@@ -232,12 +232,14 @@ def test_xla_step_and_translation_match_the_plain_graph():
                     xla.G_A2B.weights + xla.G_B2A.weights + xla.D_A.weights + xla.D_B.weights):
         w.assign(v)
     A, B = batch(40), batch(41)
+    start = plain.G_A2B.weights[0].numpy()
     # The first step's losses come from the same weights: only the two graphs' rounding differs
     # (Winograd's ~1e-5 included). Adam's first updates divide each gradient by its own size, so
     # that rounding grows in the next steps' losses.
     for rtol in (1e-4, 3e-3, 3e-3):
         np.testing.assert_allclose(xla.train_step(A, B).numpy(), plain.train_step(A, B).numpy(), rtol=rtol, atol=1e-4)
-    np.testing.assert_allclose(xla.G_A2B.weights[0].numpy(), plain.G_A2B.weights[0].numpy(), atol=1e-5)
+    moved = np.abs(plain.G_A2B.weights[0].numpy() - start).max()     # about 3 steps of lr 2e-4
+    assert np.abs(xla.G_A2B.weights[0].numpy() - plain.G_A2B.weights[0].numpy()).max() < 0.1 * moved
     images = np.random.default_rng(0).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
     diff = np.abs(xla.translators["A2B"].translate(images).numpy().astype(int)
                   - plain.translators["A2B"].translate(images).numpy().astype(int))
