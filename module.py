@@ -108,8 +108,8 @@ class Conv2D(keras.layers.Conv2D):
     multiply-adds than needed. All give the same values and gradients (up to float rounding)
     from the same variables; the first rule that applies is taken:
 
-    - 3x3, stride 1, float32 (the residual blocks' convolutions, 85-90% of the generator's
-      multiply-adds): Winograd's minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output
+    - 3x3, stride 1, float32, at least 128 channels in and out (the residual blocks'
+      convolutions from ngf 32 up, 85-90% of the generator's multiply-adds): Winograd's minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output
       instead of 9 (see _winograd_conv), in training and in conversion (sides unknown when
       traced are fine). Rounding differs from the direct convolution by about 1e-5 of the
       output's scale. Not under mixed precision: float16 and bfloat16 keep the direct one.
@@ -137,7 +137,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def runs_winograd(self, input_shape, dtype):
         """Whether an input of this shape and dtype goes through _winograd_conv."""
-        return not self._plain() and winograd_applies(self.kernel_size[0], self.strides[0], input_shape, dtype)
+        return not self._plain() and winograd_applies(self.kernel_size[0], self.strides[0], input_shape, self.filters, dtype)
 
     def call(self, inputs):
         plain = self._plain()
@@ -228,16 +228,23 @@ _WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 
                          [0, 1, -1, 8, -8, 1]], np.float32)
 _WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)
 WINOGRAD_TILE = 4     # outputs per tile side
+# Below this many input or output channels the direct convolution is as fast or faster here
+# (the transforms cost more than the products save): at 64 channels Winograd ran 0.88-0.96x the
+# direct convolution's speed at most sizes, at 128 channels 1.2-1.5x from 32x32 maps up, at 256
+# 1.1-2x (forward and both gradients, batch 1 and 2).
+WINOGRAD_MIN_CHANNELS = 128
 _TAPS = WINOGRAD_TILE + 2
 
 
-def winograd_applies(kernel_size, stride, input_shape, dtype):
+def winograd_applies(kernel_size, stride, input_shape, filters, dtype):
     """Whether Conv2D runs a convolution on an input of this shape as _winograd_conv (apart
-    from the GPU and layer-option checks in Conv2D.call): 3x3, stride 1, float32. A height or
-    width not of the form 4k + 2 (or unknown when the graph is built) is padded at the end to
-    the next one and the output cropped (see winograd_padding)."""
+    from the GPU and layer-option checks in Conv2D.call): 3x3, stride 1, float32, at least
+    WINOGRAD_MIN_CHANNELS channels in and out. A height or width not of the form 4k + 2 (or
+    unknown when the graph is built) is padded at the end to the next one and the output
+    cropped (see winograd_padding)."""
     h, w = input_shape[1], input_shape[2]
     return (kernel_size == 3 and stride == 1 and tf.as_dtype(dtype) == tf.float32
+            and min(input_shape[3], filters) >= WINOGRAD_MIN_CHANNELS
             and (h is None or h > 2) and (w is None or w > 2))
 
 

@@ -54,12 +54,10 @@ def test_tiny_benchmark_reports_everything(capsys):
     assert sorted(ceiling) == ["forward", "input_gradient", "weight_gradient"] and all(0 < v < 1.5 for v in ceiling.values())
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (6 * result["generator_forward_gflop"] + 6 * result["discriminator_forward_gflop"]))
-    # The tiny generator's residual blocks (32 channels on an 8x8 grid) run as Winograd.
-    assert 0 < result["train_iteration_executed_gflop"] < result["train_iteration_gflop"]
-    assert result["train_executed_fraction_of_peak"] == pytest.approx(
-        result["train_fraction_of_peak"] * result["train_iteration_executed_gflop"] / result["train_iteration_gflop"])
-    # Conversion too (sides unknown when traced: padded when needed); its kernel transforms count per run.
-    assert 0 < result["convert_executed_fraction_of_peak"] < result["convert_fraction_of_peak"]
+    # The tiny generator's residual blocks have 32 channels: too few for Winograd, so both counts agree.
+    assert result["train_iteration_executed_gflop"] == pytest.approx(result["train_iteration_gflop"])
+    for part in ("train", "convert"):
+        assert result[f"{part}_executed_fraction_of_peak"] == pytest.approx(result[f"{part}_fraction_of_peak"])
 
 
 def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(monkeypatch):

@@ -170,7 +170,8 @@ def conv_graph_ops(layer, x_spec):
     (6, 3, 1, (2, 12, 9), False, "winograd"),           # sides unknown when traced (conversion)
     (2, 3, 1, (3, 3, 5), False, "winograd"),            # one output row
 ])
-def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path):
+def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path, monkeypatch):
+    monkeypatch.setattr(module, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(filters, k, strides=stride)
     x = tf.constant(np.random.default_rng(filters).normal(size=(*shape, 5)), tf.float32)
@@ -198,16 +199,22 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_only_for_float32_3x3_stride_1():
-    assert module.winograd_applies(3, 1, (1, 34, 66, 8), tf.float32)
-    assert module.winograd_applies(3, 1, (None, 10, 6, 8), "float32")           # batch may be unknown
-    assert module.winograd_applies(3, 1, (1, None, None, 8), tf.float32)        # sides too (padded)
-    assert module.winograd_applies(3, 1, (1, 33, 3, 8), tf.float32)             # padded
-    assert not module.winograd_applies(3, 1, (1, 34, 66, 8), tf.bfloat16)       # mixed precision
-    assert not module.winograd_applies(3, 2, (1, 34, 66, 8), tf.float32)
-    assert not module.winograd_applies(4, 1, (1, 34, 66, 8), tf.float32)
-    assert not module.winograd_applies(3, 1, (1, 2, 66, 8), tf.float32)         # no output row
+def test_winograd_only_for_float32_3x3_stride_1_and_128_channels():
+    assert module.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert module.winograd_applies(3, 1, (None, 10, 6, 128), 128, "float32")      # batch may be unknown
+    assert module.winograd_applies(3, 1, (1, None, None, 256), 256, tf.float32)   # sides too (padded)
+    assert module.winograd_applies(3, 1, (1, 33, 3, 256), 256, tf.float32)        # padded
+    assert not module.winograd_applies(3, 1, (1, 34, 66, 127), 256, tf.float32)   # few channels: direct
+    assert not module.winograd_applies(3, 1, (1, 34, 66, 256), 64, tf.float32)
+    assert not module.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.bfloat16)  # mixed precision
+    assert not module.winograd_applies(3, 2, (1, 34, 66, 256), 256, tf.float32)
+    assert not module.winograd_applies(4, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert not module.winograd_applies(3, 1, (1, 2, 66, 256), 256, tf.float32)    # no output row
     assert [module.winograd_padding(side) for side in (34, 33, 32, 31, 3)] == [0, 1, 2, 3, 3]
+    # The reference generator's residual convolutions run as Winograd from ngf 32 up (128 channels).
+    for ngf, expected in ((64, True), (32, True), (16, False)):
+        conv = module.resnet_generator(ngf, 2).get_layer("res0_conv1")
+        assert conv.runs_winograd((1, 34, 34, 4 * ngf), tf.float32) == expected
 
 
 def test_winograd_conv_matches_direct_convolution_at_generator_scale():
