@@ -9,7 +9,9 @@
 FLOPs are counted analytically from the layer shapes: 2 x multiply-adds of every convolution
 (a transposed convolution on its input grid), nothing for norms and activations. One training
 iteration counts 6 generator and 6 discriminator forward passes (identity loss on), each
-backward pass as 2 forwards. The peak is a large float32 matmul (NumPy's BLAS), run here.
+backward pass as 2 forwards. Beside it, the executed count: what the matmuls of the layers that
+run as Winograd F(4x4, 3x3) really multiply (see executed_conv_flops). The peak is a large
+float32 matmul (NumPy's BLAS), run here.
 """
 import argparse
 import collections

@@ -109,9 +109,10 @@ class Conv2D(keras.layers.Conv2D):
     from the same variables; the first rule that applies is taken:
 
     - 3x3, stride 1, float32, at least 128 channels in and out (the residual blocks'
-      convolutions from ngf 32 up, 85-90% of the generator's multiply-adds): Winograd's minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output
-      instead of 9 (see _winograd_conv), in training and in conversion (sides unknown when
-      traced are fine). Rounding differs from the direct convolution by about 1e-5 of the
+      convolutions from ngf 32 up, 85-90% of the generator's multiply-adds): Winograd's
+      minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output instead of 9 (see
+      _winograd_conv and WINOGRAD_MIN_CHANNELS), in training and in conversion (sides unknown
+      when traced are fine). Rounding differs from the direct convolution by about 1e-5 of the
       output's scale. Not under mixed precision: float16 and bfloat16 keep the direct one.
     - few filters (at most 4, stride 1, odd kernel: the generator's last layer, 64 -> 3
       channels): oneDNN pads the output channels to 16, so 3 filters cost as much as 16. The
