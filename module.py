@@ -143,7 +143,7 @@ class Conv2D(keras.layers.Conv2D):
     def call(self, inputs):
         plain = self._plain()
         kernel_size, stride = self.kernel_size[0], self.strides[0]
-        if self.runs_winograd(inputs.shape, inputs.dtype):
+        if not plain and winograd_applies(kernel_size, stride, inputs.shape, self.filters, inputs.dtype):
             return _winograd_conv(inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias))
         if not plain and self.filters <= 4 and stride == 1 and kernel_size % 2 and kernel_size > 1:
             return _space_to_depth_conv(inputs, tf.convert_to_tensor(self.kernel), tf.convert_to_tensor(self.bias))

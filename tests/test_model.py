@@ -14,6 +14,15 @@ def batch(seed, n=1, size=32):
     return tf.constant(np.random.default_rng(seed).uniform(-1, 1, (n, size, size, 3)), tf.float32)
 
 
+def network_weights(gan):
+    return gan.G_A2B.weights + gan.G_B2A.weights + gan.D_A.weights + gan.D_B.weights
+
+
+def copy_weights(source, target):
+    for v, w in zip(network_weights(source), network_weights(target)):
+        w.assign(v)
+
+
 def test_lsgan_and_l1_on_hand_made_tensors():
     assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 1.0)) == pytest.approx(2.0)
     assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 0.0)) == pytest.approx(5.0)
@@ -228,13 +237,11 @@ def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path,
 def test_xla_step_and_translation_match_the_plain_graph():
     plain = model.CycleGAN(**TINY, random_seed=3)
     xla = model.CycleGAN(**TINY, random_seed=3, jit_compile=True)
-    for v, w in zip(plain.G_A2B.weights + plain.G_B2A.weights + plain.D_A.weights + plain.D_B.weights,
-                    xla.G_A2B.weights + xla.G_B2A.weights + xla.D_A.weights + xla.D_B.weights):
-        w.assign(v)
+    copy_weights(plain, xla)
     A, B = batch(40), batch(41)
     start = plain.G_A2B.weights[0].numpy()
     # The first step's losses come from the same weights: only the two graphs' rounding differs
-    # (Winograd's ~1e-5 included). Adam's first updates divide each gradient by its own size, so
+    # (XLA's kernels against oneDNN's). Adam's first updates divide each gradient by its own size, so
     # that rounding grows in the next steps' losses.
     for rtol in (1e-4, 3e-3, 3e-3):
         np.testing.assert_allclose(xla.train_step(A, B).numpy(), plain.train_step(A, B).numpy(), rtol=rtol, atol=1e-4)
@@ -251,8 +258,7 @@ def test_mixed_precision_trains_finite_and_translates_close_to_float32():
     mixed = model.CycleGAN(**TINY, random_seed=5, mixed_precision=True)
     assert mixed.policy == "mixed_bfloat16"  # no GPU here
     assert mixed.G_A2B.get_layer("res0_conv1").compute_dtype == "bfloat16"
-    nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
-    for v, w in zip(nets(plain), nets(mixed)):
+    for v, w in zip(network_weights(plain), network_weights(mixed)):
         assert w.dtype == tf.float32
         w.assign(v)
     rng = np.random.default_rng(50)
@@ -282,7 +288,6 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     images = np.random.default_rng(1).integers(0, 256, (3, 20, 28, 3), dtype=np.uint8)   # sides unknown when traced
     A, B = batch(70), batch(71)
     direct = model.CycleGAN(**TINY, random_seed=7)
-    nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
 
     def generator_gradients(gan):
         with tf.GradientTape() as tape:
@@ -295,8 +300,7 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     want_images = direct.translators["A2B"].translate(images).numpy().astype(int)   # (one graph per batch size)
     monkeypatch.setattr(module, "WINOGRAD_MIN_CHANNELS", 1)
     wino = model.CycleGAN(**TINY, random_seed=7)
-    for v, w in zip(nets(direct), nets(wino)):
-        w.assign(v)
+    copy_weights(direct, wino)
 
     # Each convolution's rounding (~1e-5 of its scale) grows through the instance norms of the
     # forward and backward passes (differences up to ~2e-3 of the largest gradient were seen); a
