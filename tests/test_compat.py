@@ -1,0 +1,38 @@
+"""Run folders written by earlier versions still load, resume and translate the same.
+
+tests/fixtures/run_a148b46 is a run folder written by train.py at commit a148b46 (ngf/ndf 4,
+1 residual block, crop 32, pool 2, one epoch of 3 steps on the tests' own pictures), with
+input.png (37 x 29) and its translations A2B.png and B2A.png as that commit's convert.py made them.
+"""
+import os
+import shutil
+
+import numpy as np
+
+import convert
+import model
+import utils
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run_a148b46")
+
+
+def test_old_training_checkpoint_restores_every_variable():
+    config = utils.load_json(os.path.join(FIXTURE, "config.json"))
+    gan = model.CycleGAN(**config["architecture"])
+    checkpoint, _ = model.find_checkpoint(FIXTURE)
+    gan.checkpoint().restore(checkpoint).assert_existing_objects_matched()
+    assert int(gan.step.numpy()) == 3 and int(gan.epoch.numpy()) == 1
+    assert int(gan.pool_A.count.numpy()) == 2
+    assert int(gan.optimizer_G.iterations.numpy()) == 3
+
+
+def test_old_run_folder_translates_identically(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(os.path.join(FIXTURE, "input.png"), src / "input.png")
+    for direction in model.DIRECTIONS:
+        out = tmp_path / direction
+        assert convert.main(["--model_filepath", FIXTURE, "--img_dir", str(src), "--output_dir", str(out),
+                             "--conversion_direction", direction]) == 0
+        want = utils.read_image(os.path.join(FIXTURE, f"{direction}.png"))
+        np.testing.assert_array_equal(utils.read_image(str(out / "input.png")), want)
