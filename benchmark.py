@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import convert
+import kernels
 import model
 import module
 import utils
@@ -80,13 +81,13 @@ def conv_flops(layer, input_shape, output_shape):
 
 def executed_conv_flops(layer, input_shape, output_shape, dtype):
     """(FLOPs per image, FLOPs per call) that a convolution layer executes: for a Winograd
-    F(4x4, 3x3) layer (module.Conv2D) its 36 matmuls over the 4x4 output tiles per image (a
+    F(4x4, 3x3) layer (kernels.winograd_conv) its 36 matmuls over the 4x4 output tiles per image (a
     side not a multiple of 4 is padded to one, and the padding's outputs count too) and the
     kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by a batch); for
     the others conv_flops. The transforms of the input and output (additions and scalings) are
     not counted, as norms and activations are not."""
-    if isinstance(layer, module.Conv2D) and layer.runs_winograd(input_shape, dtype):
-        tiles = -(-output_shape[1] // module.WINOGRAD_TILE) * -(-output_shape[2] // module.WINOGRAD_TILE)
+    if isinstance(layer, module.Conv2D) and kernels.conv_rewrite(layer, input_shape, dtype) == "winograd":
+        tiles = -(-output_shape[1] // kernels.WINOGRAD_TILE) * -(-output_shape[2] // kernels.WINOGRAD_TILE)
         cin, cout = input_shape[3], layer.filters
         return 2 * 36 * tiles * cin * cout, 2 * 36 * 9 * cin * cout
     return conv_flops(layer, input_shape, output_shape), 0
@@ -97,18 +98,16 @@ def generator_flops(G, size, dtype="float32"):
     executed one per image and per call (see executed_conv_flops) for inputs of `dtype`."""
     total = per_image = per_call = 0
 
-    def run(L, x, names):
+    def apply(layer, x):
         nonlocal total, per_image, per_call
-        for name in names:
-            y = L[name](x)
-            if isinstance(L[name], (tf.keras.layers.Conv2D, tf.keras.layers.Conv2DTranspose)):
-                total += conv_flops(L[name], x.shape, y.shape)
-                image, call = executed_conv_flops(L[name], x.shape, y.shape, dtype)
-                per_image, per_call = per_image + image, per_call + call
-            x = y
-        return x
+        y = layer(x)
+        if isinstance(layer, (tf.keras.layers.Conv2D, tf.keras.layers.Conv2DTranspose)):
+            total += conv_flops(layer, x.shape, y.shape)
+            image, call = executed_conv_flops(layer, x.shape, y.shape, dtype)
+            per_image, per_call = per_image + image, per_call + call
+        return y
 
-    module.generator_flow(G, tf.zeros([1, size, size, 3]), lambda layer, x: layer(x), run)
+    module.run_layers(G, tf.zeros([1, size, size, 3]), apply)
     return total, per_image, per_call
 
 
@@ -244,7 +243,7 @@ def main(argv=None):
     gan = model.CycleGAN(args.ngf, args.ndf, args.n_blocks, args.n_layers_D, 3, args.crop_size, args.pool_size,
                          lambda_identity=args.lambda_identity, batch_size=args.batch_size,
                          jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
-    compute_dtype = gan.G_A2B.get_layer("res0_conv1").compute_dtype if args.n_blocks else "float32"
+    compute_dtype = module.residual_conv(gan.G_A2B).compute_dtype if args.n_blocks else "float32"
     g_flops, g_image, g_call = generator_flops(gan.G_A2B, args.crop_size, compute_dtype)
     d_flops = discriminator_flops(gan.D_A, args.crop_size)
     g_passes = 6 if args.lambda_identity > 0 else 4

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import kernels
 import module
 import utils
 
@@ -330,7 +331,7 @@ class Translator:
 
     def _translate(self, images):
         n = images.shape[0]
-        if n is not None and n > 1 and not tf.config.list_logical_devices("GPU"):
+        if n is not None and n > 1 and kernels.cpu_rewrites():
             # On the CPU, two halves of the batch as two independent runs of G, which TensorFlow
             # executes side by side: one half's norms, padding and ReLUs (a third of the time of
             # a lone run here, on one core) overlap the other's convolutions.
@@ -345,35 +346,52 @@ class Translator:
     def translate_image(self, rgb, tile_size=2048, window=WINDOW):
         """Translates one uint8 RGB image (H, W, 3); returns uint8 (H, W, 3).
 
-        An image of more than tile_size^2 pixels is translated layer run by layer run: the
-        convolutions on windows of `window` pixels (each with a margin that covers their reach),
-        each instance norm over the whole feature map. The result is the whole-image translation
-        (to float rounding), without seams, in far less memory: the largest feature maps are
-        held once, never the whole network's activations, and the convolutions' scratch
-        buffers stay the size of a window.
+        An image of more than tile_size^2 pixels is translated in tiles: each run of layers that
+        look at a small neighbourhood (padding, convolutions, ReLUs) on windows of `window` pixels,
+        each with a margin that covers the run's reach; each instance norm, and each layer that
+        joins two maps (the residual sums), over the whole feature map. The result is the
+        whole-image translation (to float rounding), without seams, in far less memory: the
+        largest feature maps are held once, never the whole network's activations, and the
+        convolutions' scratch buffers stay the size of a window.
         """
         h, w = rgb.shape[:2]
         if h * w <= tile_size * tile_size:
             return self.translate(rgb[None]).numpy()[0]
         x = utils.pad_to_multiple(utils.to_float(rgb[None])).numpy()
-        run = lambda L, x, names: self._run_tiled(L, x, names, window)
-        y = module.generator_flow(self.G, x, self._norm_whole, run)
+
+        def apply(layer, inputs):
+            if isinstance(layer, module.InstanceNorm):   # normalised in place: a map of its own
+                return self._norm_whole(layer, self._whole(inputs, window) if isinstance(inputs, _Run) else inputs.copy())
+            if isinstance(inputs, list):
+                return layer([self._whole(v, window) for v in inputs]).numpy()
+            if isinstance(inputs, _Run):
+                return _Run(inputs.x, inputs.layers + (layer,))
+            return _Run(inputs, (layer,))
+
+        y = self._whole(module.run_layers(self.G, x, apply), window)
         return utils.to_uint8(y[0, :h, :w]).numpy()
 
-    def _run_tiled(self, L, x, names, tile_size, margin=4):
-        """Applies the layers `names` to a whole map x (1, H, W, C), tile by tile. A margin of 4
+    def _whole(self, value, window):
+        """A whole map: value itself, or a pending _Run computed tile by tile (a new array)."""
+        return self._run_tiled(value.layers, value.x, window) if isinstance(value, _Run) else value
+
+    def _run_tiled(self, layers, x, tile_size, margin=4):
+        """Applies `layers` in turn to a whole map x (1, H, W, C), tile by tile. A margin of 4
         pixels covers every run the generator has (at most a 7x7 conv, or one stride-2 or
         transposed 3x3 conv); tile origins are multiples of 4, so strided layers sample the
         same grid as on the whole map. Returns the whole output map as a NumPy array."""
-        key = tuple(names)
-        if key not in self._runs:
-            self._runs[key] = tf.function(lambda t: module._run_layers(L, t, names), reduce_retracing=True)
+        if layers not in self._runs:
+            def run(t):
+                for layer in layers:
+                    t = layer(t)
+                return t
+            self._runs[layers] = tf.function(run, reduce_retracing=True)
         x = np.asarray(x)
         core = max(8, tile_size // 4 * 4)
         out = None
         for (y0, y1, ty, ty1), (x0, x1, tx, tx1) in itertools.product(
                 self._windows(x.shape[1], core, margin), self._windows(x.shape[2], core, margin)):
-            tile = self._runs[key](x[:, ty:ty1, tx:tx1]).numpy()
+            tile = self._runs[layers](x[:, ty:ty1, tx:tx1]).numpy()
             r = tile.shape[1] / (ty1 - ty)  # 1/2, 1 or 2: the run's change of scale
             if out is None:
                 out = np.empty((1, round(x.shape[1] * r), round(x.shape[2] * r), tile.shape[3]), np.float32)
@@ -412,6 +430,13 @@ class Translator:
         return x
 
 
+class _Run:
+    """Layers still to be applied, in order, to the whole map x (see Translator.translate_image)."""
+
+    def __init__(self, x, layers):
+        self.x, self.layers = x, layers
+
+
 class SavedModelTranslator:
     """The Translator interface over an exported SavedModel's signature (whole images only)."""
 
@@ -441,7 +466,8 @@ def export(generators, export_dir):
     tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(export_dir)),
                               f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
     try:
-        tf.saved_model.save(root, tmp, signatures=signatures)
+        with kernels.direct():  # no CPU rewrite (nor XLA) in the artifact, whatever machine exports
+            tf.saved_model.save(root, tmp, signatures=signatures)
         old = None
         if os.path.exists(export_dir):
             old = tmp + ".old"

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kernels
 import module
 
 
@@ -47,9 +48,9 @@ def test_no_bias_free_or_affine_norm_layers():
 
 def test_initialisation_is_normal_0_02():
     G = module.resnet_generator()
-    kernel = G.get_layer("res0_conv1").kernel.numpy()
+    kernel = module.residual_conv(G).kernel.numpy()
     assert abs(kernel.mean()) < 1e-3 and abs(kernel.std() - 0.02) < 1e-3
-    assert not G.get_layer("res0_conv1").bias.numpy().any()
+    assert not module.residual_conv(G).bias.numpy().any()
 
 
 def torch_conv_transpose_1d(x, w, stride=2, padding=1, output_padding=1):
@@ -68,10 +69,10 @@ def test_upsampling_matches_pytorch_padding_without_shift():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 7)).astype(np.float32)
     wy, wx = rng.normal(size=3), rng.normal(size=3)
-    L = module._generator_layers(ngf=1, n_blocks=0, channels=1)
-    up = lambda h: L["up1_crop"](L["up1_convT"](h))  # up1 has ngf = 1 filter
-    up(np.zeros((1, 2, 2, 1), np.float32))
-    L["up1_convT"].set_weights([np.outer(wy, wx)[:, :, None, None].astype(np.float32), np.zeros(1, np.float32)])
+    inputs = keras.Input((None, None, 1))
+    u1 = keras.Model(inputs, module.uk(inputs, 1, None))           # u1: one filter on one channel
+    up = lambda h: u1.get_layer("u1_crop")(u1.get_layer("u1_convT")(h))
+    u1.get_layer("u1_convT").set_weights([np.outer(wy, wx)[:, :, None, None].astype(np.float32), np.zeros(1, np.float32)])
     got = np.asarray(up(x[None, :, :, None]))[0, :, :, 0]
     # A separable kernel: transpose-convolve the rows, then the columns.
     rows = np.stack([torch_conv_transpose_1d(r, wx) for r in x])
@@ -80,11 +81,18 @@ def test_upsampling_matches_pytorch_padding_without_shift():
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_generator_flow_with_default_hooks_is_the_model():
+def test_generator_in_the_paper_order_and_run_layer_by_layer_is_the_model():
     G = module.resnet_generator(ngf=4, n_blocks=2)
+    stages = []
+    for layer in G.layers[1:]:
+        stage = layer.name.rsplit("_", 1)[0]
+        if stage not in stages:
+            stages.append(stage)
+    assert stages == ["c7s1-4", "d8", "d16", "R16-1", "R16-2", "u8", "u4", "c7s1-3-out"]
     x = np.random.default_rng(2).uniform(-1, 1, (2, 24, 16, 3)).astype(np.float32)
     norms = []
-    y = module.generator_flow(G, x, lambda layer, h: norms.append(layer.name) or layer(h))
+    y = module.run_layers(G, x, lambda layer, h: (norms.append(layer.name) if isinstance(layer, module.InstanceNorm)
+                                                  else None) or layer(h))
     np.testing.assert_allclose(y, G(x), atol=1e-6)
     assert len(norms) == 1 + 2 + 2 * 2 + 2  # encoder, downsampling, residual, upsampling
 
@@ -171,7 +179,7 @@ def conv_graph_ops(layer, x_spec):
     (2, 3, 1, (3, 3, 5), False, "winograd"),            # one output row
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path, monkeypatch):
-    monkeypatch.setattr(module, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
+    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(filters, k, strides=stride)
     x = tf.constant(np.random.default_rng(filters).normal(size=(*shape, 5)), tf.float32)
@@ -200,21 +208,21 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
 
 
 def test_winograd_only_for_float32_3x3_stride_1_and_128_channels():
-    assert module.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.float32)
-    assert module.winograd_applies(3, 1, (None, 10, 6, 128), 128, "float32")      # batch may be unknown
-    assert module.winograd_applies(3, 1, (1, None, None, 256), 256, tf.float32)   # sides too (padded)
-    assert module.winograd_applies(3, 1, (1, 33, 3, 256), 256, tf.float32)        # padded
-    assert not module.winograd_applies(3, 1, (1, 34, 66, 127), 256, tf.float32)   # few channels: direct
-    assert not module.winograd_applies(3, 1, (1, 34, 66, 256), 64, tf.float32)
-    assert not module.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.bfloat16)  # mixed precision
-    assert not module.winograd_applies(3, 2, (1, 34, 66, 256), 256, tf.float32)
-    assert not module.winograd_applies(4, 1, (1, 34, 66, 256), 256, tf.float32)
-    assert not module.winograd_applies(3, 1, (1, 2, 66, 256), 256, tf.float32)    # no output row
-    assert [module.winograd_padding(side) for side in (34, 33, 32, 31, 3)] == [0, 1, 2, 3, 3]
+    assert kernels.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert kernels.winograd_applies(3, 1, (None, 10, 6, 128), 128, "float32")      # batch may be unknown
+    assert kernels.winograd_applies(3, 1, (1, None, None, 256), 256, tf.float32)   # sides too (padded)
+    assert kernels.winograd_applies(3, 1, (1, 33, 3, 256), 256, tf.float32)        # padded
+    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 127), 256, tf.float32)   # few channels: direct
+    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 256), 64, tf.float32)
+    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.bfloat16)  # mixed precision
+    assert not kernels.winograd_applies(3, 2, (1, 34, 66, 256), 256, tf.float32)
+    assert not kernels.winograd_applies(4, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert not kernels.winograd_applies(3, 1, (1, 2, 66, 256), 256, tf.float32)    # no output row
+    assert [kernels.winograd_padding(side) for side in (34, 33, 32, 31, 3)] == [0, 1, 2, 3, 3]
     # The reference generator's residual convolutions run as Winograd from ngf 32 up (128 channels).
     for ngf, expected in ((64, True), (32, True), (16, False)):
-        conv = module.resnet_generator(ngf, 2).get_layer("res0_conv1")
-        assert conv.runs_winograd((1, 34, 34, 4 * ngf), tf.float32) == expected
+        conv = module.residual_conv(module.resnet_generator(ngf, 2))
+        assert (kernels.conv_rewrite(conv, (1, 34, 34, 4 * ngf), tf.float32) == "winograd") == expected
 
 
 def test_winograd_conv_matches_direct_convolution_at_generator_scale():
@@ -234,6 +242,6 @@ def test_winograd_conv_matches_direct_convolution_at_generator_scale():
         return [y] + tape.gradient(loss, [x, kernel, bias])
 
     direct = run(lambda x, k, b: tf.nn.conv2d(x, k, 1, "VALID") + b)
-    for got, want in zip(run(module._winograd_conv), direct):
+    for got, want in zip(run(kernels.winograd_conv), direct):
         scale = float(tf.reduce_max(tf.abs(want)))
         assert float(tf.reduce_max(tf.abs(got - want))) < 3e-5 * scale

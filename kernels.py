@@ -1,0 +1,389 @@
+"""Faster ways to compute the networks' convolutions and instance norms, behind one switch.
+
+    import kernels
+    kernels.set_mode("direct")            # Keras' own convolution everywhere (also: CYCLEGAN_CPU_KERNELS=direct)
+    with kernels.direct():                # how a SavedModel export is traced, whatever the mode
+        ...
+
+module.Conv2D and module.InstanceNorm compute through this file; the networks never see it.
+Every rewrite gives the convolution's values and gradients from the same variables, up to float
+rounding. The mode is read when a graph is traced, never inside it:
+
+- "fixed" (the default on a CPU-only machine): three rewrites for the shapes that oneDNN's CPU
+  convolutions run far below the machine's peak, or with more multiply-adds than needed, chosen
+  by fixed rules (see conv_rewrite). Measured speed-ups are in the README's Speed section.
+- "direct": keras.layers.Conv2D as it is. What GPUs always get (cuDNN has none of these gaps and
+  picks Winograd itself) and what `--cpu_kernels direct` asks for, to debug or compare.
+- direct(): a context that traces in "direct" mode whatever the mode (SavedModel exports).
+- portable(): direct(), and instance norm as mean and variance ops instead of the fused batch-norm
+  kernel, for exports to runtimes without TensorFlow's training kernels (TFLite, ONNX).
+"""
+import contextlib
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+MODES = ("fixed", "direct")
+ENV_VAR = "CYCLEGAN_CPU_KERNELS"
+
+_state = {"mode": None, "scope": None}     # scope: None, "direct" or "portable"
+
+
+def default_mode():
+    """The mode when none is set: $CYCLEGAN_CPU_KERNELS, else "fixed" (the CPU rewrites)."""
+    mode = os.environ.get(ENV_VAR, "fixed")
+    if mode not in MODES:
+        raise ValueError(f"{ENV_VAR}={mode}: use one of {', '.join(MODES)}")
+    return mode
+
+
+def set_mode(mode):
+    """Sets the mode for graphs traced from now on: "fixed" or "direct" (None: default_mode()).
+    With a GPU visible every mode is "direct": the rewrites are for CPUs only."""
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"kernel mode {mode}: use one of {', '.join(MODES)}")
+    _state["mode"] = "direct" if tf.config.list_logical_devices("GPU") else (mode or default_mode())
+
+
+def mode():
+    """The mode graphs are traced in now ("direct" inside direct() and portable())."""
+    if _state["scope"]:
+        return "direct"
+    if _state["mode"] is None:
+        set_mode(None)
+    return _state["mode"]
+
+
+def cpu_rewrites():
+    """Whether the CPU-only rewrites (here and model.Translator's split batches) apply now."""
+    return mode() == "fixed"
+
+
+@contextlib.contextmanager
+def _scope(kind):
+    before = _state["scope"]
+    _state["scope"] = kind
+    try:
+        yield
+    finally:
+        _state["scope"] = before
+
+
+def direct():
+    """A context in which graphs are traced in "direct" mode, whatever the mode: Keras'
+    convolution, nothing compiled with XLA. SavedModel exports are traced so."""
+    return _scope("direct")
+
+
+def portable():
+    """direct(), and instance norm by mean and variance ops instead of the fused batch-norm kernel
+    (a training kernel that TFLite and ONNX do not have). TFLite and ONNX exports are traced so."""
+    return _scope("portable")
+
+
+# ---------------------------------------------------------------------------- instance norm
+
+def instance_norm(x, epsilon):
+    """(x - mean) / sqrt(var + eps) per image and channel over height and width, biased variance.
+
+    For one image this is batch normalization in training mode, so it runs as TensorFlow's
+    FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU): one pass forward and one fused gradient
+    instead of separate ops and their automatic gradient. Statistics are float32 whatever x's
+    dtype. A batch whose size is known when traced goes image by image; one of unknown size is
+    laid out as one image with batch x channels channels. In portable() it is the formula itself.
+    """
+    if _state["scope"] == "portable":
+        mean, variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[1, 2], keepdims=True)
+        return tf.cast((tf.cast(x, tf.float32) - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    n = x.shape[0]
+    if n == 1:
+        return _fused_norm(x, epsilon)
+    if n is not None:
+        return tf.concat([_fused_norm(image, epsilon) for image in tf.split(x, n)], 0)
+    shape = tf.shape(x)
+    images_as_channels = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+    y = tf.reshape(_fused_norm(images_as_channels, epsilon), [shape[1], shape[2], shape[0], shape[3]])
+    return tf.transpose(y, [2, 0, 1, 3])
+
+
+def _fused_norm(x, epsilon):
+    channels = tf.shape(x)[3:]
+    # The raw op: tf.nn.fused_batch_norm would raise eps to cuDNN's old minimum, 1.001e-5.
+    return tf.raw_ops.FusedBatchNormV3(x=x, scale=tf.ones(channels), offset=tf.zeros(channels),
+                                       mean=tf.zeros([0]), variance=tf.zeros([0]),
+                                       epsilon=epsilon, is_training=True)[0]
+
+
+# ---------------------------------------------------------------------------- convolution
+
+def conv_rewrite(layer, input_shape, dtype):
+    """Which rewrite a keras.layers.Conv2D computes an input of this shape and dtype with in the
+    current mode: "winograd", "space_to_depth", "banded" or None (Keras' own convolution).
+    The first rule that applies is taken:
+
+    - "winograd": 3x3, stride 1, float32, at least WINOGRAD_MIN_CHANNELS channels in and out
+      (the residual blocks' convolutions from ngf 32 up, most of the generator's multiply-adds):
+      Winograd's minimal filtering F(4x4, 3x3), 2.25 multiply-adds per output instead of 9.
+      Sides unknown when traced are fine. Not under mixed precision.
+    - "space_to_depth": at most 4 filters, stride 1, odd kernel (the generator's last layer, 64 -> 3
+      channels): oneDNN pads the output channels to 16, so 3 filters cost as much as 16. The image
+      goes through space_to_depth (2x2 blocks), a convolution with the kernel rearranged for
+      blocks (4x the filters, (k + 1) / 2 taps a side), then depth_to_space.
+    - "banded": a batch of one image of known height with at least 2 output rows: oneDNN runs a
+      batch of one slower than a batch of two of the same total size (unblocked weights, uneven
+      split of the work between cores), so the image runs as two bands of rows as a batch of two.
+
+    Only for 'valid' padding with a bias and no activation, square kernels and strides, channels last.
+    """
+    if not cpu_rewrites() or not (
+            layer.padding == "valid" and layer.use_bias and layer.dilation_rate == (1, 1)
+            and layer.data_format == "channels_last" and layer.activation is keras.activations.linear
+            and layer.kernel_size[0] == layer.kernel_size[1] and layer.strides[0] == layer.strides[1]):
+        return None
+    k, stride = layer.kernel_size[0], layer.strides[0]
+    if winograd_applies(k, stride, input_shape, layer.filters, dtype):
+        return "winograd"
+    if layer.filters <= 4 and stride == 1 and k % 2 and k > 1:
+        return "space_to_depth"
+    if input_shape[0] == 1 and input_shape[1] is not None and (input_shape[1] - k) // stride >= 1:
+        return "banded"
+    return None
+
+
+def conv2d(layer, x):
+    """layer(x) for a keras.layers.Conv2D through its rewrite (see conv_rewrite), or None when
+    Keras' own convolution applies."""
+    rewrite = conv_rewrite(layer, x.shape, x.dtype)
+    if rewrite is None:
+        return None
+    kernel, bias = tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias)
+    if rewrite == "winograd":
+        return winograd_conv(x, kernel, bias)
+    if rewrite == "space_to_depth":
+        return space_to_depth_conv(x, kernel, bias)
+    return banded_conv(x, kernel, bias, layer.strides[0])
+
+
+def _space_to_depth_kernel(kernel):
+    """The kernel (k, k, ci, co), k odd, of a stride-1 convolution, for the same convolution on
+    2x2 blocks: (K, K, 4 ci, 4 co) with K = (k + 1) / 2, input channels in space_to_depth's
+    order (row in block, column in block, ci) and output channels in depth_to_space's.
+
+    Output pixel (2i + a, 2j + b) reads input rows 2i + a .. 2i + a + k - 1, that is rows
+    2 bi + r of blocks i + bi, with tap row 2 bi + r - a of the kernel (zero outside 0..k-1)."""
+    k, ci, co = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    K = (k + 1) // 2
+    # padded[t + 1] is tap t; rows -1 and k .. 2K - 1 are zero.
+    padded = tf.pad(kernel, [[1, 2 * K - k], [1, 2 * K - k], [0, 0], [0, 0]])
+    parts = []
+    for a in range(2):
+        for b in range(2):
+            taps = padded[1 - a:1 - a + 2 * K, 1 - b:1 - b + 2 * K]          # (2K, 2K, ci, co)
+            taps = tf.transpose(tf.reshape(taps, [K, 2, K, 2, ci, co]), [0, 2, 1, 3, 4, 5])
+            parts.append(tf.reshape(taps, [K, K, 4 * ci, co]))
+    return tf.concat(parts, 3)
+
+
+def space_to_depth_conv(x, kernel, bias):
+    """conv2d(x, kernel, 1, 'VALID') + bias for an odd kernel, computed on 2x2 blocks. An odd
+    height or width gets one zero row or column, whose output is cropped."""
+    k = kernel.shape[0]
+    h, w = x.shape[1], x.shape[2]
+    maybe_odd = h is None or w is None or h % 2 or w % 2
+    if maybe_odd:
+        shape = tf.shape(x)
+        x = tf.pad(x, [[0, 0], [0, shape[1] % 2], [0, shape[2] % 2], [0, 0]])
+    y = tf.nn.conv2d(tf.nn.space_to_depth(x, 2), _space_to_depth_kernel(kernel), 1, "VALID")
+    y = tf.nn.depth_to_space(tf.nn.bias_add(y, tf.tile(bias, [4])), 2)
+    return y[:, :shape[1] - k + 1, :shape[2] - k + 1] if maybe_odd else y
+
+
+def banded_conv(x, kernel, bias, stride):
+    """conv2d(x, kernel, stride, 'VALID') + bias of one image x (1, H, W, C) as two bands of
+    rows stacked as a batch of two. H is static; the output has at least 2 rows. The gradient is
+    the whole image's (two ops), not the bands'. The bias is added to the bands, where TensorFlow
+    fuses it into the convolution."""
+    strides = [1, stride, stride, 1]
+    k = kernel.shape[0]
+    out_rows = (x.shape[1] - k) // stride + 1
+    band_rows = (out_rows + 1) // 2               # output rows per band
+    overlap = 2 * band_rows - out_rows            # 1 if out_rows is odd
+    span = (band_rows - 1) * stride + k           # input rows per band
+    start = (out_rows - band_rows) * stride       # first input row of the second band
+
+    @tf.custom_gradient
+    def banded(x, kernel, bias):
+        bands = tf.concat([x[:, :span], x[:, start:start + span]], 0)
+        y = tf.nn.bias_add(tf.nn.conv2d(bands, kernel, strides, "VALID"), bias)
+        if overlap:
+            y = tf.concat([y[:1], y[1:, overlap:]], 1)
+        y = tf.reshape(y, [1, out_rows, -1, kernel.shape[3]])
+
+        def grad(dy):
+            dx = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, strides, "VALID")
+            dk = tf.compat.v1.nn.conv2d_backprop_filter(x, tf.shape(kernel), dy, strides, "VALID")
+            return dx, dk, tf.raw_ops.BiasAddGrad(out_backprop=dy)
+
+        return y, grad
+
+    return banded(x, kernel, bias)
+
+
+# Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
+# 2016), points 0, 1, -1, 2, -2 and infinity. In one dimension a 6-tap input tile d and a
+# 3-tap filter g give 4 outputs y = A^T [(G g) * (B^T d)]; in two, Y = A^T [(G g G^T) *
+# (B^T d B)] A. The elementwise products over all tiles are 36 matmuls (tiles x C_in) @ (C_in x
+# C_out): 36 multiply-adds per 16 outputs instead of 144.
+_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float32)
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                         [0, 1, -1, 8, -8, 1]], np.float32)
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)
+WINOGRAD_TILE = 4     # outputs per tile side
+# Below this many input or output channels the transforms cost more than the products save and
+# the direct convolution is as fast or faster (README, Speed: "Winograd below 128 channels").
+WINOGRAD_MIN_CHANNELS = 128
+_TAPS = WINOGRAD_TILE + 2
+
+
+def winograd_applies(kernel_size, stride, input_shape, filters, dtype):
+    """Whether the fixed rule computes a convolution of an input of this shape as winograd_conv
+    (apart from the mode and the layer's options, see conv_rewrite): 3x3, stride 1, float32, at
+    least WINOGRAD_MIN_CHANNELS channels in and out. A height or width not of the form 4k + 2 (or
+    unknown when traced) is padded at the end to the next one and the output cropped."""
+    h, w = input_shape[1], input_shape[2]
+    return (kernel_size == 3 and stride == 1 and tf.as_dtype(dtype) == tf.float32
+            and min(input_shape[3], filters) >= WINOGRAD_MIN_CHANNELS
+            and (h is None or h > 2) and (w is None or w > 2))
+
+
+def winograd_padding(side):
+    """Rows (or columns) added at the end of a side of this length for F(4x4, 3x3): 0 to 3."""
+    return (2 - side) % WINOGRAD_TILE
+
+
+def _dim(x, axis):
+    """x's size along axis: an int when the graph knows it, else a scalar tensor."""
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+
+
+def _shape(x):
+    return [_dim(x, axis) for axis in range(len(x.shape))]
+
+
+def _reshape_axis(x, axis, sizes):
+    """x with its axis `axis` replaced by axes of these sizes (-1 for one of them)."""
+    shape = _shape(x)
+    return tf.reshape(x, shape[:axis] + list(sizes) + shape[axis + 1:])
+
+
+def _cut(x, axis, start, stop):
+    return x[(slice(None),) * axis + (slice(start, stop),)]
+
+
+def _tiles(x, axis):
+    """Overlapping tiles along axis (length 4 n + 2) -> axes (n, 6) there: element (t, r) is
+    x[4 t + r]. Rows 4t .. 4t+3 are x[:4n] in blocks of 4; rows 4t+4, 4t+5 are the last two of
+    each block of x[2:]."""
+    n = (_dim(x, axis) - 2) // WINOGRAD_TILE
+    blocks = lambda start: _reshape_axis(_cut(x, axis, start, start + WINOGRAD_TILE * n), axis, [n, WINOGRAD_TILE])
+    return tf.concat([blocks(0), _cut(blocks(2), axis + 1, 2, WINOGRAD_TILE)], axis + 1)
+
+
+def _untiles(t, axis):
+    """The adjoint of _tiles: axes (n, 6) -> one of length 4 n + 2, overlapping tiles added."""
+    pad = lambda x, at, before, after: tf.pad(x, [[0, 0]] * at + [[before, after]] + [[0, 0]] * (len(x.shape) - at - 1))
+    merge = lambda x: tf.reshape(x, _shape(x)[:axis] + [-1] + _shape(x)[axis + 2:])
+    head = merge(_cut(t, axis + 1, 0, WINOGRAD_TILE))                                # rows 4t .. 4t+3
+    tail = merge(pad(_cut(t, axis + 1, WINOGRAD_TILE, _TAPS), axis + 1, 2, 0))      # rows 4t+2 .. 4t+5
+    return pad(head, axis, 0, 2) + pad(tail, axis, 2, 0)
+
+
+def _transform(matrix, t, axis):
+    """Along axis (of len(matrix[0])): y[i] = sum_r matrix[i, r] t[r]. A broadcast product and a
+    sum that XLA fuses into one loop; the few zero coefficients cost less than more ops."""
+    shape = [1] * (len(t.shape) + 1)
+    shape[axis:axis + 2] = matrix.shape
+    return tf.reduce_sum(tf.expand_dims(t, axis) * tf.constant(matrix.reshape(shape)), axis + 1)
+
+
+# The four transforms are memory-bound: XLA makes each a few loops, compiled once per shape.
+@tf.function(jit_compile=True)
+def _winograd_input(x):
+    """B^T d B of every tile d of x (N, 4h + 2, 4w + 2, C): (36, N h w, C)."""
+    t = _transform(_WINOGRAD_BT, _tiles(x, 1), 2)                    # (N, h, 6, W, C)
+    t = _transform(_WINOGRAD_BT, _tiles(t, 3), 4)                    # (N, h, 6, w, 6, C)
+    return tf.reshape(tf.transpose(t, [2, 4, 0, 1, 3, 5]), [_TAPS * _TAPS, -1, x.shape[3]])
+
+
+@tf.function(jit_compile=True)
+def _winograd_input_adjoint(dv, grid):
+    """The gradient of _winograd_input: dv (36, N h w, C) -> (N, 4h + 2, 4w + 2, C);
+    grid is any (N, h, w, ...) tensor (for the shape)."""
+    n, h, w = _dim(grid, 0), _dim(grid, 1), _dim(grid, 2)
+    t = tf.reshape(dv, [_TAPS, _TAPS, n, h, w, dv.shape[2]])
+    t = _transform(_WINOGRAD_BT.T, _transform(_WINOGRAD_BT.T, t, 0), 1)
+    t = tf.transpose(t, [2, 3, 0, 4, 1, 5])                            # (N, h, 6, w, 6, C)
+    return _untiles(_untiles(t, 3), 1)
+
+
+@tf.function(jit_compile=True)
+def _winograd_output(m, bias, grid):
+    """A^T m A + bias for every tile: m (36, N h w, C_out) -> (N, 4h, 4w, C_out)."""
+    n, h, w = _dim(grid, 0), _dim(grid, 1), _dim(grid, 2)
+    t = tf.reshape(m, [_TAPS, _TAPS, n, h, w, m.shape[2]])
+    t = _transform(_WINOGRAD_AT, _transform(_WINOGRAD_AT, t, 0), 1)   # (4, 4, N, h, w, C)
+    t = tf.transpose(t, [2, 3, 0, 4, 1, 5])
+    return tf.reshape(t, [n, WINOGRAD_TILE * h, WINOGRAD_TILE * w, m.shape[2]]) + bias
+
+
+@tf.function(jit_compile=True)
+def _winograd_output_adjoint(dy):
+    """The gradients of _winograd_output: dy (N, 4h, 4w, C_out) -> (36, N h w, C_out) and the bias's."""
+    t = _reshape_axis(_reshape_axis(dy, 2, [-1, WINOGRAD_TILE]), 1, [-1, WINOGRAD_TILE])   # (N, h, 4, w, 4, C)
+    t = tf.transpose(t, [2, 4, 0, 1, 3, 5])
+    t = _transform(_WINOGRAD_AT.T, _transform(_WINOGRAD_AT.T, t, 0), 1)
+    return tf.reshape(t, [_TAPS * _TAPS, -1, dy.shape[3]]), tf.reduce_sum(dy, [0, 1, 2])
+
+
+def winograd_conv(x, kernel, bias):
+    """conv2d(x, kernel, 1, 'VALID') + bias for a 3x3 kernel by F(4x4, 3x3), with its gradient
+    written out: the transposed transforms around two more sets of 36 matmuls (one for the
+    input's gradient, one for the kernel's). The transformed input is kept for the kernel's
+    gradient (2.25x the input's size). A side of x (N, H, W, C) not of the form 4k + 2 is
+    zero-padded at the end, which only adds outputs past the end, cropped (by tf.slice, whose
+    gradient is a pad)."""
+    c, k = kernel.shape[2], kernel.shape[3]
+    # G g G^T for every (C_in, C_out) pair as one matmul by the Kronecker product G (x) G (36 x 9),
+    # with its automatic gradient.
+    u = tf.reshape(tf.matmul(_WINOGRAD_GG, tf.reshape(kernel, [9, c * k])), [_TAPS * _TAPS, c, k])
+    h, w = _dim(x, 1), _dim(x, 2)
+    pad_h, pad_w = winograd_padding(h), winograd_padding(w)
+    padded = not (isinstance(pad_h, int) and isinstance(pad_w, int) and pad_h == pad_w == 0)
+    if padded:
+        x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    grid = x[:, :(_dim(x, 1) - 2) // WINOGRAD_TILE, :(_dim(x, 2) - 2) // WINOGRAD_TILE, :0]    # shape only
+
+    @tf.custom_gradient
+    def winograd(x, u, bias):
+        v = _winograd_input(x)
+        y = _winograd_output(tf.matmul(v, u), bias, grid)
+
+        def grad(dy):
+            dm, dbias = _winograd_output_adjoint(dy)
+            dx = _winograd_input_adjoint(tf.matmul(dm, u, transpose_b=True), grid)
+            return dx, tf.matmul(v, dm, transpose_a=True), dbias
+
+        return y, grad
+
+    y = winograd(x, u, bias)
+    if not padded:
+        return y
+    cropped = tf.slice(y, [0, 0, 0, 0], [-1, h - 2, w - 2, -1])
+    cropped.set_shape([x.shape[0], None if isinstance(h, tf.Tensor) else h - 2,
+                       None if isinstance(w, tf.Tensor) else w - 2, k])
+    return cropped
