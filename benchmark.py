@@ -5,6 +5,7 @@
     python benchmark.py --img_A_dir data/x/trainA --img_B_dir data/x/trainB
     python benchmark.py --crop_size 256 --iters 3 --profile   # also where one step's time goes, by op
     python benchmark.py --crop_size 128 --ceiling             # also what TensorFlow's convolution reaches alone
+    python benchmark.py --deploy                              # each export format in its runtime, one 256 px image
 
 FLOPs are counted analytically from the layer shapes: 2 x multiply-adds of every convolution
 (a transposed convolution on its input grid), nothing for norms and activations. One training
@@ -24,46 +25,34 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
 import numpy as np
 import tensorflow as tf
 
-import convert
+import export
 import kernels
 import model
 import module
-import utils
-
-
-# convert.py's own default batch of same-size images, so the conversion figure is what it does.
-CONVERT_BATCH = convert.build_parser().get_default("batch_size")
 
 
 def build_parser():
     p = argparse.ArgumentParser(description="Time training and conversion; compare with this machine's peak.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--crop_size", type=int, default=256, help="training crop and conversion size")
-    p.add_argument("--load_size", type=int, default=286, help="resize before the crop (input pipeline)")
-    p.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
-    p.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
-    p.add_argument("--n_blocks", type=int, default=9, help="residual blocks")
-    p.add_argument("--n_layers_D", type=int, default=3, help="PatchGAN stride-2 layers")
-    p.add_argument("--batch_size", type=int, default=1, help="images per domain per step")
-    p.add_argument("--pool_size", type=int, default=50, help="image pool size")
-    p.add_argument("--lambda_identity", type=float, default=0.5, help="identity weight (0 skips 2 generator passes)")
-    p.add_argument("--jit_compile", action="store_true", help="XLA-compile the step and the conversion")
-    p.add_argument("--mixed_precision", action="store_true", help="float16 (GPU) or bfloat16 (CPU) compute")
-    p.add_argument("--iters", type=int, default=5, help="timed training iterations (after 2 untimed)")
-    p.add_argument("--convert_iters", type=int, default=5, help="timed conversion batches (after 2 untimed)")
-    p.add_argument("--convert_batch_size", type=int, default=CONVERT_BATCH,
-                   help="images per conversion batch (convert.py batches images of one size by its --batch_size)")
-    p.add_argument("--pipeline_images", type=int, default=200, help="images decoded to time the input pipeline")
-    p.add_argument("--img_A_dir", help="time real images of domain A (default: synthetic JPEGs)")
-    p.add_argument("--img_B_dir", help="time real images of domain B")
-    p.add_argument("--profile", action="store_true",
+    model.add_model_flags(p)
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--iters", type=int, default=5, help="timed training iterations (after 2 untimed)")
+    g.add_argument("--convert_iters", type=int, default=5, help="timed conversion batches (after 2 untimed)")
+    g.add_argument("--convert_batch_size", type=int, default=model.CONVERT_BATCH_SIZE,
+                   help="images per conversion batch (convert.py's --batch_size default)")
+    g.add_argument("--pipeline_images", type=int, default=200, help="images decoded to time the input pipeline")
+    g.add_argument("--img_A_dir", help="time real images of domain A (default: synthetic JPEGs)")
+    g.add_argument("--img_B_dir", help="time real images of domain B")
+    g.add_argument("--profile", action="store_true",
                    help="profile one more training step and report the time of each TensorFlow op type")
-    p.add_argument("--ceiling", action="store_true",
+    g.add_argument("--deploy", action="store_true",
+                   help="instead: export one generator in every --export_format and time each runtime on one image")
+    g.add_argument("--ceiling", action="store_true",
                    help="also time the generator's residual convolution alone (forward, input and weight "
                         "gradients) against the matmul peak: what TensorFlow's kernels reach here")
     return p
@@ -124,8 +113,8 @@ def discriminator_flops(D, size):
 
 class MatmulPeak:
     """This machine's float32 peak: GFLOP/s of n x n matmuls (NumPy's BLAS, all cores), sampled
-    through the run. The clock of these cores drifts (the matmul's rate moved 312 -> 350 GFLOP/s
-    within 40 s here), so each timed iteration is also compared with the matmuls run right
+    through the run. The clock of these cores drifts within a run (README, Speed), so each timed
+    iteration is also compared with the matmuls run right
     before and right after it."""
 
     def __init__(self, n=4096, settle=0.3):
@@ -231,18 +220,48 @@ def synthetic_folder(root, name, n, size, seed):
     return folder
 
 
+def deploy_speed(args):
+    """Each export format of one generator (random weights: speed does not depend on them) and the
+    runtime that reads it, timed on one crop_size x crop_size image: {format: file size in MB,
+    export seconds, seconds per image}; beside them convert.py's own graph on this machine."""
+    G = module.resnet_generator(args.ngf, args.n_blocks, name="G_A2B")
+    image = np.random.default_rng(0).integers(0, 256, (1, args.crop_size, args.crop_size, 3), dtype=np.uint8)
+
+    def timing(translator):
+        translator.translate(image)     # trace, allocate, warm up
+        return spread([_timed(lambda: np.asarray(translator.translate(image))) for _ in range(args.convert_iters)])
+
+    result = {"convert.py (this machine's kernels)": {"seconds_per_image": timing(model.Translator(G))}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, quantize in (("savedmodel", "none"), ("tflite", "none"), ("tflite", "float16"), ("onnx", "none")):
+            folder = os.path.join(tmp, f"{fmt}_{quantize}")
+            seconds = _timed(lambda: export.write({"A2B": G}, folder, fmt, quantize))
+            size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files)
+            path = folder if fmt == "savedmodel" else os.path.join(folder, f"A2B.{fmt}")
+            translator = export.exported_translators(path, ["A2B"])["A2B"]
+            name = fmt if quantize == "none" else f"{fmt} {quantize}"
+            result[name] = {"file_mb": size / 2 ** 20, "export_seconds": seconds, "seconds_per_image": timing(translator)}
+    return result
+
+
 def main(argv=None):
     """Runs the benchmark with `argv`; prints JSON on stdout and a summary on stderr."""
     args = build_parser().parse_args(argv)
-    utils.setup_devices()
+    model.check_model_flags(args)
+    utils.setup_devices(args.cpu_kernels)
+    if args.deploy:
+        result = {"config": vars(args), "tensorflow": tf.__version__, "deploy": deploy_speed(args)}
+        print(json.dumps(result, indent=2, sort_keys=True))
+        for name, r in result["deploy"].items():
+            size = f", {r['file_mb']:.1f} MB" if "file_mb" in r else ""
+            print(f"{name}: {r['seconds_per_image']['median']:.3f} s per {args.crop_size} px image{size}", file=sys.stderr)
+        return 0
     result = {"config": vars(args), "tensorflow": tf.__version__,
               "devices": [d.name for d in tf.config.list_logical_devices()]}
     peak = MatmulPeak()
     peak.measure(reps=5)
 
-    gan = model.CycleGAN(args.ngf, args.ndf, args.n_blocks, args.n_layers_D, 3, args.crop_size, args.pool_size,
-                         lambda_identity=args.lambda_identity, batch_size=args.batch_size,
-                         jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
+    gan = model.build(args)
     compute_dtype = module.residual_conv(gan.G_A2B).compute_dtype if args.n_blocks else "float32"
     g_flops, g_image, g_call = generator_flops(gan.G_A2B, args.crop_size, compute_dtype)
     d_flops = discriminator_flops(gan.D_A, args.crop_size)
@@ -293,7 +312,7 @@ def main(argv=None):
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
     # Executed: each run of G transforms its Winograd kernels once; on the CPU a batch of
     # more than one image is two runs side by side (model.Translator).
-    runs = 2 if args.convert_batch_size > 1 and not tf.config.list_logical_devices("GPU") else 1
+    runs = 2 if args.convert_batch_size > 1 and kernels.cpu_rewrites() else 1
     result["convert_executed_gflops"] = ((g_image * args.convert_batch_size + runs * g_call) / 1e9
                                          / statistics.median(times))
     if args.ceiling:

@@ -1,43 +1,42 @@
-"""Translate a folder of images, GIFs and videos with a trained CycleGAN; export a SavedModel.
+"""Translate a folder of images, GIFs and videos with a trained CycleGAN; export it for deployment.
 
     python convert.py --model_filepath model/horse2zebra --img_dir photos/ --conversion_direction A2B --output_dir out/
-    python convert.py --model_filepath model/horse2zebra --export_dir export/horse2zebra
+    python convert.py --model_filepath model/horse2zebra --export_dir export/horse2zebra [--export_format tflite|onnx]
     python convert.py --model_filepath export/horse2zebra --img_dir photos/ --conversion_direction B2A --output_dir out/
+    python convert.py --model_filepath export/h2z_onnx/A2B.onnx --img_dir photos/ --output_dir out/
 
 Every file keeps its own size, name and format. The architecture comes from the run's
 config.json; only the generators needed are built. Exit status: 0 every input converted,
 1 nothing could be done (model, flags or folders), 2 some inputs were skipped (each named).
 """
-import argparse
 import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
 import numpy as np
 import progressbar
-import tensorflow as tf
 
+import export
 import model
-import utils
 
 CYCLE_DIRS = ("reconstructed", "real_fake_rec")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = utils.ArgumentParser(
         description="Translate images, animated GIFs and videos with a trained CycleGAN, or export it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders), 2 some inputs skipped.")
     p.add_argument("--model_filepath", required=True,
                    help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
-                        "model/NAME/cyclegan.ckpt-1200) or a folder written by --export_dir")
+                        "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, or one "
+                        ".tflite or .onnx file it wrote (used for the direction asked)")
     p.add_argument("--img_dir", help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
                                      ".mp4 .avi videos (any letter case)")
-    p.add_argument("--conversion_direction", default="A2B", help="A2B (G_A2B) or B2A (G_B2A)")
+    p.add_argument("--conversion_direction", default="A2B", choices=model.DIRECTIONS, help="A2B (G_A2B) or B2A (G_B2A)")
     p.add_argument("--output_dir", default="converted", help="where outputs go, with the inputs' file names")
-    p.add_argument("--batch_size", type=int, default=4, help="images of the same size translated together")
+    p.add_argument("--batch_size", type=int, default=model.CONVERT_BATCH_SIZE, help="images of the same size translated together")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and an existing --export_dir)")
     p.add_argument("--save_cycle", action="store_true",
                    help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | reconstruction "
@@ -47,9 +46,13 @@ def build_parser():
     p.add_argument("--tile_size", type=int, default=2048,
                    help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same result in "
                         "far less memory, a little slower); not for exported models")
-    p.add_argument("--jit_compile", action="store_true", help="compile the generator with XLA (once per image size)")
-    p.add_argument("--export_dir", help="write a SavedModel with signatures A2B and B2A (uint8 images of any "
-                                        "size in and out) to this folder")
+    model.add_device_flags(p, training=False)
+    p.add_argument("--export_dir", help="write the generators to this folder for deployment, in --export_format "
+                                        "(uint8 RGB images of any size in, the same size out)")
+    p.add_argument("--export_format", default="savedmodel", choices=tuple(export.FORMATS),
+                   help="what --export_dir receives: " + "; ".join(f"{k}: {v}" for k, v in export.FORMATS.items()))
+    p.add_argument("--quantize", default="none", choices=export.QUANTIZE,
+                   help="tflite only: float16 stores the weights in half precision (half the file size)")
     return p
 
 
@@ -71,30 +74,6 @@ def list_inputs(folder):
     if not paths:
         raise utils.UserError(f"{folder}: no images, GIFs or videos in this folder")
     return paths
-
-
-def load_translators(model_filepath, directions, jit_compile=False):
-    """Translators for `directions` from a SavedModel folder or a training checkpoint; also
-    returns the generators (None for a SavedModel), for export."""
-    if os.path.isfile(os.path.join(model_filepath, "saved_model.pb")):
-        try:
-            loaded = tf.saved_model.load(model_filepath)
-        except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
-            raise utils.UserError(f"{model_filepath}: cannot load the SavedModel ({str(e).splitlines()[0][:200]})") from None
-        missing = [d for d in directions if d not in loaded.signatures]
-        if missing:
-            raise utils.UserError(f"{model_filepath}: SavedModel has no signature {', '.join(missing)}")
-        return {d: model.SavedModelTranslator(loaded, d) for d in directions}, None
-    checkpoint, run_dir = model.find_checkpoint(model_filepath)
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise utils.UserError(f"{run_dir}: no config.json beside the checkpoint, so its architecture is unknown")
-    architecture = utils.load_json(config_path).get("architecture")
-    if not isinstance(architecture, dict):
-        raise utils.UserError(f"{config_path}: holds no architecture")
-    generators = model.load_generators(checkpoint, architecture, directions)
-    print(f"model: {checkpoint}", file=sys.stderr)
-    return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
 
 
 class Converter:
@@ -151,7 +130,7 @@ class Converter:
         batch = np.stack(images)
         if batch.shape[1] * batch.shape[2] > self.args.tile_size ** 2:
             return [(translator or self.fwd).translate_image(im, self.args.tile_size) for im in images]
-        return list((translator or self.fwd).translate(batch).numpy())
+        return list(np.asarray((translator or self.fwd).translate(batch)))
 
     def convert_video(self, path):
         cap, fps = utils.open_video(path)
@@ -204,8 +183,6 @@ def progress_bar(n):
 
 
 def check_args(args):
-    if args.conversion_direction not in model.DIRECTIONS:
-        raise utils.UserError(f"--conversion_direction {args.conversion_direction}: use A2B or B2A")
     if not args.img_dir and not args.export_dir:
         raise utils.UserError("nothing to do: give --img_dir (to convert) and/or --export_dir (to export)")
     if args.batch_size < 1 or args.tile_size < 8:
@@ -216,19 +193,23 @@ def check_args(args):
         raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
     if args.export_dir and os.path.exists(args.export_dir) and not args.overwrite:
         raise utils.UserError(f"{args.export_dir}: exists; choose another --export_dir or add --overwrite")
-    if args.export_dir and os.path.isfile(os.path.join(args.model_filepath, "saved_model.pb")):
-        raise utils.UserError(f"{args.model_filepath}: is already an exported SavedModel")
+    if args.export_dir and (os.path.isfile(os.path.join(args.model_filepath, "saved_model.pb"))
+                            or os.path.splitext(args.model_filepath)[1].lower() in (".tflite", ".onnx")):
+        raise utils.UserError(f"{args.model_filepath}: is already an export; export from the run folder")
+    if args.quantize != "none" and args.export_format != "tflite":
+        raise utils.UserError(f"--quantize {args.quantize}: only for --export_format tflite")
 
 
 def convert(args):
     check_args(args)
     inputs = list_inputs(args.img_dir) if args.img_dir else []
-    utils.setup_devices()
+    utils.setup_devices(args.cpu_kernels)
     directions = set(model.DIRECTIONS) if (args.export_dir or args.save_cycle) else {args.conversion_direction}
-    translators, generators = load_translators(args.model_filepath, sorted(directions), args.jit_compile)
+    translators, generators = export.load_translators(args.model_filepath, sorted(directions), args.jit_compile)
     if args.export_dir:
-        model.export(generators, args.export_dir)
-        print(f"exported a SavedModel (signatures A2B, B2A) to {args.export_dir}", file=sys.stderr)
+        export.write(generators, args.export_dir, args.export_format, args.quantize)
+        print(f"exported {args.export_format} to {args.export_dir}: {export.FORMATS[args.export_format]}",
+              file=sys.stderr)
     if not inputs:
         return 0
     conv = Converter(translators, args.conversion_direction, args)
@@ -251,7 +232,7 @@ def convert(args):
 
 def main(argv=None):
     """Runs convert.py with `argv` (default: sys.argv); returns the exit status."""
-    return utils.run_command(convert, build_parser().parse_args(argv), 1)
+    return utils.run_command(convert, build_parser(), argv, 1)
 
 
 if __name__ == "__main__":

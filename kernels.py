@@ -44,7 +44,8 @@ def set_mode(mode):
     With a GPU visible every mode is "direct": the rewrites are for CPUs only."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"kernel mode {mode}: use one of {', '.join(MODES)}")
-    _state["mode"] = "direct" if tf.config.list_logical_devices("GPU") else (mode or default_mode())
+    # Physical devices: listing logical ones would start TensorFlow before a multi-worker strategy can.
+    _state["mode"] = "direct" if tf.config.list_physical_devices("GPU") else (mode or default_mode())
 
 
 def mode():

@@ -11,7 +11,7 @@ Names follow the paper: G_A2B maps domain A to B, D_B tells real B from fake B.
 import glob
 import itertools
 import os
-import shutil
+import sys
 
 import keras
 import numpy as np
@@ -29,8 +29,75 @@ ARCHITECTURE_KEYS = ("ngf", "ndf", "n_blocks", "n_layers_D", "channels", "crop_s
 LOSS_NAMES = ("G", "G_A2B", "G_B2A", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
 
 DIRECTIONS = ("A2B", "B2A")
+# Still images of one size that convert.py translates together (its --batch_size default).
+CONVERT_BATCH_SIZE = 4
 # Where each direction's generator sits in a training checkpoint.
 GENERATOR_KEYS = {"A2B": "G_A2B", "B2A": "G_B2A"}
+
+
+def add_model_flags(parser):
+    """The flags that build a CycleGAN, declared once for every command that builds one (train.py,
+    benchmark.py): architecture, training crop, objective and optimiser, devices. check_model_flags
+    validates them."""
+    g = parser.add_argument_group("architecture (saved in config.json; a resumed run must match)")
+    g.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
+    g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
+    g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
+    g.add_argument("--n_layers_D", type=int, default=3, help="stride-2 layers in the PatchGAN (3: 70x70 patches)")
+    g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
+    g.add_argument("--load_size", type=int, default=286, help="training images are resized to this square first")
+    g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
+    g = parser.add_argument_group("objective and optimiser")
+    g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    g.add_argument("--batch_size", type=int, default=1, help="images of each domain per step (per replica)")
+    g.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss")
+    g.add_argument("--lambda_identity", type=float, default=0.5,
+                   help="weight of the identity loss, relative to --lambda_cycle (0: off, and 2 fewer generator passes)")
+    add_device_flags(parser, training=True)
+
+
+def add_device_flags(parser, training):
+    """--jit_compile, --cpu_kernels and, for training, --mixed_precision."""
+    g = parser.add_argument_group("devices")
+    g.add_argument("--jit_compile", action="store_true",
+                   help="compile the training step and translations with XLA (once per image size)")
+    if training:
+        g.add_argument("--mixed_precision", action="store_true",
+                       help="compute in float16 with loss scaling on a GPU, bfloat16 on a CPU; weights, generator "
+                            "outputs, discriminator scores and losses stay float32")
+    g.add_argument("--cpu_kernels", choices=kernels.MODES, default=None,
+                   help=f"fixed: the CPU rewrites of kernels.py (Winograd, bands, space-to-depth) where their rules "
+                        f"apply; direct: Keras' own convolution everywhere (to debug or compare). Default: "
+                        f"${kernels.ENV_VAR}, else fixed. GPUs and exports always use direct")
+
+
+def check_model_flags(args):
+    """One-line errors (utils.UserError) for model flags that cannot work."""
+    for name in ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D"):
+        if getattr(args, name) < 1:
+            raise utils.UserError(f"--{name} must be at least 1")
+    for name in ("n_blocks", "pool_size"):
+        if getattr(args, name) < 0:
+            raise utils.UserError(f"--{name} must not be negative")
+    if args.crop_size % 4 or args.crop_size < 8:
+        raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
+    if module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
+        raise utils.UserError(f"--crop_size {args.crop_size} is too small for a discriminator "
+                              f"with --n_layers_D {args.n_layers_D}")
+
+
+def architecture(args):
+    """The settings of parsed model flags that fix variable shapes (ARCHITECTURE_KEYS); images are RGB."""
+    return {k: 3 if k == "channels" else getattr(args, k) for k in ARCHITECTURE_KEYS}
+
+
+def build(args, **kwargs):
+    """A CycleGAN from parsed model flags (add_model_flags); kwargs add or override arguments."""
+    settings = dict(architecture(args), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+                    lr=args.lr, beta1=args.beta1, batch_size=args.batch_size, jit_compile=args.jit_compile,
+                    mixed_precision=args.mixed_precision)
+    return CycleGAN(**{**settings, **kwargs})
 
 
 def lsgan_loss(scores, target):
@@ -189,6 +256,25 @@ class CycleGAN:
             rng=self.rng, epoch=self.epoch, epoch_step=self.epoch_step, step=self.step,
             loss_sums=self.loss_sums)
 
+    def begin_epoch(self):
+        """Zeroes the loss sums when an epoch starts from its first step (a resumed epoch keeps
+        them); returns the steps of this epoch already done."""
+        done = int(self.epoch_step.numpy())
+        if done == 0:
+            self.loss_sums.assign(tf.zeros_like(self.loss_sums))
+        return done
+
+    def end_epoch(self, epoch):
+        """Marks 1-based `epoch` done; returns its mean losses (LOSS_NAMES order, NumPy)."""
+        means = self.loss_sums.numpy() / max(int(self.epoch_step.numpy()), 1)
+        self.epoch.assign(epoch)
+        self.epoch_step.assign(0)
+        return means
+
+    def counters(self):
+        """(epochs done, steps done in the current epoch, steps done in all) as ints."""
+        return int(self.epoch.numpy()), int(self.epoch_step.numpy()), int(self.step.numpy())
+
     def set_learning_rate(self, epoch, n_epochs, n_epochs_decay):
         """Sets both optimizers' rate for 1-based `epoch` (see lr_factor); returns it."""
         lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay)
@@ -293,10 +379,11 @@ def mixed_precision_policy():
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
-UINT8_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8)
+# uint8 RGB batches of any size: what the exports take.
+UINT8_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 # Side of the windows large images are convolved in. TensorFlow's CPU convolutions take scratch
-# memory in proportion to the input area (about 0.5 GB for the generator at 256 x 256, 6 GB at
-# 1024 x 1024), so small windows bound the memory; larger ones do not run faster.
+# memory in proportion to the input area, so small windows bound the memory (README, "Large
+# images"); larger ones do not run faster.
 WINDOW = 256
 
 
@@ -308,7 +395,7 @@ class Translator:
         fake = t.translate_image(rgb, 1024)   # one image, tiled if larger than 1024 x 1024
 
     `translate` is one graph: reflect-pad to multiples of 4 (at least 8), G, crop, round.
-    The exported SavedModel holds that same graph, so both give the same pixels. The graph
+    The exports hold that same graph, traced without the CPU rewrites (export.py). The graph
     is traced once per batch size (any height and width): with the batch size known, instance
     norm runs image by image, its fastest layout, and on the CPU the two halves of a batch run
     side by side; a batch of unknown size (as in the export) gets the general graph.
@@ -437,48 +524,6 @@ class _Run:
         self.x, self.layers = x, layers
 
 
-class SavedModelTranslator:
-    """The Translator interface over an exported SavedModel's signature (whole images only)."""
-
-    def __init__(self, loaded, direction):
-        self.signature = loaded.signatures[direction]
-
-    def translate(self, images):
-        return self.signature(images=tf.convert_to_tensor(images, tf.uint8))["images"]
-
-    def translate_image(self, rgb, tile_size=None):
-        return self.translate(rgb[None]).numpy()[0]
-
-
-def export(generators, export_dir):
-    """Writes a SavedModel with signatures "A2B" and "B2A": uint8 RGB batches of any size in,
-    uint8 of the same size out (key "images"). Written beside export_dir and renamed into place."""
-    root = tf.Module()
-    signatures = {}
-
-    def signature(translator):
-        return tf.function(lambda images: {"images": translator.translate(images)}, input_signature=[UINT8_IMAGES])
-
-    for direction, G in generators.items():
-        setattr(root, f"G_{direction}", G)
-        signatures[direction] = signature(Translator(G))
-        setattr(root, direction, signatures[direction])
-    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(export_dir)),
-                              f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
-    try:
-        with kernels.direct():  # no CPU rewrite (nor XLA) in the artifact, whatever machine exports
-            tf.saved_model.save(root, tmp, signatures=signatures)
-        old = None
-        if os.path.exists(export_dir):
-            old = tmp + ".old"
-            os.rename(export_dir, old)
-        os.rename(tmp, export_dir)
-        if old:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def find_checkpoint(model_filepath):
     """Resolves a run folder, a checkpoint prefix ("run/cyclegan.ckpt-12") or a prefix without
     its number ("run/cyclegan.ckpt": the newest of that name) to (checkpoint path, run folder).
@@ -500,6 +545,21 @@ def find_checkpoint(model_filepath):
                           f"or a SavedModel folder)")
 
 
+def load_run_generators(model_filepath, directions):
+    """The generators for `directions` of a run folder or checkpoint prefix (see find_checkpoint),
+    built with the architecture of the run's config.json. Raises utils.UserError."""
+    checkpoint, run_dir = find_checkpoint(model_filepath)
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        raise utils.UserError(f"{run_dir}: no config.json beside the checkpoint, so its architecture is unknown")
+    architecture = utils.load_json(config_path).get("architecture")
+    if not isinstance(architecture, dict):
+        raise utils.UserError(f"{config_path}: holds no architecture")
+    generators = load_generators(checkpoint, architecture, directions)
+    print(f"model: {checkpoint}", file=sys.stderr)
+    return generators
+
+
 def load_generators(checkpoint_path, architecture, directions):
     """Builds only the generators asked for and restores them from a training checkpoint.
     Raises utils.UserError if the checkpoint does not hold them with this architecture."""
@@ -510,6 +570,5 @@ def load_generators(checkpoint_path, architecture, directions):
     try:
         ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        reason = str(e).strip().splitlines()[0][:200]
-        raise utils.UserError(f"{checkpoint_path}: cannot restore the generators ({reason})") from None
+        raise utils.UserError(f"{checkpoint_path}: cannot restore the generators ({utils.first_line(e)})") from None
     return generators

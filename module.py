@@ -50,7 +50,9 @@ class Crop2D(keras.layers.Layer):
     def call(self, x):
         (top, bottom), (left, right) = self.cropping
         shape = tf.shape(x)
-        y = tf.slice(x, [0, top, left, 0], [-1, shape[1] - top - bottom, shape[2] - left - right, -1])
+        # The channel count as a constant where known: TFLite's converter reads it from here.
+        channels = -1 if x.shape[3] is None else x.shape[3]
+        y = tf.slice(x, [0, top, left, 0], [-1, shape[1] - top - bottom, shape[2] - left - right, channels])
         # tf.slice's shape inference loses even the batch size here; what follows (instance
         # norm's image-by-image layout) needs it.
         y.set_shape(self.compute_output_shape(x.shape))

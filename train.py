@@ -8,30 +8,29 @@ losses.csv and, with validation folders, the translated validation images of eve
 Running the same command again resumes from the newest checkpoint.
 Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (checkpoint saved).
 """
-import argparse
 import csv
+import io
 import os
 import shutil
 import sys
 import time
+import types
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
 import numpy as np
 import progressbar
 import tensorflow as tf
 
+import metrics
 import model
-import module
-import utils
 
 CONFIG_FILE = "config.json"
 LOSSES_FILE = "losses.csv"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train a CycleGAN on two folders of unpaired images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = utils.ArgumentParser(description="Train a CycleGAN on two folders of unpaired images.")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="shortcut for DATA_DIR/NAME/trainA, trainB, testA, testB (test* as validation)")
     g.add_argument("--data_dir", default="data", help="where --dataset looks for NAME/")
@@ -42,8 +41,6 @@ def build_parser():
     g.add_argument("--validation_truth_dir",
                    help="true translations of the validation A images, same names (default with --dataset: "
                         "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
-    g.add_argument("--load_size", type=int, default=286, help="images are resized to this square first")
-    g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
     g = p.add_argument_group("run folder")
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
@@ -56,32 +53,15 @@ def build_parser():
                         "against --validation_truth_dir, FID/KID if InceptionV3 weights are at hand (0: off)")
     g.add_argument("--inception_weights", help="InceptionV3 weights file for FID/KID with --eval_every "
                                                "(else Keras' cached ImageNet weights if present; never downloaded)")
-    g = p.add_argument_group("architecture (saved in config.json; a resumed run must match)")
-    g.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
-    g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
-    g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
-    g.add_argument("--n_layers_D", type=int, default=3, help="stride-2 layers in the PatchGAN (3: 70x70 patches)")
-    g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
-    g = p.add_argument_group("optimisation")
+    g = p.add_argument_group("schedule")
     g.add_argument("--n_epochs", type=int, default=100, help="epochs at the initial learning rate")
     g.add_argument("--n_epochs_decay", type=int, default=100, help="epochs of linear decay of the learning rate to 0")
-    g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
-    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
-    g.add_argument("--batch_size", type=int, default=1, help="images of each domain per step")
-    g.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss")
-    g.add_argument("--lambda_identity", type=float, default=0.5,
-                   help="weight of the identity loss, relative to --lambda_cycle (0: off)")
     g.add_argument("--random_seed", type=int, default=0, help="seeds weights, data order, augmentation and the pools")
-    g = p.add_argument_group("devices")
     g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multiworker"),
                    help="none: one device; mirrored: every GPU of this machine (tf.distribute.MirroredStrategy); "
                         "multiworker: several machines described by TF_CONFIG (MultiWorkerMirroredStrategy). "
                         "--batch_size is per replica; the learning rate is not scaled")
-    g.add_argument("--jit_compile", action="store_true",
-                   help="compile the training step and the validation translations with XLA")
-    g.add_argument("--mixed_precision", action="store_true",
-                   help="compute in float16 with loss scaling on a GPU, bfloat16 on a CPU; weights, generator "
-                        "outputs, discriminator scores and losses stay float32")
+    model.add_model_flags(p)
     return p
 
 
@@ -128,27 +108,14 @@ def resolve_paths(args):
 
 def check_args(args):
     """One-line errors for values that cannot work."""
-    positive = ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} must be at least 1")
-    for name in ("n_blocks", "n_epochs", "n_epochs_decay", "pool_size", "save_every_steps", "eval_every"):
+    model.check_model_flags(args)
+    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
     if args.n_epochs + args.n_epochs_decay < 1:
         raise utils.UserError("--n_epochs plus --n_epochs_decay must be at least 1")
-    if args.crop_size % 4 or args.crop_size < 8:
-        raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
-    if module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
-        raise utils.UserError(f"--crop_size {args.crop_size} is too small for a discriminator "
-                              f"with --n_layers_D {args.n_layers_D}")
     if args.keep_checkpoints < 1:
         raise utils.UserError("--keep_checkpoints must be at least 1")
-
-
-def architecture(args):
-    """The settings that fix variable shapes (model.ARCHITECTURE_KEYS); images are RGB."""
-    return {k: 3 if k == "channels" else getattr(args, k) for k in model.ARCHITECTURE_KEYS}
 
 
 def check_resumable(args, config_path):
@@ -156,7 +123,7 @@ def check_resumable(args, config_path):
     if not os.path.exists(config_path):
         return
     saved = utils.load_json(config_path).get("architecture", {})
-    wanted = architecture(args)
+    wanted = model.architecture(args)
     diff = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in wanted if saved.get(k) != wanted[k]]
     if diff:
         raise utils.UserError(f"{args.model_dir}: its checkpoint was made with another architecture "
@@ -168,8 +135,7 @@ def restore(ckpt, path, model_dir):
     try:
         ckpt.restore(path).assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
-        reason = str(e).strip().splitlines()[0][:300]
-        raise utils.UserError(f"{path}: does not match this model ({reason}); "
+        raise utils.UserError(f"{path}: does not match this model ({utils.first_line(e, 300)}); "
                               f"use another --model_dir than {model_dir}") from None
 
 
@@ -202,7 +168,6 @@ class LossLog:
         self._write(rows)
 
     def _write(self, rows):
-        import io
         out = io.StringIO()
         w = csv.DictWriter(out, self.fields, restval="", extrasaction="ignore")
         w.writeheader()
@@ -241,22 +206,21 @@ def eval_fields(val, truth_dir, fid):
 def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
     """Translates the validation images into OUTPUT_DIR/epoch_NNN/DIR, adds a frame to each
     image's progress GIF (MODEL_DIR/progress/DIR/NAME.gif) and, when evaluate_now, returns
-    the scores of these translations (evaluate.translation_scores, FID/KID with inception)."""
-    import evaluate
+    the scores of these translations (metrics.translation_scores, FID/KID with inception)."""
     scores = {}
     for direction, (paths, images) in val.items():
         if not paths:
             continue
         truth = args.validation_truth_dir if direction == "A2B" else None
         if evaluate_now:
-            found, fakes, _ = evaluate.translation_scores(gan.translators, direction, paths, images, truth)
+            found, fakes, _ = metrics.translation_scores(gan.translators, direction, paths, images, truth)
             found.pop("images")
             scores.update({f"{direction}_{k}": v for k, v in found.items()})
             target = val["B2A" if direction == "A2B" else "A2B"][1]
             if inception is not None and min(len(target), len(fakes)) >= 2:
-                f_real, f_fake = evaluate.features(inception, target), evaluate.features(inception, fakes)
-                scores[f"{direction}_fid"] = evaluate.fid(f_real, f_fake)
-                scores[f"{direction}_kid"] = evaluate.kid(f_real, f_fake)[0]
+                f_real, f_fake = metrics.features(inception, target), metrics.features(inception, fakes)
+                scores[f"{direction}_fid"] = metrics.fid(f_real, f_fake)
+                scores[f"{direction}_kid"] = metrics.kid(f_real, f_fake)[0]
         else:
             fakes = [gan.translators[direction].translate_image(im) for im in images]
         out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
@@ -280,7 +244,10 @@ def progress_bar(epoch, total, steps):
     return utils.progress_bar(steps, widgets)
 
 
-def train(args):
+def setup(args):
+    """Everything a run needs, as one namespace: the checked data, the model (restored from the
+    newest checkpoint of the run folder, if any), the checkpoint manager, and on the chief worker
+    config.json, losses.csv and the TensorBoard writer."""
     resolve_paths(args)
     check_args(args)
     paths_A = utils.check_images(utils.list_images(args.img_A_dir))
@@ -292,136 +259,153 @@ def train(args):
     if args.validation_truth_dir and not os.path.isdir(args.validation_truth_dir):
         raise utils.UserError(f"{args.validation_truth_dir}: no such folder")
     inception = None
-    if args.eval_every:
-        import evaluate
-        if args.inception_weights or os.path.isfile(evaluate.KERAS_INCEPTION_FILE):
-            inception = evaluate.inception_model(args.inception_weights, allow_download=False)
-
+    if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
+        inception = metrics.inception_model(args.inception_weights, allow_download=False)
     config_path = os.path.join(args.model_dir, CONFIG_FILE)
     check_resumable(args, config_path)
-    utils.setup_devices()
+    utils.setup_devices(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync if strategy else 1
     global_batch = args.batch_size * replicas
     if max(len(paths_A), len(paths_B)) < global_batch:
         raise utils.UserError(f"the global batch ({global_batch}) is larger than the training set")
+
     tf.keras.utils.set_random_seed(args.random_seed)
-    gan = model.CycleGAN(**architecture(args), lambda_cycle=args.lambda_cycle,
-                         lambda_identity=args.lambda_identity, lr=args.lr, beta1=args.beta1,
-                         batch_size=args.batch_size, random_seed=args.random_seed, strategy=strategy,
-                         jit_compile=args.jit_compile, mixed_precision=args.mixed_precision)
+    gan = model.build(args, random_seed=args.random_seed, strategy=strategy)
     ckpt = gan.checkpoint()
     # Every worker saves (TensorFlow's convention for multi-worker runs); all but the chief
     # into a scratch folder they then delete. All restore from the chief's run folder.
     save_dir = args.model_dir if chief else os.path.join(args.model_dir, ".workers", f"worker_{strategy.cluster_resolver.task_id}")
     manager = tf.train.CheckpointManager(ckpt, save_dir, max_to_keep=args.keep_checkpoints,
                                          checkpoint_name=args.model_name)
-
-    def save():
-        path = manager.save(checkpoint_number=int(gan.step.numpy()))
-        if not chief:
-            shutil.rmtree(save_dir, ignore_errors=True)
-        return path
-
     latest = tf.train.latest_checkpoint(args.model_dir)
     if latest:
         restore(ckpt, latest, args.model_dir)
-        print(f"resuming from {latest} (epoch {int(gan.epoch.numpy())} done, "
-              f"{int(gan.epoch_step.numpy())} steps into the next)", file=sys.stderr)
+        epochs, steps_done, _ = gan.counters()
+        print(f"resuming from {latest} (epoch {epochs} done, {steps_done} steps into the next)", file=sys.stderr)
 
-    total_epochs = args.n_epochs + args.n_epochs_decay
     steps = max(len(paths_A), len(paths_B)) // global_batch
     lr_rule = "not scaled with the global batch (the reference's rate is for batch 1; GANs do not follow the linear rule)"
     print(f"replicas {replicas}, batch {args.batch_size} per replica, global batch {global_batch}, "
           f"{steps} steps per epoch; learning rate {args.lr:g}, {lr_rule}", file=sys.stderr)
+    log, writer = None, tf.summary.create_noop_writer()
     if chief:
-        config = {k: v for k, v in vars(args).items()}
-        config.update(architecture=architecture(args), images_A=len(paths_A), images_B=len(paths_B),
-                      steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
+        config = dict(vars(args), architecture=model.architecture(args), images_A=len(paths_A),
+                      images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
         utils.save_json(config_path, config)
-        log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), int(gan.epoch.numpy()),
+        log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
-    else:
-        writer = tf.summary.create_noop_writer()
     preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
     preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
+    return types.SimpleNamespace(args=args, paths_A=paths_A, paths_B=paths_B, val=val, inception=inception,
+                                 strategy=strategy, chief=chief, replicas=replicas, steps=steps, gan=gan,
+                                 manager=manager, save_dir=save_dir, log=log, writer=writer, preview=preview,
+                                 total_epochs=args.n_epochs + args.n_epochs_decay)
 
-    def epoch_data(epoch, done):
-        make = lambda shard: utils.make_dataset(paths_A, paths_B, epoch, args.random_seed, args.load_size,
-                                                args.crop_size, not args.no_flip, args.batch_size, skip_steps=done,
-                                                replicas=replicas, shard=shard)[0]
-        if strategy is None:
-            return make((0, 1))
-        return strategy.distribute_datasets_from_function(
-            lambda ctx: make((ctx.input_pipeline_id, ctx.num_input_pipelines)))
 
-    for epoch in range(int(gan.epoch.numpy()) + 1, total_epochs + 1):
-        lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)
-        done = int(gan.epoch_step.numpy())
-        if done == 0:
-            gan.loss_sums.assign(tf.zeros_like(gan.loss_sums))
-        ds = epoch_data(epoch, done)
+def save(run):
+    """Writes a checkpoint numbered by the global step; returns its path."""
+    path = run.manager.save(checkpoint_number=run.gan.counters()[2])
+    if not run.chief:
+        shutil.rmtree(run.save_dir, ignore_errors=True)
+    return path
+
+
+def epoch_data(run, epoch, done):
+    """The batches of `epoch` from step `done` on (one input pipeline per worker when distributed)."""
+    a = run.args
+    make = lambda shard: utils.make_dataset(run.paths_A, run.paths_B, epoch, a.random_seed, a.load_size, a.crop_size,
+                                            not a.no_flip, a.batch_size, skip_steps=done, replicas=run.replicas,
+                                            shard=shard)[0]
+    if run.strategy is None:
+        return make((0, 1))
+    return run.strategy.distribute_datasets_from_function(lambda ctx: make((ctx.input_pipeline_id, ctx.num_input_pipelines)))
+
+
+def run_epoch(run, epoch, lr):
+    """The steps of one epoch (from where a resumed run stopped), with the progress bar, the
+    TensorBoard scalars and the periodic checkpoints. Returns None when the epoch is done, else
+    the exit status: 1 if a loss is not finite (nothing saved), 130 on Ctrl-C (saved first)."""
+    gan, args = run.gan, run.args
+    done = gan.begin_epoch()
+    bar = progress_bar(epoch, run.total_epochs, run.steps)
+    bar.start(init_value=done)
+    try:
+        for real_A, real_B in epoch_data(run, epoch, done):
+            losses = gan.train_step(real_A, real_B).numpy()
+            _, epoch_step, step = gan.counters()
+            if not np.all(np.isfinite(losses)):
+                bad = [k for k, v in zip(model.LOSS_NAMES, losses) if not np.isfinite(v)]
+                bar.finish(dirty=True)
+                print(f"error: loss {', '.join(bad)} is not finite at epoch {epoch}, step {step}; stopped. "
+                      f"The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
+                      file=sys.stderr)
+                return 1
+            named = dict(zip(model.LOSS_NAMES, losses))
+            with run.writer.as_default(step=step):
+                for name, value in named.items():
+                    tf.summary.scalar(f"loss/{name}", value)
+                tf.summary.scalar("learning_rate", lr)
+            bar.update(epoch_step, G=named["G"], D=named["D_A"] + named["D_B"], cyc=named["cycle_A"] + named["cycle_B"])
+            if args.save_every_steps and step % args.save_every_steps == 0:
+                save(run)
+    except KeyboardInterrupt:
+        bar.finish(dirty=True)
+        path = save(run)
+        print(f"interrupted at epoch {epoch}, step {gan.counters()[1]}/{run.steps}; saved {path}; "
+              f"run the same command to resume", file=sys.stderr)
+        return 130
+    bar.finish()
+    return None
+
+
+def end_epoch(run, epoch, lr, seconds):
+    """Checkpoints the finished epoch; on the chief also translates the validation images (and
+    scores them every --eval_every epochs), adds the losses.csv row, redraws losses.png, and
+    writes the previews and scores to TensorBoard."""
+    gan, args = run.gan, run.args
+    means = gan.end_epoch(epoch)
+    path = save(run)
+    if not run.chief:
+        return
+    evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
+    scores = validate(gan, epoch, run.val, args, run.inception, evaluate_now)
+    run.log.add(epoch, lr, seconds, means, scores)
+    run.log.plot(os.path.join(args.model_dir, "losses.png"))
+    with run.writer.as_default(step=gan.counters()[2]):
+        for direction, rgb in run.preview.items():
+            tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
+        for name, value in scores.items():
+            tf.summary.scalar(f"eval/{name}", value)
+    run.writer.flush()
+    if scores:
+        print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
+    summary = " ".join(f"{k} {v:.3f}" for k, v in zip(model.LOSS_NAMES, means))
+    print(f"epoch {epoch}/{run.total_epochs} lr {lr:.3g}: {summary}; saved {path}", file=sys.stderr)
+
+
+def train(args):
+    """Trains (or resumes) the run that args describe; returns the exit status."""
+    run = setup(args)
+    for epoch in range(run.gan.counters()[0] + 1, run.total_epochs + 1):
+        # the learning rate of this epoch (constant, then linear decay to 0)
+        lr = run.gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)
+        # the steps; a non-finite loss or Ctrl-C ends the run here
         start = time.time()
-        bar = progress_bar(epoch, total_epochs, steps)
-        bar.start(init_value=done)
-        try:
-            for real_A, real_B in ds:
-                losses = gan.train_step(real_A, real_B).numpy()
-                step = int(gan.step.numpy())
-                if not np.all(np.isfinite(losses)):
-                    bad = [k for k, v in zip(model.LOSS_NAMES, losses) if not np.isfinite(v)]
-                    bar.finish(dirty=True)
-                    print(f"error: loss {', '.join(bad)} is not finite at epoch {epoch}, step {step}; stopped. "
-                          f"The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
-                          file=sys.stderr)
-                    return 1
-                named = dict(zip(model.LOSS_NAMES, losses))
-                with writer.as_default(step=step):
-                    for name, value in named.items():
-                        tf.summary.scalar(f"loss/{name}", value)
-                    tf.summary.scalar("learning_rate", lr)
-                bar.update(int(gan.epoch_step.numpy()), G=named["G"], D=named["D_A"] + named["D_B"],
-                           cyc=named["cycle_A"] + named["cycle_B"])
-                if args.save_every_steps and step % args.save_every_steps == 0:
-                    save()
-        except KeyboardInterrupt:
-            bar.finish(dirty=True)
-            path = save()
-            print(f"interrupted at epoch {epoch}, step {int(gan.epoch_step.numpy())}/{steps}; saved {path}; "
-                  f"run the same command to resume", file=sys.stderr)
-            return 130
-        bar.finish()
-        means = gan.loss_sums.numpy() / max(int(gan.epoch_step.numpy()), 1)
-        gan.epoch.assign(epoch)
-        gan.epoch_step.assign(0)
-        path = save()
-        seconds = time.time() - start
-        if not chief:
-            continue
-        evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == total_epochs)
-        scores = validate(gan, epoch, val, args, inception, evaluate_now)
-        log.add(epoch, lr, seconds, means, scores)
-        log.plot(os.path.join(args.model_dir, "losses.png"))
-        with writer.as_default(step=int(gan.step.numpy())):
-            for direction, rgb in preview.items():
-                grid = preview_grid(gan, rgb, direction)
-                tf.summary.image(f"{direction}/real_fake_rec", grid[None])
-            for name, value in scores.items():
-                tf.summary.scalar(f"eval/{name}", value)
-        writer.flush()
-        if scores:
-            print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
-        summary = " ".join(f"{k} {v:.3f}" for k, v in zip(model.LOSS_NAMES, means))
-        print(f"epoch {epoch}/{total_epochs} lr {lr:.3g}: {summary}; saved {path}", file=sys.stderr)
+        status = run_epoch(run, epoch, lr)
+        if status is not None:
+            return status
+        # checkpoint, validation, losses.csv, TensorBoard
+        end_epoch(run, epoch, lr, time.time() - start)
     return 0
 
 
 def main(argv=None):
     """Runs train.py with `argv` (default: sys.argv); returns the exit status."""
-    return utils.run_command(train, build_parser().parse_args(argv), 2)
+    return utils.run_command(train, build_parser(), argv, 2)
 
 
 if __name__ == "__main__":

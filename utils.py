@@ -7,6 +7,7 @@
 Every decoded image is 8-bit RGB: grayscale is repeated, alpha dropped, 16-bit scaled.
 The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that mapping lives.
 """
+import argparse
 import json
 import os
 import sys
@@ -16,7 +17,10 @@ import cv2
 import numpy as np
 
 # TensorFlow is imported inside the functions that need it, so download.py, which only
-# writes images, starts in a fraction of a second.
+# writes images, starts in a fraction of a second. The one thing done on import: TensorFlow's C++
+# start-up lines (oneDNN notices, CUDA probing) stay quiet unless the user asks for them; this
+# only works before TensorFlow loads, so the commands import utils first.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ANIMATION_EXTENSIONS = (".gif",)
@@ -29,14 +33,33 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
-def run_command(fn, args, error_status):
-    """A command's main(): fn(args)'s exit status, or, for a UserError, one "error:" line on
-    stderr and error_status."""
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown flag, a value not among the choices) are a
+    UserError: one line and the command's own exit status, not the usage text and status 2.
+    --help shows every default."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def run_command(fn, parser, argv, error_status):
+    """A command's main(): fn(parser.parse_args(argv))'s exit status, or, for a UserError, one
+    "error:" line on stderr and error_status."""
     try:
-        return fn(args)
+        return fn(parser.parse_args(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return error_status
+
+
+def first_line(error, limit=200):
+    """The first line of an exception's message (or its type's name), at most `limit` characters:
+    what a one-line error shows of a library's long report."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
 class ImageError(UserError):
@@ -269,11 +292,16 @@ def pad_to_multiple(images, multiple=4, min_size=8):
     # Reflection adds at most side - 1 pixels at a time: 1 -> 2 (edge), 2 -> 3 -> 5 -> 9.
     one = [tf.minimum(target[i] - shape[i + 1], tf.cast(shape[i + 1] == 1, tf.int32)) for i in (0, 1)]
     images = tf.pad(images, [[0, 0], [0, one[0]], [0, one[1]], [0, 0]], mode="SYMMETRIC")
+    static = images.shape
     for _ in range(3):
         shape = tf.shape(images)
         grow = [tf.minimum(target[i] - shape[i + 1], shape[i + 1] - 1) for i in (0, 1)]
         images = tf.pad(images, [[0, 0], [0, grow[0]], [0, grow[1]], [0, 0]], mode="REFLECT")
-    return images
+    # Pads by amounts known only when run lose every static size. The channels stay known
+    # (TFLite's convolutions need them): a reshape to the same shape, whose channels are a constant.
+    if static[3] is None:
+        return images
+    return tf.reshape(images, tf.concat([tf.shape(images)[:3], [static[3]]], 0))
 
 
 def resize_square(image, size):
@@ -282,15 +310,21 @@ def resize_square(image, size):
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
-def setup_devices():
-    """Lets TensorFlow take GPU memory as it needs it instead of all at once. Called from
-    the commands' main(), never at import; a no-op without GPUs or once TF has started."""
+def setup_devices(cpu_kernels=None):
+    """Lets TensorFlow take GPU memory as it needs it instead of all at once (a no-op without GPUs
+    or once TF has started), and sets the kernels' mode (--cpu_kernels; None: the environment's or
+    the default, see kernels.py). Called from the commands' main(), never at import."""
     import tensorflow as tf
+    import kernels
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # devices already initialised in this process
             pass
+    try:
+        kernels.set_mode(cpu_kernels)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def read_images(paths, keep=True):

@@ -68,3 +68,12 @@ def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(mon
     # 100 GFLOP per call: 100 GFLOP/s against max(100, 200), then 50 GFLOP/s against max(200, 50).
     assert meter.time_against(None, 2, 100e9) == ([1.0, 2.0], [0.5, 0.25])
     assert peaks == [] and times == []
+
+
+def test_deploy_mode_times_every_export_format(capsys):
+    assert benchmark.main(["--deploy", "--crop_size", "32", "--ngf", "4", "--n_blocks", "1", "--convert_iters", "1"]) == 0
+    deploy = json.loads(capsys.readouterr().out)["deploy"]
+    assert sorted(deploy) == sorted(["convert.py (this machine's kernels)", "savedmodel", "tflite", "tflite float16", "onnx"])
+    assert all(r["seconds_per_image"]["median"] > 0 for r in deploy.values())
+    assert all(deploy[f]["file_mb"] > 0 for f in ("savedmodel", "tflite", "onnx"))
+    assert deploy["tflite float16"]["file_mb"] < deploy["tflite"]["file_mb"]

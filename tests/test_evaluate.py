@@ -10,6 +10,7 @@ import pytest
 
 import download
 import evaluate
+import metrics
 import train
 import utils
 from conftest import TINY_FLAGS, make_image, write_images
@@ -17,7 +18,7 @@ from conftest import TINY_FLAGS, make_image, write_images
 
 @pytest.fixture(scope="module")
 def net():
-    return evaluate.inception_model("random")
+    return metrics.inception_model("random")
 
 
 @pytest.fixture(scope="module")
@@ -30,46 +31,46 @@ def test_matrix_square_root_and_fid_closed_form():
     rng = np.random.default_rng(1)
     a = rng.normal(size=(5, 5))
     spd = a @ a.T + 0.1 * np.eye(5)
-    root = evaluate.sqrtm_psd(spd)
+    root = metrics.sqrtm_psd(spd)
     np.testing.assert_allclose(root @ root, spd, atol=1e-9)
     # Diagonal Gaussians: FID = |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2.
     mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
     s1, s2 = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
     want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
-    assert evaluate.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(want, rel=1e-9)
+    assert metrics.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(want, rel=1e-9)
     # ... and it does not depend on the basis.
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
-    rotated = evaluate.frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T)
+    rotated = metrics.frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T)
     assert rotated == pytest.approx(want, rel=1e-7)
 
 
 def test_fid_and_kid_on_features_behave(net, pictures):
-    f = evaluate.features(net, pictures, batch_size=8)
+    f = metrics.features(net, pictures, batch_size=8)
     assert f.shape == (24, 2048)
-    assert abs(evaluate.fid(f, f)) < 1e-6
-    shifted = evaluate.features(net, [np.clip(p.astype(int) + 60, 0, 255).astype(np.uint8) for p in pictures])
-    blurred = evaluate.features(net, [cv2.GaussianBlur(p, (9, 9), 4) for p in pictures])
+    assert abs(metrics.fid(f, f)) < 1e-6
+    shifted = metrics.features(net, [np.clip(p.astype(int) + 60, 0, 255).astype(np.uint8) for p in pictures])
+    blurred = metrics.features(net, [cv2.GaussianBlur(p, (9, 9), 4) for p in pictures])
     half1, half2 = f[:12], f[12:]
-    base = evaluate.fid(half1, half2)
-    assert evaluate.fid(half1, shifted[12:]) > base and evaluate.fid(half1, blurred[12:]) > base
-    assert evaluate.fid(f, shifted) == pytest.approx(evaluate.fid(shifted, f), rel=1e-6)
-    kid_same, kid_std = evaluate.kid(half1, half2, subsets=50, subset_size=12)
-    kid_shift, _ = evaluate.kid(half1, shifted[12:], subsets=50, subset_size=12)
+    base = metrics.fid(half1, half2)
+    assert metrics.fid(half1, shifted[12:]) > base and metrics.fid(half1, blurred[12:]) > base
+    assert metrics.fid(f, shifted) == pytest.approx(metrics.fid(shifted, f), rel=1e-6)
+    kid_same, kid_std = metrics.kid(half1, half2, subsets=50, subset_size=12)
+    kid_shift, _ = metrics.kid(half1, shifted[12:], subsets=50, subset_size=12)
     assert abs(kid_same) < kid_shift and abs(kid_same) < 3 * kid_std + 1e-6
 
 
 def test_psnr_and_ssim(pictures):
     a = pictures[0]
-    assert evaluate.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
     noisy = np.clip(a.astype(int) + np.random.default_rng(2).normal(0, 8, a.shape), 0, 255).astype(np.uint8)
-    assert 25 < evaluate.psnr(a, noisy) < 40 and evaluate.ssim(a, noisy) < 1.0
-    assert evaluate.ssim(a[:5, :7], a[:5, :7]) == pytest.approx(1.0)  # smaller than the window
+    assert 25 < metrics.psnr(a, noisy) < 40 and metrics.ssim(a, noisy) < 1.0
+    assert metrics.ssim(a[:5, :7], a[:5, :7]) == pytest.approx(1.0)  # smaller than the window
 
 
 def test_folder_fid_command_json_and_bad_input(net, tmp_path, capsys, monkeypatch):
     write_images(str(tmp_path / "real"), 6, seed=1)
     write_images(str(tmp_path / "fake"), 6, seed=2)
-    monkeypatch.setattr(evaluate, "inception_model", lambda weights=None, allow_download=True: net)
+    monkeypatch.setattr(metrics, "inception_model", lambda weights=None, allow_download=True: net)
     argv = ["--real_dir", str(tmp_path / "real"), "--fake_dir", str(tmp_path / "fake"), "--json", "--kid_subsets", "5"]
     assert evaluate.main(argv) == 0
     result = json.loads(capsys.readouterr().out)
@@ -93,9 +94,9 @@ def test_weights_that_cannot_be_fetched_are_one_line(monkeypatch, capsys, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot load InceptionV3 weights" in err[0] and "--inception_weights" in err[0]
     # Training never downloads: without a file or a cached copy it skips FID/KID.
-    monkeypatch.setattr(evaluate, "KERAS_INCEPTION_FILE", str(tmp_path / "not_cached.h5"))
+    monkeypatch.setattr(metrics, "KERAS_INCEPTION_FILE", str(tmp_path / "not_cached.h5"))
     with pytest.raises(utils.UserError, match="not cached"):
-        evaluate.inception_model(None, allow_download=False)
+        metrics.inception_model(None, allow_download=False)
 
 
 def test_missing_weights_file_is_one_line(tmp_path, capsys):
@@ -119,7 +120,7 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
     paths = utils.list_images(str(sample / "testA"))
     images = [utils.read_image(p) for p in paths]
     untrained = model.CycleGAN(**TINY, random_seed=0)
-    before, _, _ = evaluate.translation_scores(untrained.translators, "A2B", paths, images, str(sample / "testA_truth"))
+    before, _, _ = metrics.translation_scores(untrained.translators, "A2B", paths, images, str(sample / "testA_truth"))
     run = tmp_path / "run"
     argv = ["--dataset", "sample", "--data_dir", str(sample.parent), "--model_dir", str(run), *TINY_FLAGS,
             "--n_epochs", "2", "--n_epochs_decay", "0", "--eval_every", "1", "--lr", "1e-3"]
@@ -133,7 +134,7 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
     assert after > before["psnr"] + 3 and after > before["psnr_input"] + 3
     # The same figure from the command line, against the truth folder the set ships with.
     capsys.readouterr()
-    monkeypatch.setattr(evaluate, "inception_model", lambda weights=None, allow_download=True: net)
+    monkeypatch.setattr(metrics, "inception_model", lambda weights=None, allow_download=True: net)
     assert evaluate.main(["--model_filepath", str(run), "--img_dir", str(sample / "testA"), "--truth_dir",
                           str(sample / "testA_truth"), "--json", "--grid", str(tmp_path / "grid.png"),
                           "--real_dir", str(sample / "testB"), "--kid_subsets", "5"]) == 0

@@ -1,0 +1,209 @@
+"""Exports the generators for deployment (SavedModel, TFLite, ONNX); translators over exported files.
+
+    export.write(generators, "export/h2z")                               # saved_model.pb, variables/
+    export.write(generators, "export/h2z", "tflite", quantize="float16")  # A2B.tflite, B2A.tflite
+    export.write(generators, "export/h2z", "onnx")                        # A2B.onnx, B2A.onnx
+    translators, _ = export.load_translators("export/h2z/A2B.onnx", ["A2B"])   # or a run folder
+
+Every format holds the graph convert.py runs (model.Translator.translate): uint8 RGB images
+(N, H, W, 3) of any size in, reflect-padded to multiples of 4 inside the graph, the generator,
+cropped back, uint8 of the same size out. It is traced with Keras' own convolution whatever the
+machine (kernels.direct(); TFLite and ONNX also with instance norm as plain ops, kernels.portable()),
+so nothing CPU-specific or XLA-compiled is in the files.
+"""
+import os
+import shutil
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+import kernels
+import model
+import utils
+
+# What each --export_format writes into the export folder.
+FORMATS = {
+    "savedmodel": "saved_model.pb and variables/: signatures A2B and B2A (input and output key 'images')",
+    "tflite": "A2B.tflite and B2A.tflite: one model per direction, input resizable to any height and width",
+    "onnx": "A2B.onnx and B2A.onnx: one model per direction (opset 17), dynamic batch, height and width",
+}
+QUANTIZE = ("none", "float16")
+ONNX_OPSET = 17
+
+
+def _translation(G, output_key="images"):
+    """The translation graph of G as a tf.function of uint8 images of any batch and size, returning
+    {output_key: images} (or the images alone if output_key is None)."""
+    translator = model.Translator(G)
+    if output_key is None:
+        return tf.function(translator.translate, input_signature=[model.UINT8_IMAGES])
+    return tf.function(lambda images: {output_key: translator.translate(images)}, input_signature=[model.UINT8_IMAGES])
+
+
+def write(generators, export_dir, export_format="savedmodel", quantize="none"):
+    """Writes generators ({"A2B": G, "B2A": G}) to export_dir in one of FORMATS, into a folder
+    beside it renamed into place (an existing export_dir is replaced only once the new one is
+    complete). quantize "float16" halves TFLite's weights."""
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    tmp = utils.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
+    try:
+        if export_format == "savedmodel":
+            _savedmodel(generators, tmp)
+        else:
+            for direction, G in generators.items():
+                path = os.path.join(tmp, f"{direction}.{export_format}")
+                if export_format == "tflite":
+                    _tflite(G, path, quantize)
+                else:
+                    _onnx(G, path)
+        old = None
+        if os.path.exists(export_dir):
+            old = tmp + ".old"
+            os.rename(export_dir, old)
+        os.rename(tmp, export_dir)
+        if old:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _savedmodel(generators, folder):
+    root = tf.Module()
+    signatures = {}
+    with kernels.direct():
+        for direction, G in generators.items():
+            setattr(root, f"G_{direction}", G)
+            signatures[direction] = _translation(G)
+            setattr(root, direction, signatures[direction])
+        tf.saved_model.save(root, folder, signatures=signatures)
+
+
+def _frozen(G):
+    """G's translation as a concrete function with the weights as constants (portable ops)."""
+    # TFLite's converter leaves Keras 3 variables as resource variables it never initialises;
+    # freezing them first is what the converters themselves do for a graph (tf2onnx too).
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    with kernels.portable():
+        return convert_variables_to_constants_v2(_translation(G).get_concrete_function())
+
+
+def _tflite(G, path, quantize):
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(G)])
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    data = converter.convert()
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _onnx(G, path):
+    try:
+        import tf2onnx
+    except ImportError:
+        raise utils.UserError("--export_format onnx needs tf2onnx (pip install -r requirements.txt)") from None
+    with kernels.portable():
+        # One output, not a dict: tf2onnx cannot name an output as its input ("images").
+        tf2onnx.convert.from_function(_translation(G, None), input_signature=[model.UINT8_IMAGES],
+                                      opset=ONNX_OPSET, output_path=path)
+
+
+# ---------------------------------------------------------------------------- running exports
+
+class SavedModelTranslator:
+    """The model.Translator interface over an exported SavedModel's signature (whole images only)."""
+
+    def __init__(self, loaded, direction):
+        self.signature = loaded.signatures[direction]
+
+    def translate(self, images):
+        return np.asarray(self.signature(images=tf.convert_to_tensor(images, tf.uint8))["images"])
+
+    def translate_image(self, rgb, tile_size=None):
+        return self.translate(rgb[None])[0]
+
+
+class TFLiteTranslator:
+    """The model.Translator interface over an exported .tflite file (input resized per image size)."""
+
+    def __init__(self, path):
+        with warnings.catch_warnings():  # its notice that LiteRT's interpreter will replace it
+            warnings.simplefilter("ignore", UserWarning)
+            self.interpreter = tf.lite.Interpreter(model_path=path)
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.shape = None
+
+    def translate(self, images):
+        images = np.asarray(images, np.uint8)
+        if images.shape != self.shape:
+            self.interpreter.resize_tensor_input(self.input, images.shape)
+            self.interpreter.allocate_tensors()
+            self.shape = images.shape
+        self.interpreter.set_tensor(self.input, images)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)
+
+    def translate_image(self, rgb, tile_size=None):
+        return self.translate(rgb[None])[0]
+
+
+class OnnxTranslator:
+    """The model.Translator interface over an exported .onnx file, run by onnxruntime on the CPU."""
+
+    def __init__(self, path):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise utils.UserError(f"{path}: running an ONNX model needs onnxruntime "
+                                  f"(pip install -r requirements.txt)") from None
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def translate(self, images):
+        return self.session.run(None, {self.input: np.asarray(images, np.uint8)})[0]
+
+    def translate_image(self, rgb, tile_size=None):
+        return self.translate(rgb[None])[0]
+
+
+def load_translators(model_filepath, directions, jit_compile=False):
+    """Translators for `directions` from whatever a user points at: an export (see
+    exported_translators) or a run folder or checkpoint (model.load_run_generators). Returns
+    (translators, generators), generators None for an export. Raises utils.UserError."""
+    translators = exported_translators(model_filepath, directions)
+    if translators is not None:
+        return translators, None
+    generators = model.load_run_generators(model_filepath, directions)
+    return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
+
+
+def exported_translators(path, directions):
+    """Translators for `directions` from an export: a SavedModel folder (one per signature), or a
+    .tflite or .onnx file (which holds one generator: it serves the one direction asked for).
+    Returns None if path is not an export. Raises utils.UserError with a one-line reason."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".tflite", ".onnx"):
+        if len(directions) > 1:
+            raise utils.UserError(f"{path}: holds one generator; --save_cycle needs both (use a run folder "
+                                  f"or a SavedModel)")
+        if not os.path.isfile(path):
+            raise utils.UserError(f"{path}: no such file")
+        try:
+            translator = TFLiteTranslator(path) if ext == ".tflite" else OnnxTranslator(path)
+        except utils.UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a bad file
+            raise utils.UserError(f"{path}: cannot load the {ext[1:]} model ({utils.first_line(e)})") from None
+        return {directions[0]: translator}
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return None
+    try:
+        loaded = tf.saved_model.load(path)
+    except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+        raise utils.UserError(f"{path}: cannot load the SavedModel ({utils.first_line(e)})") from None
+    missing = [d for d in directions if d not in loaded.signatures]
+    if missing:
+        raise utils.UserError(f"{path}: SavedModel has no signature {', '.join(missing)}")
+    return {d: SavedModelTranslator(loaded, d) for d in directions}
