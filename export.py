@@ -89,7 +89,7 @@ def _frozen(G):
 
 
 def _tflite(G, path, quantize):
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(G)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_frozen(G)], G)
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]

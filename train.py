@@ -244,12 +244,9 @@ def progress_bar(epoch, total, steps):
     return utils.progress_bar(steps, widgets)
 
 
-def setup(args):
-    """Everything a run needs, as one namespace: the checked data, the model (restored from the
-    newest checkpoint of the run folder, if any), the checkpoint manager, and on the chief worker
-    config.json, losses.csv and the TensorBoard writer."""
-    resolve_paths(args)
-    check_args(args)
+def load_data(args):
+    """The training images (each checked once), the validation images, InceptionV3 for FID/KID if
+    --eval_every can have it, and the two preview images; one-line errors for what cannot work."""
     paths_A = utils.check_images(utils.list_images(args.img_A_dir))
     paths_B = utils.check_images(utils.list_images(args.img_B_dir))
     for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
@@ -261,6 +258,18 @@ def setup(args):
     inception = None
     if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
+    preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
+    preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
+    return paths_A, paths_B, val, inception, preview
+
+
+def setup(args):
+    """Everything a run needs, as one namespace: the checked data, the model (restored from the
+    newest checkpoint of the run folder, if any), the checkpoint manager, and on the chief worker
+    config.json, losses.csv and the TensorBoard writer."""
+    resolve_paths(args)
+    check_args(args)
+    paths_A, paths_B, val, inception, preview = load_data(args)
     config_path = os.path.join(args.model_dir, CONFIG_FILE)
     check_resumable(args, config_path)
     utils.setup_devices(args.cpu_kernels)
@@ -298,8 +307,6 @@ def setup(args):
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
-    preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
-    preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
     return types.SimpleNamespace(args=args, paths_A=paths_A, paths_B=paths_B, val=val, inception=inception,
                                  strategy=strategy, chief=chief, replicas=replicas, steps=steps, gan=gan,
                                  manager=manager, save_dir=save_dir, log=log, writer=writer, preview=preview,

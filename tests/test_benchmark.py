@@ -39,9 +39,9 @@ def test_tiny_benchmark_reports_everything(capsys):
                 "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
         assert key in result
     assert result["train_traces"] == 1
-    # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) and the fused Adam updates appear.
+    # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) appear.
     ops = result["profile_ms_by_op"]
-    assert any("Conv2D" in op for op in ops) and "ResourceApplyAdam" in ops, ops
+    assert any("Conv2D" in op for op in ops), ops
     assert ops["all ops"] >= max(v for k, v in ops.items() if k != "all ops") > 0
     assert result["config"]["convert_batch_size"] == 4  # convert.py's own batch of same-size images
     assert result["peak_gflops"] > 1 and 0 < result["train_fraction_of_peak"] < 1.5

@@ -184,25 +184,6 @@ def test_tiled_translation_equals_the_whole_image(tiny_gan):
     assert diff.max() <= 1 and diff.mean() < 0.01  # float rounding only: no seams anywhere
 
 
-def test_fused_adam_is_keras_adam():
-    # Five steps with gradients from 1 down to 1e-4: weights and both moments as Keras's Adam has them.
-    shapes = [(3, 4), (5,)]
-    init = [np.random.default_rng(0).normal(size=s).astype(np.float32) for s in shapes]
-    grads = [[np.random.default_rng(k).normal(size=s).astype(np.float32) * 10.0 ** -k for s in shapes]
-             for k in range(5)]
-    states = []
-    for cls in (keras.optimizers.Adam, model.FusedAdam):
-        variables = [keras.Variable(i) for i in init]
-        opt = cls(2e-4, beta_1=0.5, beta_2=0.999, epsilon=1e-8)
-        step = tf.function(lambda g: opt.apply_gradients(zip(g, variables)))
-        for g in grads:
-            step([tf.constant(x) for x in g])
-        states.append([v.numpy() for v in [*variables, *opt._momentums, *opt._velocities]])
-    for keras_state, fused_state in zip(*states):
-        np.testing.assert_allclose(fused_state, keras_state, rtol=1e-5, atol=1e-8)
-    assert np.abs(states[1][0] - init[0]).max() > 5e-4  # the weights did move (5 steps of about lr)
-
-
 def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_gan):
     # A batch of known size (instance norm image by image), one image, and the general graph of
     # any batch size (the export's) give the same pixels; sizes of image do not retrace.
