@@ -61,7 +61,7 @@ def add_device_flags(parser, training):
     """--jit_compile, --cpu_kernels and, for training, --mixed_precision."""
     g = parser.add_argument_group("devices")
     g.add_argument("--jit_compile", action="store_true",
-                   help="compile the training step and translations with XLA (once per image size)")
+                   help="compile with XLA: the training step (train.py) and translations (once per image size)")
     if training:
         g.add_argument("--mixed_precision", action="store_true",
                        help="compute in float16 with loss scaling on a GPU, bfloat16 on a CPU; weights, generator "
