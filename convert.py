@@ -193,8 +193,7 @@ def check_args(args):
         raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
     if args.export_dir and os.path.exists(args.export_dir) and not args.overwrite:
         raise utils.UserError(f"{args.export_dir}: exists; choose another --export_dir or add --overwrite")
-    if args.export_dir and (os.path.isfile(os.path.join(args.model_filepath, "saved_model.pb"))
-                            or os.path.splitext(args.model_filepath)[1].lower() in (".tflite", ".onnx")):
+    if args.export_dir and export.is_export(args.model_filepath):
         raise utils.UserError(f"{args.model_filepath}: is already an export; export from the run folder")
     if args.quantize != "none" and args.export_format != "tflite":
         raise utils.UserError(f"--quantize {args.quantize}: only for --export_format tflite")

@@ -179,6 +179,11 @@ def load_translators(model_filepath, directions, jit_compile=False):
     return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
 
 
+def is_export(path):
+    """Whether path is something write() made: a SavedModel folder, or a .tflite or .onnx file."""
+    return os.path.splitext(path)[1].lower() in (".tflite", ".onnx") or os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
 def exported_translators(path, directions):
     """Translators for `directions` from an export: a SavedModel folder (one per signature), or a
     .tflite or .onnx file (which holds one generator: it serves the one direction asked for).
@@ -197,7 +202,7 @@ def exported_translators(path, directions):
         except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a bad file
             raise utils.UserError(f"{path}: cannot load the {ext[1:]} model ({utils.first_line(e)})") from None
         return {directions[0]: translator}
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if not is_export(path):
         return None
     try:
         loaded = tf.saved_model.load(path)
