@@ -25,7 +25,6 @@ import tensorflow as tf
 import metrics
 import model
 
-CONFIG_FILE = "config.json"
 LOSSES_FILE = "losses.csv"
 
 
@@ -44,7 +43,7 @@ def build_parser():
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
     g = p.add_argument_group("run folder")
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
-    g.add_argument("--model_name", default="cyclegan.ckpt", help="checkpoint file prefix inside --model_dir")
+    g.add_argument("--model_name", default=model.CHECKPOINT_NAME, help="checkpoint file prefix inside --model_dir")
     g.add_argument("--output_dir", help="validation translations go to OUTPUT_DIR/epoch_NNN/{A2B,B2A} (default: MODEL_DIR/validation)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: only at the end of each epoch)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="how many recent checkpoints to keep")
@@ -270,7 +269,7 @@ def setup(args):
     resolve_paths(args)
     check_args(args)
     paths_A, paths_B, val, inception, preview = load_data(args)
-    config_path = os.path.join(args.model_dir, CONFIG_FILE)
+    config_path = os.path.join(args.model_dir, model.CONFIG_FILE)
     check_resumable(args, config_path)
     utils.setup_devices(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
