@@ -33,10 +33,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import utils
+
 MODES = ("auto", "fixed", "direct")
 ENV_VAR = "CYCLEGAN_CPU_KERNELS"
 
-_state = {"mode": None, "scope": None}     # scope: None, "direct" or "portable"
+# scope: None, "direct" or "portable"; told: whether "auto" has said that it is timing shapes
+_state = {"mode": None, "scope": None, "told": False}
 
 
 def default_mode():
@@ -213,7 +216,6 @@ ANY_SIZE_ELEMENTS = 64 * 64 * 256
 TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop early past this time
 
 _tuned = {}             # shape key -> choice, this process
-_said = []              # the one line printed when tuning first happens
 
 
 def cache_path():
@@ -255,15 +257,10 @@ def _write_cache(path, machine, key, entry):
     """Adds one choice to the cache file (re-read first: another process may have added others)."""
     data = _read_cache(path)
     data.setdefault(machine, {})[key] = entry
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError:  # a read-only or full cache folder: tuned again next time, nothing else lost
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        utils.atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+    except OSError:  # a read-only or full cache folder: timed again next time, nothing else lost
+        pass
 
 
 def tuned_choice(k, stride, input_shape, filters, dtype, training):
@@ -278,8 +275,8 @@ def tuned_choice(k, stride, input_shape, filters, dtype, training):
     path, machine = cache_path(), machine_key()
     entry = _read_cache(path).get(machine, {}).get(key)
     if not (isinstance(entry, dict) and entry.get("choice", "") in [o or "direct" for o in options]):
-        if not _said:
-            _said.append(True)
+        if not _state["told"]:
+            _state["told"] = True
             print(f"kernels: timing each new convolution shape on this CPU once (cached in {path}; "
                   f"--cpu_kernels fixed or direct to skip)", file=sys.stderr, flush=True)
         n, h, w, c = input_shape
