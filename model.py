@@ -71,9 +71,10 @@ def add_device_flags(parser, training):
                        help="compute in float16 with loss scaling on a GPU, bfloat16 on a CPU; weights, generator "
                             "outputs, discriminator scores and losses stay float32")
     g.add_argument("--cpu_kernels", choices=kernels.MODES, default=None,
-                   help=f"fixed: the CPU rewrites of kernels.py (Winograd, bands, space-to-depth) where their rules "
-                        f"apply; direct: Keras' own convolution everywhere (to debug or compare). Default: "
-                        f"${kernels.ENV_VAR}, else fixed. GPUs and exports always use direct")
+                   help=f"auto: each convolution shape computed the way measured fastest on this CPU (timed once, "
+                        f"cached in {kernels.cache_path()}); fixed: the CPU rewrites of kernels.py (Winograd, bands, "
+                        f"space-to-depth) by their fixed rules; direct: Keras' own convolution everywhere (to debug or "
+                        f"compare). Default: ${kernels.ENV_VAR}, else auto. GPUs and exports always use direct")
 
 
 def check_model_flags(args):
