@@ -10,6 +10,7 @@ Names follow the paper: G_A2B maps domain A to B, D_B tells real B from fake B.
 """
 import glob
 import itertools
+import math
 import os
 import sys
 
@@ -58,6 +59,15 @@ def add_model_flags(parser):
     g.add_argument("--lambda_cycle", type=float, default=10.0, help="weight of the cycle-consistency loss")
     g.add_argument("--lambda_identity", type=float, default=0.5,
                    help="weight of the identity loss, relative to --lambda_cycle (0: off, and 2 fewer generator passes)")
+    g.add_argument("--gan_mode", choices=GAN_MODES, default="lsgan",
+                   help="the adversarial loss: lsgan (least squares, the paper's), vanilla (cross-entropy on logits, "
+                        "the original GAN's) or wgangp (Wasserstein, with a gradient penalty of weight "
+                        f"{GRADIENT_PENALTY_WEIGHT:g} on the discriminators)")
+    g.add_argument("--lr_policy", choices=LR_POLICIES, default="linear",
+                   help="learning-rate schedule by epoch: linear (constant for --n_epochs, then to 0 over "
+                        "--n_epochs_decay), step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 every 6 epochs, "
+                        "as the official code's plateau rule on its constant metric), cosine (over --n_epochs)")
+    g.add_argument("--lr_decay_iters", type=int, default=50, help="--lr_policy step: epochs between decays")
     add_device_flags(parser, training=True)
 
 
@@ -79,7 +89,7 @@ def add_device_flags(parser, training):
 
 def check_model_flags(args):
     """One-line errors (utils.UserError) for model flags that cannot work."""
-    for name in ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D"):
+    for name in ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters"):
         if getattr(args, name) < 1:
             raise utils.UserError(f"--{name} must be at least 1")
     for name in ("n_blocks", "pool_size"):
@@ -101,8 +111,14 @@ def build(args, **kwargs):
     """A CycleGAN from parsed model flags (add_model_flags); kwargs add or override arguments."""
     settings = dict(architecture(args), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                     lr=args.lr, beta1=args.beta1, batch_size=args.batch_size, jit_compile=args.jit_compile,
+                    gan_mode=args.gan_mode, lr_policy=args.lr_policy, lr_decay_iters=args.lr_decay_iters,
                     mixed_precision=args.mixed_precision)
     return CycleGAN(**{**settings, **kwargs})
+
+
+GAN_MODES = ("lsgan", "vanilla", "wgangp")
+GRADIENT_PENALTY_WEIGHT = 10.0      # the official cal_gradient_penalty's lambda_gp
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
 
 
 def lsgan_loss(scores, target):
@@ -111,18 +127,54 @@ def lsgan_loss(scores, target):
     return tf.reduce_mean(tf.square(scores - target))
 
 
+def gan_loss(mode, scores, real):
+    """The adversarial loss of raw discriminator scores for images taken as real (True) or fake,
+    as the official GANLoss: lsgan mean((D - t)^2) with t = 1 or 0; vanilla the cross-entropy of
+    sigmoid(D) against t; wgangp -mean(D) for real, mean(D) for fake."""
+    scores = tf.cast(scores, tf.float32)
+    if mode == "lsgan":
+        return lsgan_loss(scores, 1.0 if real else 0.0)
+    if mode == "vanilla":
+        labels = tf.ones_like(scores) if real else tf.zeros_like(scores)
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=scores))
+    return -tf.reduce_mean(scores) if real else tf.reduce_mean(scores)
+
+
+def gradient_penalty(D, real, fake, alpha):
+    """WGAN-GP's penalty (Gulrajani et al. 2017), as the official cal_gradient_penalty ('mixed'):
+    GRADIENT_PENALTY_WEIGHT * mean over images of (||grad_x sum D(x)||_2 - 1)^2 at
+    x = alpha * real + (1 - alpha) * fake, alpha (N, 1, 1, 1) uniform in [0, 1)."""
+    x = alpha * tf.cast(real, tf.float32) + (1.0 - alpha) * tf.cast(fake, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        scores = tf.cast(D(x, training=True), tf.float32)
+    grads = tf.reshape(tape.gradient(scores, x), [tf.shape(x)[0], -1])
+    norms = tf.norm(grads + 1e-16, axis=1)
+    return GRADIENT_PENALTY_WEIGHT * tf.reduce_mean(tf.square(norms - 1.0))
+
+
 def l1_loss(x, y):
     """Mean absolute error, the paper's ||x - y||_1 (Eq. 2) averaged over pixels."""
     return tf.reduce_mean(tf.abs(tf.cast(x, tf.float32) - tf.cast(y, tf.float32)))
 
 
-def lr_factor(epoch, n_epochs, n_epochs_decay):
-    """Learning-rate multiplier for 1-based `epoch`.
+def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50):
+    """Learning-rate multiplier for 1-based `epoch` under --lr_policy.
 
-    1 for epochs 1..n_epochs, then falls linearly to exactly 0 at the last epoch:
+    linear: 1 for epochs 1..n_epochs, then falls linearly to exactly 0 at the last epoch:
         factor(e) = 1 - max(0, e - n_epochs) / n_epochs_decay
     so with 100 + 100 epochs: epoch 1 -> 1, 100 -> 1, 101 -> 0.99, 150 -> 0.5, 200 -> 0.
+    The others are the official schedulers' values in epoch e (which have stepped e times by then):
+    step 0.1^floor(e / decay_iters); plateau 0.2^floor((e - 1) / 6) (ReduceLROnPlateau, patience 5,
+    fed the constant metric 0 by the official code, so it decays every 6 epochs); cosine
+    (1 + cos(pi e / n_epochs)) / 2 (CosineAnnealingLR with T_max = n_epochs).
     """
+    if policy == "step":
+        return 0.1 ** (epoch // decay_iters)
+    if policy == "plateau":
+        return 0.2 ** ((epoch - 1) // 6)
+    if policy == "cosine":
+        return (1.0 + math.cos(math.pi * epoch / max(1, n_epochs))) / 2.0
     if n_epochs_decay <= 0 or epoch <= n_epochs:
         return 1.0
     return max(0.0, 1.0 - (epoch - n_epochs) / float(n_epochs_decay))
@@ -184,11 +236,13 @@ class CycleGAN:
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, channels=3, crop_size=256,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
+                 gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
                  mixed_precision=False):
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
         self.lr = float(lr)
+        self.gan_mode, self.lr_policy, self.lr_decay_iters = gan_mode, lr_policy, int(lr_decay_iters)
         # batch_size is per replica; the default strategy is one device.
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
@@ -261,8 +315,9 @@ class CycleGAN:
         return int(self.epoch.numpy()), int(self.epoch_step.numpy()), int(self.step.numpy())
 
     def set_learning_rate(self, epoch, n_epochs, n_epochs_decay):
-        """Sets both optimizers' rate for 1-based `epoch` (see lr_factor); returns it."""
-        lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay)
+        """Sets both optimizers' rate for 1-based `epoch` (see lr_factor, with this model's
+        --lr_policy); returns it."""
+        lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay, self.lr_policy, self.lr_decay_iters)
         self.optimizer_G.learning_rate = lr
         self.optimizer_D.learning_rate = lr
         return lr
@@ -289,8 +344,8 @@ class CycleGAN:
         rec_A = self.G_B2A(fake_B, training=True)
         rec_B = self.G_A2B(fake_A, training=True)
         losses = {
-            "G_A2B": lsgan_loss(self.D_B(fake_B, training=True), 1.0),
-            "G_B2A": lsgan_loss(self.D_A(fake_A, training=True), 1.0),
+            "G_A2B": gan_loss(self.gan_mode, self.D_B(fake_B, training=True), True),
+            "G_B2A": gan_loss(self.gan_mode, self.D_A(fake_A, training=True), True),
             "cycle_A": l1_loss(rec_A, real_A) * self.lambda_cycle,
             "cycle_B": l1_loss(rec_B, real_B) * self.lambda_cycle,
         }
@@ -304,11 +359,16 @@ class CycleGAN:
         return losses, fake_A, fake_B
 
     def discriminator_loss(self, D, real, fake):
-        """0.5 * (mean((D(real) - 1)^2) + mean(D(fake)^2)): the D side of LSGAN, halved
-        as the reference does to slow D relative to G. Real and fake images go through D
-        as one batch (per-image instance norm keeps them independent)."""
+        """0.5 * (loss(D(real), real) + loss(D(fake), fake)): the D side of the GAN loss, halved
+        as the reference does to slow D relative to G (LSGAN: 0.5 * (mean((D(real) - 1)^2) +
+        mean(D(fake)^2))), plus the gradient penalty under wgangp. Real and fake images go
+        through D as one batch (per-image instance norm keeps them independent)."""
         scores_real, scores_fake = tf.split(D(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True), 2)
-        return 0.5 * (lsgan_loss(scores_real, 1.0) + lsgan_loss(scores_fake, 0.0))
+        loss = 0.5 * (gan_loss(self.gan_mode, scores_real, True) + gan_loss(self.gan_mode, scores_fake, False))
+        if self.gan_mode == "wgangp":
+            alpha = self.rng.uniform([tf.shape(real)[0], 1, 1, 1])
+            loss += gradient_penalty(D, real, fake, alpha)
+        return loss
 
     def _train_step(self, real_A, real_B):
         """One training iteration on every replica (see _replica_step); returns the losses,

@@ -99,6 +99,67 @@ def test_learning_rate_set_on_both_optimizers(tiny_gan):
         tiny_gan.set_learning_rate(1, 100, 100)
 
 
+@pytest.mark.parametrize("policy,epoch,factor", [
+    ("step", 49, 1.0), ("step", 50, 0.1), ("step", 100, 0.01),           # StepLR(50, 0.1) after e steps
+    ("plateau", 6, 1.0), ("plateau", 7, 0.2), ("plateau", 13, 0.04),     # ReduceLROnPlateau on a constant
+    ("cosine", 50, 0.5), ("cosine", 100, 0.0), ("cosine", 150, 0.5),     # CosineAnnealingLR(T_max=100)
+])
+def test_other_learning_rate_policies_as_the_official_schedulers(policy, epoch, factor):
+    assert model.lr_factor(epoch, 100, 100, policy, 50) == pytest.approx(factor, abs=1e-12)
+
+
+def test_gan_losses_on_hand_made_tensors():
+    scores = tf.constant([[0.0, 2.0]])
+    assert float(model.gan_loss("lsgan", scores, True)) == pytest.approx(0.5 * (1 + 1))
+    softplus = lambda x: np.log1p(np.exp(x))
+    assert float(model.gan_loss("vanilla", scores, True)) == pytest.approx(np.mean(softplus(-np.array([0.0, 2.0]))))
+    assert float(model.gan_loss("vanilla", scores, False)) == pytest.approx(np.mean(softplus(np.array([0.0, 2.0]))))
+    assert float(model.gan_loss("wgangp", scores, True)) == pytest.approx(-1.0)
+    assert float(model.gan_loss("wgangp", scores, False)) == pytest.approx(1.0)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    # D(x) = w . x at every pixel: the gradient of sum D at each image is w everywhere, its norm
+    # sqrt(H W) |w|, whatever alpha.
+    D = keras.Sequential([keras.Input((4, 5, 3)), keras.layers.Conv2D(1, 1, use_bias=False)])
+    w = np.array([0.1, -0.2, 0.05], np.float32)
+    D.layers[0].set_weights([w.reshape(1, 1, 3, 1)])
+    real, fake = batch(1, n=2)[:, :4, :5], batch(2, n=2)[:, :4, :5]
+    alpha = tf.constant([0.3, 0.9], shape=[2, 1, 1, 1])
+    want = 10.0 * (np.sqrt(20.0) * np.linalg.norm(w) - 1.0) ** 2
+    assert float(model.gradient_penalty(D, real, fake, alpha)) == pytest.approx(want, rel=1e-5)
+
+
+def test_wgangp_trains_with_the_penalty_in_the_discriminators_gradients():
+    gan = model.CycleGAN(ngf=4, ndf=4, n_blocks=1, crop_size=32, pool_size=0, gan_mode="wgangp")
+    A, B = batch(70), batch(71)
+    fake_A = gan.G_B2A(B)
+    with tf.GradientTape(persistent=True) as tape:
+        with_penalty = gan.discriminator_loss(gan.D_A, A, fake_A)
+        scores = tf.split(gan.D_A(tf.concat([A, fake_A], 0), training=True), 2)
+        without = 0.5 * (model.gan_loss("wgangp", scores[0], True) + model.gan_loss("wgangp", scores[1], False))
+    assert float(with_penalty) > float(without)
+    difference = [float(tf.reduce_max(tf.abs(a - b))) for a, b in
+                  zip(tape.gradient(with_penalty, gan.D_vars[:4]), tape.gradient(without, gan.D_vars[:4]))]
+    assert max(difference) > 1e-4
+    # The whole step, second-order gradients through the CPU rewrites included.
+    kernels_D = [v for v in gan.D_vars if "kernel" in v.path]
+    before = [v.numpy() for v in kernels_D]
+    assert np.all(np.isfinite(gan.train_step(A, B).numpy()))
+    assert all(np.any(b != v.numpy()) for b, v in zip(before, kernels_D))
+
+
+def test_flags_reach_the_model():
+    import argparse
+    parser = argparse.ArgumentParser()
+    model.add_model_flags(parser)
+    args = parser.parse_args(["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32",
+                              "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3"])
+    gan = model.build(args)
+    assert (gan.gan_mode, gan.lr_policy, gan.lr_decay_iters) == ("vanilla", "step", 3)
+    assert gan.set_learning_rate(3, 100, 100) == pytest.approx(2e-5)
+
+
 def pool_fn(pool, rng):
     return tf.function(lambda x: pool.query(x, rng))
 
