@@ -24,7 +24,10 @@ import utils
 
 # Architecture settings: they fix every variable's shape, so a checkpoint only
 # restores into a model built with the same values.
-ARCHITECTURE_KEYS = ("ngf", "ndf", "n_blocks", "n_layers_D", "channels", "crop_size", "pool_size")
+ARCHITECTURE_KEYS = ("ngf", "ndf", "n_blocks", "n_layers_D", "netD", "channels", "crop_size", "pool_size")
+# What runs written before a key existed were built with.
+ARCHITECTURE_DEFAULTS = {"netD": "basic"}
+NET_D = ("basic", "n_layers", "pixel")
 
 # Losses reported by train_step, in this order (also the losses CSV's columns).
 LOSS_NAMES = ("G", "G_A2B", "G_B2A", "cycle_A", "cycle_B", "idt_A", "idt_B", "D_A", "D_B")
@@ -48,7 +51,11 @@ def add_model_flags(parser):
     g.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
     g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
     g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
-    g.add_argument("--n_layers_D", type=int, default=3, help="stride-2 layers in the PatchGAN (3: 70x70 patches)")
+    g.add_argument("--netD", choices=NET_D, default="basic",
+                   help="discriminator: basic or n_layers, the PatchGAN with --n_layers_D stride-2 layers (basic is "
+                        "the official name for 3: 70x70 patches); pixel, 1x1 convolutions scoring every pixel alone")
+    g.add_argument("--n_layers_D", type=int, default=3,
+                   help="stride-2 layers in the PatchGAN (3: 70x70 patches); not used by --netD pixel")
     g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
     g.add_argument("--load_size", type=int, default=286, help="training images are resized to this square first")
     g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
@@ -97,7 +104,7 @@ def check_model_flags(args):
             raise utils.UserError(f"--{name} must not be negative")
     if args.crop_size % 4 or args.crop_size < 8:
         raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
-    if module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
+    if args.netD != "pixel" and module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
         raise utils.UserError(f"--crop_size {args.crop_size} is too small for a discriminator "
                               f"with --n_layers_D {args.n_layers_D}")
 
@@ -105,6 +112,19 @@ def check_model_flags(args):
 def architecture(args):
     """The settings of parsed model flags that fix variable shapes (ARCHITECTURE_KEYS); images are RGB."""
     return {k: 3 if k == "channels" else getattr(args, k) for k in ARCHITECTURE_KEYS}
+
+
+def saved_architecture(config):
+    """The architecture recorded in a run's config.json, with ARCHITECTURE_DEFAULTS for the keys
+    that did not exist when the run was written."""
+    return {**ARCHITECTURE_DEFAULTS, **config.get("architecture", {})}
+
+
+def discriminator(netD, ndf, n_layers_D, channels, name, dtype=None):
+    """The discriminator --netD names (see module.patch_discriminator, module.pixel_discriminator)."""
+    if netD == "pixel":
+        return module.pixel_discriminator(ndf, channels, name=name, dtype=dtype)
+    return module.patch_discriminator(ndf, n_layers_D, channels, name=name, dtype=dtype)
 
 
 def build(args, **kwargs):
@@ -230,11 +250,11 @@ class ImagePool:
 class CycleGAN:
     """The CycleGAN model: networks, optimizers, pools, counters and the training step.
 
-    Architecture (ngf, ndf, n_blocks, n_layers_D, channels) and the training crop size
+    Architecture (ngf, ndf, n_blocks, n_layers_D, netD, channels) and the training crop size
     are fixed at construction; the loss weights and Adam settings default to the paper's.
     """
 
-    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, channels=3, crop_size=256,
+    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", channels=3, crop_size=256,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
                  gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
@@ -242,6 +262,7 @@ class CycleGAN:
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
         self.lr = float(lr)
+        self.netD = netD
         self.gan_mode, self.lr_policy, self.lr_decay_iters = gan_mode, lr_policy, int(lr_decay_iters)
         # batch_size is per replica; the default strategy is one device.
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -261,8 +282,8 @@ class CycleGAN:
         p = self.policy
         self.G_A2B = module.resnet_generator(ngf, n_blocks, channels, name="G_A2B", dtype=p)
         self.G_B2A = module.resnet_generator(ngf, n_blocks, channels, name="G_B2A", dtype=p)
-        self.D_A = module.patch_discriminator(ndf, n_layers_D, channels, name="D_A", dtype=p)
-        self.D_B = module.patch_discriminator(ndf, n_layers_D, channels, name="D_B", dtype=p)
+        self.D_A = discriminator(self.netD, ndf, n_layers_D, channels, name="D_A", dtype=p)
+        self.D_B = discriminator(self.netD, ndf, n_layers_D, channels, name="D_B", dtype=p)
         # PyTorch's Adam has eps 1e-8; Keras defaults to 1e-7.
         adam = lambda: keras.optimizers.Adam(self.lr, beta_1=beta1, beta_2=beta2, epsilon=1e-8)
         if p == "mixed_float16":  # float16 gradients underflow without loss scaling

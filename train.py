@@ -121,7 +121,7 @@ def check_resumable(args, config_path):
     """Refuses a run folder whose checkpoints were made for another architecture."""
     if not os.path.exists(config_path):
         return
-    saved = utils.load_json(config_path).get("architecture", {})
+    saved = model.saved_architecture(utils.load_json(config_path))
     wanted = model.architecture(args)
     diff = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in wanted if saved.get(k) != wanted[k]]
     if diff:

@@ -9,8 +9,11 @@ import shutil
 
 import numpy as np
 
+import pytest
+
 import convert
 import model
+import train
 import utils
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run_a148b46")
@@ -36,3 +39,15 @@ def test_old_run_folder_translates_identically(tmp_path):
                              "--conversion_direction", direction]) == 0
         want = utils.read_image(os.path.join(FIXTURE, f"{direction}.png"))
         np.testing.assert_array_equal(utils.read_image(str(out / "input.png")), want)
+
+
+def test_old_run_folder_resumes_though_the_architecture_gained_keys(tmp_path):
+    # Written before --netD existed: its architecture has no "netD", which means the PatchGAN.
+    config = utils.load_json(os.path.join(FIXTURE, "config.json"))
+    assert "netD" not in config["architecture"]
+    flags = ["--img_A_dir", str(tmp_path), "--img_B_dir", str(tmp_path), "--model_dir", FIXTURE, "--ngf", "4",
+             "--ndf", "4", "--n_blocks", "1", "--crop_size", "32", "--pool_size", "2"]
+    train.check_resumable(train.build_parser().parse_args(flags), os.path.join(FIXTURE, "config.json"))
+    with pytest.raises(utils.UserError, match="netD basic -> pixel"):
+        train.check_resumable(train.build_parser().parse_args(flags + ["--netD", "pixel"]),
+                              os.path.join(FIXTURE, "config.json"))

@@ -154,9 +154,11 @@ def test_flags_reach_the_model():
     parser = argparse.ArgumentParser()
     model.add_model_flags(parser)
     args = parser.parse_args(["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32",
-                              "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3"])
+                              "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3", "--netD", "pixel"])
     gan = model.build(args)
     assert (gan.gan_mode, gan.lr_policy, gan.lr_decay_iters) == ("vanilla", "step", 3)
+    assert gan.D_A.count_params() == 3 * 4 + 4 + 4 * 8 + 8 + 8 + 1         # the 1x1 pixel discriminator
+    assert model.architecture(args)["netD"] == "pixel"
     assert gan.set_learning_rate(3, 100, 100) == pytest.approx(2e-5)
 
 

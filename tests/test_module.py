@@ -24,6 +24,13 @@ def test_discriminator_parameter_count_and_patch_map():
     assert module.patch_map_size(256) == 30
 
 
+def test_pixel_discriminator_parameter_count_and_map():
+    # The official PixelDiscriminator with ndf 64 and instance norm (biases on): 256 + 8320 + 129.
+    D = module.pixel_discriminator()
+    assert D.count_params() == 8_705
+    assert tuple(D(np.zeros((2, 37, 21, 3), np.float32)).shape) == (2, 37, 21, 1)
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (256, 256), (100, 60)])
 def test_generator_keeps_height_and_width(default_G, shape):
     out = np.asarray(default_G(np.zeros((1, *shape, 3), np.float32)))
