@@ -56,6 +56,10 @@ def add_model_flags(parser):
                         "the official name for 3: 70x70 patches); pixel, 1x1 convolutions scoring every pixel alone")
     g.add_argument("--n_layers_D", type=int, default=3,
                    help="stride-2 layers in the PatchGAN (3: 70x70 patches); not used by --netD pixel")
+    g.add_argument("--init_type", choices=module.INIT_TYPES, default="normal",
+                   help="how convolution weights are first drawn, as the official init_weights: normal N(0, gain), "
+                        "xavier, kaiming (fan in), orthogonal; biases 0")
+    g.add_argument("--init_gain", type=float, default=0.02, help="scale of --init_type normal, xavier and orthogonal")
     g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
     g.add_argument("--load_size", type=int, default=286, help="training images are resized to this square first")
     g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
@@ -132,6 +136,7 @@ def build(args, **kwargs):
     settings = dict(architecture(args), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                     lr=args.lr, beta1=args.beta1, batch_size=args.batch_size, jit_compile=args.jit_compile,
                     gan_mode=args.gan_mode, lr_policy=args.lr_policy, lr_decay_iters=args.lr_decay_iters,
+                    init_type=args.init_type, init_gain=args.init_gain,
                     mixed_precision=args.mixed_precision)
     return CycleGAN(**{**settings, **kwargs})
 
@@ -256,13 +261,14 @@ class CycleGAN:
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", channels=3, crop_size=256,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
-                 gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50,
+                 gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="normal", init_gain=0.02,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
                  mixed_precision=False):
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
         self.lr = float(lr)
         self.netD = netD
+        self.init = (init_type, float(init_gain))
         self.gan_mode, self.lr_policy, self.lr_decay_iters = gan_mode, lr_policy, int(lr_decay_iters)
         # batch_size is per replica; the default strategy is one device.
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -284,6 +290,9 @@ class CycleGAN:
         self.G_B2A = module.resnet_generator(ngf, n_blocks, channels, name="G_B2A", dtype=p)
         self.D_A = discriminator(self.netD, ndf, n_layers_D, channels, name="D_A", dtype=p)
         self.D_B = discriminator(self.netD, ndf, n_layers_D, channels, name="D_B", dtype=p)
+        if self.init != ("normal", 0.02):  # the layers' own draw is the default's
+            for net in (self.G_A2B, self.G_B2A, self.D_A, self.D_B):
+                module.initialize(net, *self.init)
         # PyTorch's Adam has eps 1e-8; Keras defaults to 1e-7.
         adam = lambda: keras.optimizers.Adam(self.lr, beta_1=beta1, beta_2=beta2, epsilon=1e-8)
         if p == "mixed_float16":  # float16 gradients underflow without loss scaling

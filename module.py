@@ -20,6 +20,33 @@ def conv_init():
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+
+def initializer(init_type, gain):
+    """The official init_weights' draw for convolution kernels: normal N(0, gain); xavier
+    N(0, gain^2 2 / (fan_in + fan_out)); kaiming N(0, 2 / fan_in) (no gain, as there); orthogonal
+    with gain. Fans as PyTorch counts them (kernel taps x channels), also for transposed kernels."""
+    if init_type == "normal":
+        return keras.initializers.RandomNormal(mean=0.0, stddev=gain)
+    if init_type == "xavier":
+        return keras.initializers.VarianceScaling(gain ** 2, "fan_avg", "untruncated_normal")
+    if init_type == "kaiming":
+        return keras.initializers.VarianceScaling(2.0, "fan_in", "untruncated_normal")
+    return keras.initializers.Orthogonal(gain)
+
+
+def initialize(model, init_type, gain):
+    """Draws every convolution kernel of model again by initializer(init_type, gain) and zeroes
+    the biases (the official init_weights, applied after the network is built, as there)."""
+    draw = initializer(init_type, gain)
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            layer.kernel.assign(draw(layer.kernel.shape, layer.kernel.dtype))
+            if layer.use_bias:
+                layer.bias.assign(keras.ops.zeros_like(layer.bias))
+
+
 class ReflectionPad2D(keras.layers.Layer):
     """Reflect-pads height and width by `pad` pixels (PyTorch's nn.ReflectionPad2d)."""
 

@@ -44,7 +44,7 @@ class Const:
 
 def test_generator_and_discriminator_losses_by_hand():
     gan = model.CycleGAN.__new__(model.CycleGAN)
-    gan.lambda_cycle, gan.lambda_identity = 10.0, 0.5
+    gan.lambda_cycle, gan.lambda_identity, gan.gan_mode = 10.0, 0.5, "lsgan"
     gan.G_A2B = Const(lambda x: x * 0.5)          # fake_B = A/2, rec_B = fake_A/2
     gan.G_B2A = Const(lambda x: x + 1.0)          # fake_A = B+1, rec_A = A/2+1
     gan.D_A = Const(lambda x: tf.fill([tf.shape(x)[0], 2, 2, 1], 3.0))
@@ -154,11 +154,14 @@ def test_flags_reach_the_model():
     parser = argparse.ArgumentParser()
     model.add_model_flags(parser)
     args = parser.parse_args(["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32",
-                              "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3", "--netD", "pixel"])
+                              "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3", "--netD", "pixel",
+                              "--init_type", "kaiming"])
     gan = model.build(args)
     assert (gan.gan_mode, gan.lr_policy, gan.lr_decay_iters) == ("vanilla", "step", 3)
     assert gan.D_A.count_params() == 3 * 4 + 4 + 4 * 8 + 8 + 8 + 1         # the 1x1 pixel discriminator
     assert model.architecture(args)["netD"] == "pixel"
+    first = gan.G_A2B.get_layer("c7s1-4_conv").kernel.numpy()          # 7x7x3 fan in: std sqrt(2 / 147)
+    assert first.std() == pytest.approx((2 / 147) ** 0.5, rel=0.15)
     assert gan.set_learning_rate(3, 100, 100) == pytest.approx(2e-5)
 
 

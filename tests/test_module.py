@@ -31,6 +31,29 @@ def test_pixel_discriminator_parameter_count_and_map():
     assert tuple(D(np.zeros((2, 37, 21, 3), np.float32)).shape) == (2, 37, 21, 1)
 
 
+@pytest.mark.parametrize("init_type,gain", [("normal", 0.05), ("xavier", 0.5), ("kaiming", 0.5)])
+def test_initialization_as_the_official_init_weights(init_type, gain):
+    x = keras.Input((None, None, 64))
+    net = keras.Model(x, [keras.layers.Conv2D(32, 3, bias_initializer="ones")(x),
+                          keras.layers.Conv2DTranspose(32, 3, bias_initializer="ones")(x)])
+    module.initialize(net, init_type, gain)
+    # PyTorch's fans: a Conv2d(64, 32, 3) has fan in 9 x 64; a ConvTranspose2d(64, 32, 3), whose
+    # weight is (64, 32, 3, 3), counts 9 x 32 as its fan in.
+    for layer, fan_in in zip(net.layers[1:], (9 * 64, 9 * 32)):
+        std = {"normal": gain, "xavier": gain * (2 / (9 * 64 + 9 * 32)) ** 0.5, "kaiming": (2 / fan_in) ** 0.5}[init_type]
+        kernel = layer.kernel.numpy()
+        assert kernel.std() == pytest.approx(std, rel=0.05) and abs(kernel.mean()) < std / 10
+        assert not layer.bias.numpy().any()
+
+
+def test_orthogonal_initialization_with_gain():
+    x = keras.Input((None, None, 16))
+    net = keras.Model(x, keras.layers.Conv2D(32, 3)(x))
+    module.initialize(net, "orthogonal", 0.5)
+    m = net.layers[1].kernel.numpy().reshape(9 * 16, 32)            # fan in x filters
+    np.testing.assert_allclose(m.T @ m, 0.25 * np.eye(32), atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (256, 256), (100, 60)])
 def test_generator_keeps_height_and_width(default_G, shape):
     out = np.asarray(default_G(np.zeros((1, *shape, 3), np.float32)))
