@@ -24,9 +24,11 @@ import utils
 
 # Architecture settings: they fix every variable's shape, so a checkpoint only
 # restores into a model built with the same values.
-ARCHITECTURE_KEYS = ("ngf", "ndf", "n_blocks", "n_layers_D", "netD", "channels", "crop_size", "pool_size")
+ARCHITECTURE_KEYS = ("netG", "ngf", "ndf", "n_blocks", "n_layers_D", "netD", "channels", "crop_size", "pool_size")
 # What runs written before a key existed were built with.
-ARCHITECTURE_DEFAULTS = {"netD": "basic"}
+ARCHITECTURE_DEFAULTS = {"netG": "resnet", "netD": "basic"}
+NET_G = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+UNET_DOWNS = {"unet_128": 7, "unet_256": 8}
 NET_D = ("basic", "n_layers", "pixel")
 
 # Losses reported by train_step, in this order (also the losses CSV's columns).
@@ -48,6 +50,10 @@ def add_model_flags(parser):
     benchmark.py): architecture, training crop, objective and optimiser, devices. check_model_flags
     validates them."""
     g = parser.add_argument_group("architecture (saved in config.json; a resumed run must match)")
+    g.add_argument("--netG", choices=NET_G,
+                   help="generator, as the official --netG: resnet_9blocks or resnet_6blocks (the same as --n_blocks "
+                        "9 or 6), unet_256 or unet_128 (the U-Net with skip connections; image sides multiples of "
+                        "256 or 128 in training). Default: the ResNet with --n_blocks blocks")
     g.add_argument("--ngf", type=int, default=64, help="generator filters in the first layer")
     g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first layer")
     g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
@@ -106,6 +112,10 @@ def check_model_flags(args):
     for name in ("n_blocks", "pool_size"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
+    multiple = 2 ** UNET_DOWNS.get(args.netG, 2)
+    if args.netG in UNET_DOWNS and args.crop_size % multiple:
+        raise utils.UserError(f"--netG {args.netG} needs --crop_size a multiple of {multiple} (its "
+                              f"{UNET_DOWNS[args.netG]} stride-2 levels), not {args.crop_size}")
     if args.crop_size % 4 or args.crop_size < 8:
         raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
     if args.netD != "pixel" and module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
@@ -114,8 +124,23 @@ def check_model_flags(args):
 
 
 def architecture(args):
-    """The settings of parsed model flags that fix variable shapes (ARCHITECTURE_KEYS); images are RGB."""
-    return {k: 3 if k == "channels" else getattr(args, k) for k in ARCHITECTURE_KEYS}
+    """The settings of parsed model flags that fix variable shapes (ARCHITECTURE_KEYS); images are RGB.
+    netG is "resnet" (with n_blocks; --netG resnet_6blocks means n_blocks 6), "unet_128" or "unet_256"."""
+    settings = {k: 3 if k == "channels" else getattr(args, k) for k in ARCHITECTURE_KEYS if k != "netG"}
+    netG = args.netG or "resnet"
+    if netG.startswith("resnet_"):
+        netG, settings["n_blocks"] = "resnet", int(netG[len("resnet_"):-len("blocks")])
+    return {"netG": netG, **settings}
+
+
+def generator(architecture, name, dtype=None):
+    """The generator an architecture (see architecture()) names: the ResNet or a U-Net."""
+    netG = architecture.get("netG", "resnet")
+    if netG in UNET_DOWNS:
+        return module.unet_generator(architecture["ngf"], UNET_DOWNS[netG], architecture.get("channels", 3),
+                                     name=name, dtype=dtype)
+    return module.resnet_generator(architecture["ngf"], architecture["n_blocks"], architecture.get("channels", 3),
+                                   name=name, dtype=dtype)
 
 
 def saved_architecture(config):
@@ -255,11 +280,12 @@ class ImagePool:
 class CycleGAN:
     """The CycleGAN model: networks, optimizers, pools, counters and the training step.
 
-    Architecture (ngf, ndf, n_blocks, n_layers_D, netD, channels) and the training crop size
+    Architecture (netG, ngf, ndf, n_blocks, n_layers_D, netD, channels) and the training crop size
     are fixed at construction; the loss weights and Adam settings default to the paper's.
     """
 
-    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", channels=3, crop_size=256,
+    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", channels=3,
+                 crop_size=256,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
                  gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="normal", init_gain=0.02,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
@@ -267,7 +293,7 @@ class CycleGAN:
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
         self.lr = float(lr)
-        self.netD = netD
+        self.netD, self.netG = netD, netG
         self.init = (init_type, float(init_gain))
         self.gan_mode, self.lr_policy, self.lr_decay_iters = gan_mode, lr_policy, int(lr_decay_iters)
         # batch_size is per replica; the default strategy is one device.
@@ -286,8 +312,9 @@ class CycleGAN:
 
     def _build(self, ngf, ndf, n_blocks, n_layers_D, channels, crop_size, pool_size, beta1, beta2, random_seed):
         p = self.policy
-        self.G_A2B = module.resnet_generator(ngf, n_blocks, channels, name="G_A2B", dtype=p)
-        self.G_B2A = module.resnet_generator(ngf, n_blocks, channels, name="G_B2A", dtype=p)
+        architecture = dict(netG=self.netG, ngf=ngf, n_blocks=n_blocks, channels=channels)
+        self.G_A2B = generator(architecture, "G_A2B", p)
+        self.G_B2A = generator(architecture, "G_B2A", p)
         self.D_A = discriminator(self.netD, ndf, n_layers_D, channels, name="D_A", dtype=p)
         self.D_B = discriminator(self.netD, ndf, n_layers_D, channels, name="D_B", dtype=p)
         if self.init != ("normal", 0.02):  # the layers' own draw is the default's
@@ -469,7 +496,8 @@ class Translator:
         fakes = t.translate(batch)            # uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)
         fake = t.translate_image(rgb, 1024)   # one image, tiled if larger than 1024 x 1024
 
-    `translate` is one graph: reflect-pad to multiples of 4 (at least 8), G, crop, round.
+    `translate` is one graph: reflect-pad to multiples of 4 (at least 8; 2^num_downs for a U-Net), G,
+    crop, round.
     The exports hold that same graph, traced without the CPU rewrites (export.py). The graph
     is traced once per batch size (any height and width): with the batch size known, instance
     norm runs image by image, its fastest layout, and on the CPU the two halves of a batch run
@@ -479,6 +507,7 @@ class Translator:
     def __init__(self, G, jit_compile=False):
         self.G = G
         self.jit_compile = jit_compile
+        self.multiple = module.size_multiple(G)  # 4 for the ResNet, 2^num_downs for a U-Net
         self._graphs = {}  # batch size (None: any) -> tf.function of _translate
         self._runs = {}  # tf.functions of the layer runs, for tiled translation
 
@@ -502,7 +531,7 @@ class Translator:
 
     def _translate_all(self, images):
         h, w = tf.shape(images)[1], tf.shape(images)[2]
-        x = utils.pad_to_multiple(utils.to_float(images))
+        x = utils.pad_to_multiple(utils.to_float(images), self.multiple)
         return utils.to_uint8(self.G(x, training=False)[:, :h, :w])
 
     def translate_image(self, rgb, tile_size=2048, window=WINDOW):
@@ -517,7 +546,9 @@ class Translator:
         convolutions' scratch buffers stay the size of a window.
         """
         h, w = rgb.shape[:2]
-        if h * w <= tile_size * tile_size:
+        # The windows' grid is aligned for the ResNet's two stride-2 layers; a U-Net's innermost
+        # layers see the whole image, so it is always translated whole.
+        if h * w <= tile_size * tile_size or self.multiple != 4:
             return self.translate(rgb[None]).numpy()[0]
         x = utils.pad_to_multiple(utils.to_float(rgb[None])).numpy()
 
@@ -654,9 +685,7 @@ def load_run_generators(model_filepath, directions):
 def load_generators(checkpoint_path, architecture, directions):
     """Builds only the generators asked for and restores them from a training checkpoint.
     Raises utils.UserError if the checkpoint does not hold them with this architecture."""
-    generators = {d: module.resnet_generator(architecture["ngf"], architecture["n_blocks"],
-                                             architecture.get("channels", 3), name=f"G_{d}")
-                  for d in directions}
+    generators = {d: generator(architecture, GENERATOR_KEYS[d]) for d in directions}
     ckpt = tf.train.Checkpoint(**{GENERATOR_KEYS[d]: G for d, G in generators.items()})
     try:
         ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()

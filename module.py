@@ -198,6 +198,46 @@ def resnet_generator(ngf=64, n_blocks=9, channels=3, name="generator", dtype=Non
     return keras.Model(inputs, outputs, name=name)
 
 
+def unet_generator(ngf=64, num_downs=8, channels=3, name="generator", dtype=None):
+    """The official UnetGenerator (--netG unet_256: num_downs 8, unet_128: 7) with instance norm and
+    no dropout: num_downs levels, each halving the image with a 4x4 stride-2 convolution (zero pad
+    1; LeakyReLU(0.2) before, IN after, but not at the outermost level and not after the innermost
+    convolution), widths ngf, 2 ngf, 4 ngf, then 8 ngf; back up, each level a ReLU, a 4x4 stride-2
+    transposed convolution (PyTorch's padding 1) and IN, and its input concatenated before its
+    output (skip connections); the outermost ends in tanh. Sides must be multiples of 2^num_downs.
+    Layers are named down{i}/up{i}, i = 0 the outermost level."""
+    widths = [min(ngf * 2 ** i, 8 * ngf) for i in range(num_downs)]
+    x = inputs = keras.Input((None, None, channels), name="image")
+    skips = []
+    for i, width in enumerate(widths):
+        skips.append(x)
+        if i > 0:
+            x = keras.layers.LeakyReLU(0.2, name=f"down{i}_lrelu", dtype=dtype)(x)
+        x = keras.layers.ZeroPadding2D(1, name=f"down{i}_pad", dtype=dtype)(x)
+        x = conv(width, 4, stride=2, name=f"down{i}_conv", dtype=dtype)(x)
+        if 0 < i < num_downs - 1:
+            x = InstanceNorm(name=f"down{i}_norm", dtype=dtype)(x)
+    for i in reversed(range(num_downs)):
+        x = keras.layers.ReLU(name=f"up{i}_relu", dtype=dtype)(x)
+        # 'valid' gives 2H + 2 rows; PyTorch's padding 1 drops one on each side.
+        x = keras.layers.Conv2DTranspose(widths[i - 1] if i else channels, 4, strides=2, padding="valid",
+                                         kernel_initializer=conv_init(), bias_initializer="zeros",
+                                         name=f"up{i}_convT", dtype=dtype)(x)
+        x = Crop2D(((1, 1), (1, 1)), name=f"up{i}_crop", dtype=dtype)(x)
+        if i == 0:
+            x = keras.layers.Activation("tanh", dtype="float32", name="up0_tanh")(x)
+        else:
+            x = InstanceNorm(name=f"up{i}_norm", dtype=dtype)(x)
+            x = keras.layers.Concatenate(name=f"up{i}_skip", dtype=dtype)([skips[i], x])
+    return keras.Model(inputs, x, name=name)
+
+
+def size_multiple(G):
+    """What a generator's input sides must be multiples of: 2 to the number of its stride-2 convolutions."""
+    return 2 ** sum(1 for layer in G.layers if isinstance(layer, keras.layers.Conv2D)
+                    and not isinstance(layer, keras.layers.Conv2DTranspose) and layer.strides[0] == 2)
+
+
 def residual_conv(G, block=1, which=1):
     """The first (which=1) or second 3x3 convolution of residual block `block` (1-based) of G."""
     return next(layer for layer in G.layers if layer.name.startswith("R") and layer.name.endswith(f"-{block}_conv{which}"))

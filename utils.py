@@ -9,6 +9,7 @@ The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that 
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -296,8 +297,9 @@ def padded_size(n, multiple=4, min_size=8):
 
 def pad_to_multiple(images, multiple=4, min_size=8):
     """Reflect-pads a batch (N, H, W, C) at the bottom and right to sides that are multiples of
-    `multiple` and at least `min_size`, as the generator needs; works inside a graph. Sides too
-    short to reflect that far are reflected repeatedly (a 1-pixel side is repeated)."""
+    `multiple` and at least `min_size`, as the generator needs (4 for the ResNet, 256 for
+    unet_256); works inside a graph. Sides too short to reflect that far are reflected repeatedly
+    (a 1-pixel side is repeated)."""
     import tensorflow as tf
     images = tf.convert_to_tensor(images)
     shape = tf.shape(images)
@@ -306,7 +308,8 @@ def pad_to_multiple(images, multiple=4, min_size=8):
     one = [tf.minimum(target[i] - shape[i + 1], tf.cast(shape[i + 1] == 1, tf.int32)) for i in (0, 1)]
     images = tf.pad(images, [[0, 0], [0, one[0]], [0, one[1]], [0, 0]], mode="SYMMETRIC")
     static = images.shape
-    for _ in range(3):
+    # From 2 pixels, k reflections reach 2^k + 1: enough for the largest target a small side has.
+    for _ in range(max(1, math.ceil(math.log2(max(multiple, min_size) - 1)))):
         shape = tf.shape(images)
         grow = [tf.minimum(target[i] - shape[i + 1], shape[i + 1] - 1) for i in (0, 1)]
         images = tf.pad(images, [[0, 0], [0, grow[0]], [0, grow[1]], [0, 0]], mode="REFLECT")

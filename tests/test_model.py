@@ -149,6 +149,31 @@ def test_wgangp_trains_with_the_penalty_in_the_discriminators_gradients():
     assert all(np.any(b != v.numpy()) for b, v in zip(before, kernels_D))
 
 
+def test_unet_generator_trains_at_its_size_and_converts_any_size(tmp_path):
+    import argparse
+    parser = argparse.ArgumentParser()
+    model.add_model_flags(parser)
+    flags = ["--ngf", "2", "--ndf", "2", "--netG", "unet_128", "--crop_size", "128"]
+    with pytest.raises(utils.UserError, match="--netG unet_128 needs --crop_size a multiple of 128"):
+        model.check_model_flags(parser.parse_args(flags[:-1] + ["96"]))
+    args = parser.parse_args(flags)
+    model.check_model_flags(args)
+    assert model.architecture(args)["netG"] == "unet_128"
+    gan = model.build(args)
+    assert any(isinstance(layer, keras.layers.Concatenate) for layer in gan.G_A2B.layers)
+    A = batch(80, size=128)
+    assert np.all(np.isfinite(gan.train_step(A, A).numpy()))
+    # Conversion reflect-pads a 37x29 image to 128x128 and crops back; a checkpoint restores it.
+    rgb = make_image(np.random.default_rng(3), 37, 29)
+    fake = gan.translators["A2B"].translate_image(rgb, tile_size=8)      # never tiled: a U-Net
+    x = utils.pad_to_multiple(utils.to_float(rgb[None]), 128)
+    assert x.shape[1:3] == (128, 128)
+    np.testing.assert_array_equal(fake, utils.to_uint8(gan.G_A2B(x)[0, :37, :29]))
+    path = tf.train.Checkpoint(G_A2B=gan.G_A2B).save(str(tmp_path / "ckpt"))
+    G = model.load_generators(path, model.architecture(args), ["A2B"])["A2B"]
+    np.testing.assert_array_equal(model.Translator(G).translate(rgb[None])[0], fake)
+
+
 def test_flags_reach_the_model():
     import argparse
     parser = argparse.ArgumentParser()

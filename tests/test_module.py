@@ -24,6 +24,14 @@ def test_discriminator_parameter_count_and_patch_map():
     assert module.patch_map_size(256) == 30
 
 
+@pytest.mark.parametrize("num_downs,count", [(7, 41_825_667), (8, 54_409_603)])
+def test_unet_parameter_counts_as_the_official_ones(num_downs, count):
+    # The official UnetGenerator (unet_128, unet_256), ngf 64, instance norm, counted once in PyTorch.
+    G = module.unet_generator(ngf=64, num_downs=num_downs)
+    assert G.count_params() == count
+    assert module.size_multiple(G) == 2 ** num_downs
+
+
 def test_pixel_discriminator_parameter_count_and_map():
     # The official PixelDiscriminator with ndf 64 and instance norm (biases on): 256 + 8320 + 129.
     D = module.pixel_discriminator()
