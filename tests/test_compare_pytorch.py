@@ -1,25 +1,12 @@
 """benchmarks/compare_pytorch.py, the driver that runs benchmark.py and the PyTorch reference
 alternately, run on two small scripts that print JSON as the real ones do (no PyTorch, no
 TensorFlow in the children); and benchmarks/pytorch_reference.py's flags against benchmark.py's."""
-import importlib.util
 import json
-import os
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name):
-    """A module of benchmarks/ (not a package: its files are scripts)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load("compare_pytorch")
+from benchmarks import compare_pytorch as compare, pytorch_reference
 
 # What each fake side reports in its 1st, 2nd, 3rd run: train s/iteration, convert img/s, peak MB.
 FAKE = """import json, os, sys
@@ -90,7 +77,7 @@ def test_malformed_configs_are_refused(spec, capsys):
 
 def test_reference_flags_have_benchmark_names_and_defaults():
     import benchmark
-    reference = load("pytorch_reference").build_parser()
+    reference = pytorch_reference.build_parser()
     ours = {a.dest: a.default for a in benchmark.build_parser()._actions}
     theirs = {a.dest: a.default for a in reference._actions if a.dest not in ("help", "threads", "seed")}
     assert theirs == {k: ours[k] for k in theirs}
