@@ -132,7 +132,9 @@ def main(argv=None):
         parser.error(str(e))
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    report = {"processor": processor(), "cores": len(os.sched_getaffinity(0)), "rounds": args.rounds, "configs": {}}
+    # The load average says how shared the machine was while it ran (other users' processes).
+    report = {"processor": processor(), "cores": len(os.sched_getaffinity(0)), "rounds": args.rounds,
+              "load_average_at_start": os.getloadavg(), "configs": {}}
     for spec, config in configs.items():
         ours_cmd, theirs_cmd = commands(args, config)
         ours, theirs = [], []
@@ -147,10 +149,12 @@ def main(argv=None):
         report["configs"][spec] = {"config": config, "commands": [shlex.join(ours_cmd), shlex.join(theirs_cmd)],
                                    **summarize([figures(r) for r in ours], [figures(r) for r in theirs]),
                                    "runs": {"ours": ours, "pytorch": theirs}}
-    print(json.dumps(report, indent=2, sort_keys=True))
-    print(f"\n{report['processor']}, {report['cores']} cores; TensorFlow {report['tensorflow']}, "
-          f"PyTorch {report['torch']}; medians of {args.rounds} alternating rounds; ratio = PyTorch / ours",
-          file=sys.stderr)
+    report["load_average_at_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+    load = f"{report['load_average_at_start'][0]:.1f} -> {report['load_average_at_end'][0]:.1f}"
+    print(f"\n{report['processor']}, {report['cores']} cores (load average {load}); TensorFlow "
+          f"{report['tensorflow']}, PyTorch {report['torch']}; medians of {args.rounds} alternating rounds; "
+          f"ratio = PyTorch / ours", file=sys.stderr)
     print("| config | train s/iteration: ours / PyTorch | ratio | convert s/image: ours / PyTorch | ratio "
           "| peak MB: ours / PyTorch |\n|---|---|---|---|---|---|", file=sys.stderr)
     for spec, r in report["configs"].items():

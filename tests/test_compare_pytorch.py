@@ -51,6 +51,8 @@ def test_runs_alternate_with_the_same_settings_and_ratios_are_pytorch_over_ours(
     assert calls[1][1] == shared + ["--threads", "1"]
     assert calls[6][1][:8] == ["--crop_size", "128", "--n_blocks", "9", "--ngf", "64", "--ndf", "64"]
 
+    assert list(report["configs"]) == ["64/6/32", "128/9/64"]  # in the order run
+    assert len(report["load_average_at_start"]) == len(report["load_average_at_end"]) == 3
     first = report["configs"]["64/6/32"]
     # Medians over the rounds: ours 2 s and 1/4 s, PyTorch 3 s and 1/2 s; the largest peak memory.
     assert first["ours"] == {"train_s_per_iteration": 2.0, "convert_s_per_image": 0.25, "peak_rss_mb": 300}
