@@ -72,22 +72,31 @@ def commands(args, config):
     return ours, theirs
 
 
+def json_object(text):
+    """The first JSON object in text that starts a line (a library may print lines of its own
+    around it), or None."""
+    decoder = json.JSONDecoder()
+    for start in (i for i, c in enumerate(text) if c == "{" and (i == 0 or text[i - 1] == "\n")):
+        try:
+            result = decoder.raw_decode(text, start)[0]
+        except ValueError:
+            continue
+        if isinstance(result, dict):
+            return result
+    return None
+
+
 def run(command):
     """Runs one benchmark; returns (its JSON object, wall seconds). Exits with the end of its
-    stderr if it fails or prints no JSON."""
+    stderr if it fails or prints no JSON object."""
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    start_of_json = done.stdout.find("{")
-    try:
-        if done.returncode:
-            raise ValueError(f"exit status {done.returncode}")
-        result, _ = json.JSONDecoder().raw_decode(done.stdout[start_of_json:]) if start_of_json >= 0 else (None, 0)
-        if not isinstance(result, dict):
-            raise ValueError("no JSON object on stdout")
-    except ValueError as e:
+    result = None if done.returncode else json_object(done.stdout)
+    if result is None:
+        why = f"exit status {done.returncode}" if done.returncode else "no JSON object on stdout"
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        sys.exit(f"{shlex.join(command)}: {e}\n{tail}")
+        sys.exit(f"{shlex.join(command)}: {why}\n{tail}")
     return result, seconds
 
 

@@ -70,6 +70,11 @@ def test_a_failing_side_stops_the_run_with_its_error(tmp_path):
         compare.main(fakes(tmp_path, fail=True) + ["--configs", "32/2/8", "--rounds", "1"])
 
 
+def test_the_json_object_is_found_after_other_output():
+    assert compare.json_object('a {warning}\n{not JSON}\n{"train": {"median": 1}}\nbye') == {"train": {"median": 1}}
+    assert compare.json_object("[1, 2]") is None and compare.json_object("") is None
+
+
 @pytest.mark.parametrize("spec", ["64", "64/6", "66/6/32", "64/x/32", "64/6/0"])
 def test_malformed_configs_are_refused(spec, capsys):
     with pytest.raises(SystemExit) as e:
