@@ -5,6 +5,7 @@ import pytest
 
 import benchmark
 import module
+from benchmarks import compare_pytorch
 
 
 def test_flop_counts_of_the_reference_networks():
@@ -39,6 +40,10 @@ def test_tiny_benchmark_reports_everything(capsys):
                 "train_fraction_of_peak", "convert_fraction_of_peak", "peak_rss_mb", "train_iteration_gflop"):
         assert key in result
     assert result["train_traces"] == 1
+    # What benchmarks/compare_pytorch.py reads from this JSON.
+    assert compare_pytorch.figures(result) == {"train_s_per_iteration": result["train_seconds_per_iteration"]["median"],
+                                               "convert_s_per_image": 1 / result["convert_images_per_s"],
+                                               "peak_rss_mb": result["peak_rss_mb"]}
     # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) appear.
     ops = result["profile_ms_by_op"]
     assert any("Conv2D" in op for op in ops), ops
