@@ -62,7 +62,10 @@ def test_runs_alternate_with_the_same_settings_and_ratios_are_pytorch_over_ours(
     assert first["convert_ratio_per_round"] == pytest.approx([2.0, 1.0, 4.0])
     assert report["configs"]["128/9/64"]["train_ratio"] == pytest.approx(1.5)
     assert report["tensorflow"] == report["torch"] == "9.9" and report["processor"]
-    assert "| 64/6/32 | 2.000 / 3.000 | 1.50 | 0.2500 / 0.5000 | 2.00 | 300 / 60 |" in err
+    assert "| 64/6/32 | 2.000 / 3.000 | 1.50 | 0.2500 / 0.5000 | 2.00 | 300 / 60 | 1.1x met, 1.1x met |" in err
+    # 128 px asks 1.3x for training and 1.5x for conversion: 1.5 meets both here.
+    assert report["configs"]["128/9/64"]["targets"] == {"train": {"ratio": 1.3, "met": True},
+                                                        "convert": {"ratio": 1.5, "met": True}}
 
 
 def test_a_failing_side_stops_the_run_with_its_error(tmp_path):
