@@ -140,3 +140,24 @@ def test_small_images_are_resized_up_to_the_crop(tmp_path):
     ds, _ = utils.make_dataset(paths, paths, 1, 0, load_size=16, crop_size=32, flip=False)
     a, _ = next(iter(ds))
     assert a.shape == (1, 32, 32, 3)
+
+
+def test_requirements_state_a_floor_that_the_installed_packages_meet():
+    import importlib.metadata
+    import re
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    version = lambda text: tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+    floors = {}
+    for line in lines:
+        name, sep, floor = line.partition(">=")
+        assert sep, f"requirements.txt: {line} has no lower bound"
+        floors[name] = floor
+        assert version(importlib.metadata.version(name)) >= version(floor), name
+    assert set(floors) == {"tensorflow", "tensorboard", "numpy", "requests", "opencv-python", "progressbar2",
+                           "tf2onnx", "onnxruntime"}
+    # What the floors stand for: OpenCV's in-memory animation codec (4.12) and progressbar2's Variable (3.45).
+    assert version(floors["opencv-python"]) >= (4, 12)
+    assert all(hasattr(cv2, f) for f in ("Animation", "imdecodeanimation", "imencodeanimation"))
+    import progressbar
+    assert version(floors["progressbar2"]) >= (3, 45) and hasattr(progressbar, "Variable")
