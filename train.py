@@ -313,8 +313,18 @@ def setup(args):
                                  total_epochs=args.n_epochs + args.n_epochs_decay)
 
 
+class Diverged(Exception):
+    """The weights are no longer finite: nothing more may be saved; str() is the one-line reason."""
+
+
 def save(run):
-    """Writes a checkpoint numbered by the global step; returns its path."""
+    """Writes a checkpoint numbered by the global step; returns its path. Raises Diverged, saving
+    nothing, if any weight is not finite: the losses a step reports are those before its update, so
+    only the weights themselves tell that the last update diverged."""
+    if not run.gan.weights_finite():
+        _, epoch_step, step = run.gan.counters()
+        raise Diverged(f"the weights are not finite after step {step} (epoch {run.gan.counters()[0] + 1}, "
+                       f"step {epoch_step}): the last update diverged (a lower --lr may help); nothing saved")
     path = run.manager.save(checkpoint_number=run.gan.counters()[2])
     if not run.chief:
         shutil.rmtree(run.save_dir, ignore_errors=True)
@@ -335,7 +345,8 @@ def epoch_data(run, epoch, done):
 def run_epoch(run, epoch, lr):
     """The steps of one epoch (from where a resumed run stopped), with the progress bar, the
     TensorBoard scalars and the periodic checkpoints. Returns None when the epoch is done, else
-    the exit status: 1 if a loss is not finite (nothing saved), 130 on Ctrl-C (saved first)."""
+    the exit status: 1 if a loss is not finite (nothing saved), 130 on Ctrl-C (saved first).
+    Raises Diverged where a save finds weights that are not finite."""
     gan, args = run.gan, run.args
     done = gan.begin_epoch()
     bar = progress_bar(epoch, run.total_epochs, run.steps)
@@ -359,6 +370,9 @@ def run_epoch(run, epoch, lr):
             bar.update(epoch_step, G=named["G"], D=named["D_A"] + named["D_B"], cyc=named["cycle_A"] + named["cycle_B"])
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save(run)
+    except Diverged:
+        bar.finish(dirty=True)
+        raise
     except KeyboardInterrupt:
         bar.finish(dirty=True)
         path = save(run)
@@ -397,6 +411,17 @@ def end_epoch(run, epoch, lr, seconds):
 def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
     run = setup(args)
+    try:
+        return train_epochs(run)
+    except Diverged as e:
+        print(f"error: {e}. The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
+              file=sys.stderr)
+        return 1
+
+
+def train_epochs(run):
+    """The epochs still to do; returns the exit status."""
+    args = run.args
     for epoch in range(run.gan.counters()[0] + 1, run.total_epochs + 1):
         # the learning rate of this epoch (constant, then linear decay to 0)
         lr = run.gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)

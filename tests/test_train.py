@@ -197,3 +197,16 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     assert "epoch 1/1" in out.stderr
     names = sorted(os.listdir(tmp_path / "run"))
     assert "cyclegan.ckpt-4.index" in names and "cyclegan.ckpt-6.index" in names
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(dataset_dirs, tmp_path, capsys):
+    # With this rate the second update overflows the weights while the losses it reports (computed
+    # before the update) are still finite; a checkpoint is due after every step.
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", "--lr", "1e10",
+                 "--save_every_steps", "1")
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the weights are not finite after step 2" in err and "Traceback" not in err
+    weights = final_weights(tmp_path)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-1")
+    assert all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
