@@ -10,6 +10,7 @@ Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (ch
 """
 import csv
 import io
+import json
 import os
 import shutil
 import sys
@@ -130,6 +131,30 @@ def check_resumable(args, config_path):
                               f"({', '.join(diff)}); use another --model_dir or the saved settings")
 
 
+def record_config(path, config, counters):
+    """config.json keeps the run's first configuration. Each later start that changes anything (a
+    resume with another --lr, --n_epochs, a lambda, a new TensorFlow...) appends one entry to its
+    "history": the epochs and steps done then, and each changed key as [old, new]; one line on stderr
+    says what changed. What cannot change (the architecture) was refused before this."""
+    config = json.loads(json.dumps(config))  # as it reads back: tuples become lists
+    if not os.path.exists(path):
+        utils.save_json(path, dict(config, history=[]))
+        return
+    saved = utils.load_json(path)
+    history = saved.setdefault("history", [])
+    current = {k: v for k, v in saved.items() if k != "history"}
+    for entry in history:
+        current.update({k: new for k, (_, new) in entry["changes"].items()})
+    changes = {k: [current.get(k), v] for k, v in config.items() if current.get(k) != v}
+    if not changes:
+        return
+    epochs, _, step = counters
+    history.append({"epoch": epochs, "step": step, "changes": changes})
+    utils.save_json(path, saved)
+    print(f"resuming with changes (kept in {path}): "
+          + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()), file=sys.stderr)
+
+
 def restore(ckpt, path, model_dir):
     """Restores every variable or fails with one line; never half-loads a checkpoint."""
     try:
@@ -155,16 +180,20 @@ def preview_grid(gan, rgb, direction):
 
 
 class LossLog:
-    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch."""
+    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch; the
+    columns of earlier starts of the run are kept, empty in rows that lack them."""
 
     def __init__(self, path, done_epochs, extra_fields=()):
         self.path = path
-        self.fields = ["epoch", "lr", "seconds", *model.LOSS_NAMES, *extra_fields]
-        rows = []
+        fields, rows = [], []
         if os.path.exists(path):
             with open(path, newline="") as f:
+                reader = csv.DictReader(f)
                 # Rows of epochs after the restored checkpoint are redone by this run.
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done_epochs]
+                rows = [r for r in reader if int(r["epoch"]) <= done_epochs]
+                # Every column ever written stays (e.g. the scores of an earlier --eval_every).
+                fields = list(reader.fieldnames or [])
+        self.fields = list(dict.fromkeys(["epoch", "lr", "seconds", *model.LOSS_NAMES, *fields, *extra_fields]))
         self._write(rows)
 
     def _write(self, rows):
@@ -303,7 +332,7 @@ def setup(args):
         config = dict(vars(args), architecture=model.architecture(args), images_A=len(paths_A),
                       images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
-        utils.save_json(config_path, config)
+        record_config(config_path, config, gan.counters())
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))

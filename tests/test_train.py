@@ -210,3 +210,27 @@ def test_weights_made_non_finite_by_an_update_are_never_saved(dataset_dirs, tmp_
     weights = final_weights(tmp_path)
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-1")
     assert all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
+
+
+def test_resume_keeps_the_first_config_a_history_of_changes_and_every_csv_column(dataset_dirs, tmp_path, capsys):
+    import utils
+    first = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", "--eval_every", "1",
+                  "--validation_A_dir", str(dataset_dirs / "testA"))
+    assert train.main(first) == 0
+    later = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", "--lr", "1e-3")
+    assert train.main(later) == 0
+    notice = [line for line in capsys.readouterr().err.splitlines() if line.startswith("resuming with changes")]
+    assert len(notice) == 1 and "lr 0.0002 -> 0.001" in notice[0] and "n_epochs 1 -> 2" in notice[0]
+    assert train.main(later) == 0  # nothing changed: no new entry
+    config = utils.load_json(str(tmp_path / "config.json"))
+    assert config["lr"] == 2e-4 and config["n_epochs"] == 1 and config["eval_every"] == 1
+    assert len(config["history"]) == 1
+    entry = config["history"][0]
+    assert entry["epoch"] == 1 and entry["step"] == 6
+    assert entry["changes"]["lr"] == [2e-4, 1e-3] and entry["changes"]["eval_every"] == [1, 0]
+    assert "validation_A_dir" in entry["changes"] and "ngf" not in entry["changes"]
+    with open(tmp_path / "losses.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert "A2B_cycle_l1" in reader.fieldnames and [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["A2B_cycle_l1"]) > 0 and rows[1]["A2B_cycle_l1"] == ""
