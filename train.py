@@ -28,6 +28,8 @@ import model
 
 CONFIG_FILE = "config.json"
 LOSSES_FILE = "losses.csv"
+# Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
+CHECK_CACHE_FILE = "image_check.json"
 
 
 def build_parser():
@@ -274,10 +276,16 @@ def progress_bar(epoch, total, steps):
 
 
 def load_data(args):
-    """The training images (each checked once), the validation images, InceptionV3 for FID/KID if
+    """The training images (each checked once, or found unchanged in the run folder's cache), the validation images, InceptionV3 for FID/KID if
     --eval_every can have it, and the two preview images; one-line errors for what cannot work."""
-    paths_A = utils.check_images(utils.list_images(args.img_A_dir))
-    paths_B = utils.check_images(utils.list_images(args.img_B_dir))
+    cache = load_check_cache(args.model_dir)
+    listed = utils.list_images(args.img_A_dir), utils.list_images(args.img_B_dir)
+    (paths_A, cached_A), (paths_B, cached_B) = (utils.check_images(paths, cache) for paths in listed)
+    if cached_A + cached_B:
+        print(f"training images: {cached_A + cached_B} unchanged since the last start, not decoded again "
+              f"({CHECK_CACHE_FILE})", file=sys.stderr)
+    # Files no longer in the folders leave the cache.
+    cache = {k: cache[k] for k in (os.path.abspath(p) for p in listed[0] + listed[1]) if k in cache}
     for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
         if not paths:
             raise utils.UserError(f"{folder}: none of its images could be read")
@@ -289,7 +297,17 @@ def load_data(args):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
     preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
     preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
-    return paths_A, paths_B, val, inception, preview
+    return paths_A, paths_B, val, inception, preview, cache
+
+
+def load_check_cache(model_dir):
+    """What an earlier start found decoding the training images (see utils.check_images); empty
+    for a new run, or if the file is unreadable (then every image is checked again)."""
+    try:
+        cache = utils.load_json(os.path.join(model_dir, CHECK_CACHE_FILE))
+    except utils.UserError:
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def setup(args):
@@ -298,7 +316,7 @@ def setup(args):
     config.json, losses.csv and the TensorBoard writer."""
     resolve_paths(args)
     check_args(args)
-    paths_A, paths_B, val, inception, preview = load_data(args)
+    paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
     config_path = os.path.join(args.model_dir, CONFIG_FILE)
     check_resumable(args, config_path)
     utils.setup_devices(args.cpu_kernels)
@@ -333,6 +351,7 @@ def setup(args):
                       images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
         record_config(config_path, config, gan.counters())
+        utils.save_json(os.path.join(args.model_dir, CHECK_CACHE_FILE), check_cache)
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))

@@ -327,10 +327,9 @@ def setup_devices(cpu_kernels=None):
         raise UserError(str(e)) from None
 
 
-def read_images(paths, keep=True):
-    """Decodes every file once; warns (one line each) about those that fail. Returns the readable
-    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
-    memory). Runs in threads: OpenCV decodes without holding the GIL."""
+def _decode_all(paths, keep):
+    """[(image or True, None) or (None, error)] for each path, decoded in threads (OpenCV decodes
+    without holding the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(path):
@@ -340,20 +339,55 @@ def read_images(paths, keep=True):
         except ImageError as e:
             return None, str(e)
 
-    kept, images = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for path, (image, error) in zip(paths, pool.map(read, paths)):
-            if error is None:
-                kept.append(path)
-                images.append(image)
-            else:
-                warn(f"skipping {error}")
+        return list(pool.map(read, paths))
+
+
+def read_images(paths, keep=True):
+    """Decodes every file once; warns (one line each) about those that fail. Returns the readable
+    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
+    memory)."""
+    kept, images = [], []
+    for path, (image, error) in zip(paths, _decode_all(paths, keep)):
+        if error is None:
+            kept.append(path)
+            images.append(image)
+        else:
+            warn(f"skipping {error}")
     return kept, images if keep else None
 
 
-def check_images(paths):
-    """The readable paths among `paths` (see read_images), without keeping the images."""
-    return read_images(paths, keep=False)[0]
+def file_stamp(path):
+    """[size, modification time in ns] of a file, or None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def check_images(paths, cache=None):
+    """The readable paths among `paths`, decoding each once without keeping the images; warns (one
+    line each) about those that fail. `cache` (a dict, updated in place; kept in the run folder by
+    train.py) maps an absolute path to [size, mtime_ns, error or None]: a file whose size and
+    modification time are unchanged is not decoded again, so a restart over 100k images starts in
+    seconds; a new or changed file is checked. Returns (readable paths, how many came from the cache)."""
+    cache = {} if cache is None else cache
+    stamps = {p: file_stamp(p) for p in paths}
+    todo = [p for p in paths if stamps[p] is None or cache.get(os.path.abspath(p), [None, None])[:2] != stamps[p]]
+    errors = {}
+    for path, (_, error) in zip(todo, _decode_all(todo, keep=False)):
+        errors[path] = error
+        if stamps[path] is not None:
+            cache[os.path.abspath(path)] = [*stamps[path], error]
+    kept = []
+    for path in paths:
+        error = errors[path] if path in errors else cache[os.path.abspath(path)][2]
+        if error is None:
+            kept.append(path)
+        else:
+            warn(f"skipping {error}")
+    return kept, len(paths) - len(todo)
 
 
 def epoch_order(n_A, n_B, epoch, random_seed):

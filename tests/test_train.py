@@ -234,3 +234,6 @@ def test_resume_keeps_the_first_config_a_history_of_changes_and_every_csv_column
         rows = list(reader)
     assert "A2B_cycle_l1" in reader.fieldnames and [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[0]["A2B_cycle_l1"]) > 0 and rows[1]["A2B_cycle_l1"] == ""
+    # The training images were decoded at the first start only; the verdicts are in the run folder.
+    assert "training images: 11 unchanged since the last start" in capsys.readouterr().err
+    assert len(utils.load_json(str(tmp_path / "image_check.json"))) == 11

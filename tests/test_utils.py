@@ -54,11 +54,35 @@ def test_missing_file_and_folders(tmp_path):
         utils.list_images(str(tmp_path))
 
 
+def test_check_images_remembers_each_file_and_checks_changed_and_new_ones(tmp_path, capsys, monkeypatch):
+    paths = write_images(str(tmp_path), 3, seed=1)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    decoded = []
+    real_read = utils.read_image
+    monkeypatch.setattr(utils, "read_image", lambda path: decoded.append(os.path.basename(path)) or real_read(path))
+    cache = {}
+    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 0)
+    assert sorted(decoded) == ["broken.png", "img000.png", "img001.png", "img002.png"]
+    # A restart: nothing decoded, the broken file still named.
+    decoded.clear()
+    capsys.readouterr()
+    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 4) and decoded == []
+    assert "broken.png" in capsys.readouterr().err
+    # A file rewritten (now broken) and a new one are decoded; the others are not.
+    (tmp_path / "img001.png").write_bytes(b"now broken too")
+    write_images(str(tmp_path / "more"), 1, seed=2)
+    os.rename(tmp_path / "more" / "img000.png", tmp_path / "new.png")
+    kept, cached = utils.check_images(utils.list_images(str(tmp_path)), cache)
+    assert sorted(decoded) == ["img001.png", "new.png"] and cached == 3
+    assert kept == [paths[0], paths[2], str(tmp_path / "new.png")]
+    assert "img001.png" in capsys.readouterr().err
+
+
 def test_check_images_skips_broken_files_with_a_warning(tmp_path, capsys):
     good = write_images(str(tmp_path), 2, seed=1)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    kept = utils.check_images(utils.list_images(str(tmp_path)))
-    assert kept == good
+    kept, cached = utils.check_images(utils.list_images(str(tmp_path)))
+    assert kept == good and cached == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png" in err[0] and err[0].startswith("warning:")
     # read_images: the same paths and their pictures, from one decode each.
