@@ -7,7 +7,8 @@
 
 Every file keeps its own size, name and format. The architecture comes from the run's
 config.json; only the generators needed are built. Exit status: 0 every input converted,
-1 nothing could be done (model, flags or folders), 2 some inputs were skipped (each named).
+1 nothing could be done (model, flags or folders) or the disk filled up, 2 some inputs were
+skipped (each named), 130 interrupted.
 """
 import os
 import sys
@@ -27,7 +28,8 @@ CYCLE_DIRS = ("reconstructed", "real_fake_rec")
 def build_parser():
     p = utils.ArgumentParser(
         description="Translate images, animated GIFs and videos with a trained CycleGAN, or export it.",
-        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders), 2 some inputs skipped.")
+        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders) or the disk filled up, "
+               "2 some inputs skipped, 130 interrupted.")
     p.add_argument("--model_filepath", required=True,
                    help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
                         "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, or one "
@@ -119,7 +121,9 @@ class Converter:
                 self.convert_video(path)
         except utils.ImageError as e:
             self.skip(path, str(e))
-        except OSError as e:  # writing failed: disk full, permissions
+        except OSError as e:  # writing failed: permissions (a full disk ends the run: see convert())
+            if utils.disk_full_path(e):
+                raise
             self.skip(path, f"{e.filename or self.out_path(path)}: cannot be written ({e.strerror or e})")
 
     def chunks(self, frames):
@@ -223,6 +227,15 @@ def convert(args):
         bar.finish(dirty=True)
         print(f"interrupted: {len(conv.converted)} converted into {args.output_dir}", file=sys.stderr)
         return 130
+    except OSError as e:
+        where = utils.disk_full_path(e)
+        if where is None:
+            raise
+        # Every output is written to a temporary name and renamed: the one that failed left nothing.
+        bar.finish(dirty=True)
+        print(f"error: disk full: cannot write {where}; stopped. The {len(conv.converted)} outputs written "
+              f"before it are complete, in {args.output_dir}", file=sys.stderr)
+        return 1
     bar.finish()
     print(f"converted {len(conv.converted)} of {len(inputs)} in {time.time() - start:.1f} s, "
           f"skipped {len(conv.skipped)}; outputs in {args.output_dir}", file=sys.stderr)

@@ -9,9 +9,11 @@ Running the same command again resumes from the newest checkpoint.
 Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (checkpoint saved).
 """
 import csv
+import glob
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -418,7 +420,7 @@ def run_epoch(run, epoch, lr):
             bar.update(epoch_step, G=named["G"], D=named["D_A"] + named["D_B"], cyc=named["cycle_A"] + named["cycle_B"])
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save(run)
-    except Diverged:
+    except (Diverged, OSError, tf.errors.OpError):
         bar.finish(dirty=True)
         raise
     except KeyboardInterrupt:
@@ -458,13 +460,33 @@ def end_epoch(run, epoch, lr, seconds):
 
 def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
-    run = setup(args)
     try:
+        run = setup(args)
         return train_epochs(run)
     except Diverged as e:
         print(f"error: {e}. The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
               file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 -- only a full disk is handled; anything else is re-raised
+        where = utils.disk_full_path(e)
+        if where is None:
+            raise
+        remove_unfinished_checkpoints(args)
+        print(f"error: disk full: cannot write {where}; stopped. The last checkpoint is kept: "
+              f"{tf.train.latest_checkpoint(args.model_dir)}; free some space and run the same command to resume",
+              file=sys.stderr)
+        return 1
+
+
+def remove_unfinished_checkpoints(args):
+    """Deletes what a failed save left (its temporary folder, files of a checkpoint the index does not
+    list), so a full disk is not left fuller; the index's checkpoints are untouched."""
+    state = tf.train.get_checkpoint_state(args.model_dir)
+    listed = {os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else [])}
+    for path in glob.glob(glob.escape(os.path.join(args.model_dir, args.model_name)) + "-*"):
+        name = re.sub(r"(_temp|\.index|\.data-.*)$", "", os.path.basename(path))
+        if name not in listed:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
 
 
 def train_epochs(run):

@@ -8,8 +8,10 @@ Every decoded image is 8-bit RGB: grayscale is repeated, alpha dropped, 16-bit s
 The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that mapping lives.
 """
 import argparse
+import errno
 import json
 import os
+import re
 import sys
 import tempfile
 
@@ -252,16 +254,39 @@ def temp_file_beside(path):
 
 
 def atomic_write_bytes(path, data):
-    """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
+    """Writes bytes to a temporary file beside `path`, then renames it over `path`; a failed write
+    leaves nothing behind and raises an OSError naming `path`."""
     fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+# The errors of a full disk (or of a full quota), as the C library and TensorFlow's file writers say them.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full_path(error):
+    """For an error that a write raised because the disk is full (an OSError with ENOSPC or EDQUOT,
+    or a TensorFlow error that says so), the path it was writing (or "?"); None for any other error."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return error.filename or "?"
+    text = str(error)
+    if not any(t in text for t in DISK_FULL_TEXTS):
+        return None
+    # TensorFlow: "... /run/cyclegan.ckpt-7_temp/part-00000-of-00001.data...; No space left on device"
+    found = re.search(r"(/[^\s;]+)[^/]*?(?:" + "|".join(DISK_FULL_TEXTS) + ")", text)
+    if not found:
+        return "?"
+    return re.sub(r"_temp/.*$", "", found.group(1))
 
 
 def to_float(images):

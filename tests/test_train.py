@@ -237,3 +237,35 @@ def test_resume_keeps_the_first_config_a_history_of_changes_and_every_csv_column
     # The training images were decoded at the first start only; the verdicts are in the run folder.
     assert "training images: 11 unchanged since the last start" in capsys.readouterr().err
     assert len(utils.load_json(str(tmp_path / "image_check.json"))) == 11
+
+
+def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(dataset_dirs, tmp_path, capsys, small_disk):
+    import threading
+    from conftest import fill_disk
+    disk = small_disk("12m")
+    run = disk / "run"
+
+    def fill_after_the_second_checkpoint():
+        # A real filesystem filled while the run goes on: the next write (a checkpoint, the event
+        # file, the CSV...) fails with ENOSPC.
+        while not os.path.exists(run / "cyclegan.ckpt-2.index") and not done.is_set():
+            done.wait(0.002)
+        fill_disk(str(disk))
+
+    done = threading.Event()
+    filler = threading.Thread(target=fill_after_the_second_checkpoint)
+    filler.start()
+    try:
+        status = train.main(flags(dataset_dirs, run, "--n_epochs", "2", "--n_epochs_decay", "0",
+                                  "--save_every_steps", "1", "--keep_checkpoints", "1"))
+    finally:
+        done.set()
+        filler.join()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert status == 1 and len(err) == 1, err
+    assert err[0].startswith("error: disk full: cannot write " + str(run)) and "Traceback" not in err[0]
+    latest = tf.train.latest_checkpoint(str(run))
+    assert latest is not None and latest in err[0]
+    weights = final_weights(run)  # every tensor of it reads back
+    assert len(weights) > 50 and all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
+    assert not [f for f in os.listdir(run) if f.endswith("_temp") or f.startswith(".tmp")]
