@@ -41,8 +41,8 @@ def build_parser():
     g.add_argument("--data_dir", default="data", help="where --dataset looks for NAME/")
     g.add_argument("--img_A_dir", help="folder of training images of domain A")
     g.add_argument("--img_B_dir", help="folder of training images of domain B")
-    g.add_argument("--validation_A_dir", help="folder of A images translated to B after every epoch")
-    g.add_argument("--validation_B_dir", help="folder of B images translated to A after every epoch")
+    g.add_argument("--validation_A_dir", help="folder of A images translated to B (see --validation_every, --progress_images)")
+    g.add_argument("--validation_B_dir", help="folder of B images translated to A (see --validation_every, --progress_images)")
     g.add_argument("--validation_truth_dir",
                    help="true translations of the validation A images, same names (default with --dataset: "
                         "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
@@ -51,6 +51,11 @@ def build_parser():
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
     g.add_argument("--model_name", default="cyclegan.ckpt", help="checkpoint file prefix inside --model_dir")
     g.add_argument("--output_dir", help="validation translations go to OUTPUT_DIR/epoch_NNN/{A2B,B2A} (default: MODEL_DIR/validation)")
+    g.add_argument("--validation_every", type=int, default=10,
+                   help="every N epochs (and at the last) translate all validation images into OUTPUT_DIR/epoch_NNN")
+    g.add_argument("--progress_images", type=int, default=4,
+                   help="the first N validation images of each direction get a frame per epoch in their "
+                        "progress GIF (MODEL_DIR/progress/DIR/NAME.gif)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: only at the end of each epoch)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="how many recent checkpoints to keep")
     g.add_argument("--eval_every", type=int, default=0,
@@ -114,9 +119,11 @@ def resolve_paths(args):
 def check_args(args):
     """One-line errors for values that cannot work."""
     model.check_model_flags(args)
-    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every"):
+    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every", "progress_images"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
+    if args.validation_every < 1:
+        raise utils.UserError("--validation_every must be at least 1")
     if args.n_epochs + args.n_epochs_decay < 1:
         raise utils.UserError("--n_epochs plus --n_epochs_decay must be at least 1")
     if args.keep_checkpoints < 1:
@@ -236,10 +243,12 @@ def eval_fields(val, truth_dir, fid):
     return fields
 
 
-def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
-    """Translates the validation images into OUTPUT_DIR/epoch_NNN/DIR, adds a frame to each
-    image's progress GIF (MODEL_DIR/progress/DIR/NAME.gif) and, when evaluate_now, returns
-    the scores of these translations (metrics.translation_scores, FID/KID with inception)."""
+def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
+    """Translates the first --progress_images validation images of each direction and appends each
+    one's frame to its progress GIF (MODEL_DIR/progress/DIR/NAME.gif); when `full` (every
+    --validation_every epochs, the last, and when scoring) translates them all into
+    OUTPUT_DIR/epoch_NNN/DIR. When evaluate_now, returns the scores of these translations
+    (metrics.translation_scores, FID/KID with inception)."""
     scores = {}
     for direction, (paths, images) in val.items():
         if not paths:
@@ -255,16 +264,16 @@ def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
                 scores[f"{direction}_fid"] = metrics.fid(f_real, f_fake)
                 scores[f"{direction}_kid"] = metrics.kid(f_real, f_fake)[0]
         else:
-            fakes = [gan.translators[direction].translate_image(im) for im in images]
-        out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
-        for path, fake in zip(paths, fakes):
-            utils.write_image(os.path.join(out, os.path.basename(path)), fake)
-            gif = os.path.join(args.model_dir, "progress", direction, os.path.splitext(os.path.basename(path))[0] + ".gif")
-            frames, durations = [], []
-            if os.path.exists(gif):
-                frames, durations, _ = utils.read_animation(gif)
-            frames.append(utils.label(fake, f"epoch {epoch}"))
-            utils.write_animation(gif, frames, durations + [300])
+            count = len(images) if full else min(args.progress_images, len(images))
+            fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]
+        if full:
+            out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
+            for path, fake in zip(paths, fakes):
+                utils.write_image(os.path.join(out, os.path.basename(path)), fake)
+        for path, fake in zip(paths[:args.progress_images], fakes):
+            name = os.path.splitext(os.path.basename(path))[0] + ".gif"
+            utils.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
+                                         utils.label(fake, f"epoch {epoch}"), 300)
     return scores
 
 
@@ -434,28 +443,47 @@ def run_epoch(run, epoch, lr):
 
 
 def end_epoch(run, epoch, lr, seconds):
-    """Checkpoints the finished epoch; on the chief also translates the validation images (and
-    scores them every --eval_every epochs), adds the losses.csv row, redraws losses.png, and
-    writes the previews and scores to TensorBoard."""
+    """Checkpoints the finished epoch; on the chief also translates validation images (see validate;
+    scored every --eval_every epochs), adds the losses.csv row, redraws losses.png, and writes the
+    previews and scores to TensorBoard. Returns None, or 130 on Ctrl-C after the checkpoint (the
+    epoch's row is then written without scores)."""
     gan, args = run.gan, run.args
     means = gan.end_epoch(epoch)
     path = save(run)
     if not run.chief:
-        return
-    evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
-    scores = validate(gan, epoch, run.val, args, run.inception, evaluate_now)
-    run.log.add(epoch, lr, seconds, means, scores)
-    run.log.plot(os.path.join(args.model_dir, "losses.png"))
-    with run.writer.as_default(step=gan.counters()[2]):
-        for direction, rgb in run.preview.items():
-            tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
-        for name, value in scores.items():
-            tf.summary.scalar(f"eval/{name}", value)
-    run.writer.flush()
+        return None
+    logged = False
+    try:
+        evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
+        full = evaluate_now or epoch % args.validation_every == 0 or epoch == run.total_epochs
+        start = time.time()
+        if any(paths for paths, _ in run.val.values()):
+            count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in run.val.values())
+            print(f"epoch {epoch}: {'scoring' if evaluate_now else 'translating'} {count} validation images",
+                  file=sys.stderr, flush=True)
+        scores = validate(gan, epoch, run.val, args, full, run.inception, evaluate_now)
+        validation_seconds = time.time() - start
+        run.log.add(epoch, lr, seconds, means, scores)
+        logged = True
+        run.log.plot(os.path.join(args.model_dir, "losses.png"))
+        with run.writer.as_default(step=gan.counters()[2]):
+            for direction, rgb in run.preview.items():
+                tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
+            for name, value in scores.items():
+                tf.summary.scalar(f"eval/{name}", value)
+        run.writer.flush()
+    except KeyboardInterrupt:
+        if not logged:
+            run.log.add(epoch, lr, seconds, means)
+        print(f"interrupted after epoch {epoch} (during its validation); saved {path}; "
+              f"run the same command to resume", file=sys.stderr)
+        return 130
     if scores:
         print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
     summary = " ".join(f"{k} {v:.3f}" for k, v in zip(model.LOSS_NAMES, means))
-    print(f"epoch {epoch}/{run.total_epochs} lr {lr:.3g}: {summary}; saved {path}", file=sys.stderr)
+    print(f"epoch {epoch}/{run.total_epochs} lr {lr:.3g}: {summary}; validation {validation_seconds:.1f} s; "
+          f"saved {path}", file=sys.stderr)
+    return None
 
 
 def train(args):
@@ -500,8 +528,10 @@ def train_epochs(run):
         status = run_epoch(run, epoch, lr)
         if status is not None:
             return status
-        # checkpoint, validation, losses.csv, TensorBoard
-        end_epoch(run, epoch, lr, time.time() - start)
+        # checkpoint, validation, losses.csv, TensorBoard; Ctrl-C here ends the run too
+        status = end_epoch(run, epoch, lr, time.time() - start)
+        if status is not None:
+            return status
     return 0
 
 

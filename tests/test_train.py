@@ -35,7 +35,8 @@ def full_run(dataset_dirs, tmp_path_factory):
     run = tmp_path_factory.mktemp("full")
     argv = flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "1",
                  "--validation_A_dir", str(dataset_dirs / "testA"),
-                 "--validation_B_dir", str(dataset_dirs / "testB"))
+                 "--validation_B_dir", str(dataset_dirs / "testB"), "--validation_every", "2",
+                 "--progress_images", "1")
     assert train.main(argv) == 0
     return run
 
@@ -52,10 +53,13 @@ def test_run_folder_describes_itself(full_run, dataset_dirs):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == 0.0
     assert all(np.isfinite(float(rows[1][k])) for k in model.LOSS_NAMES)
-    for epoch in ("epoch_001", "epoch_002"):
-        for direction, side in (("A2B", "testA"), ("B2A", "testB")):
-            out = sorted(os.listdir(full_run / "validation" / epoch / direction))
-            assert out == sorted(os.listdir(dataset_dirs / side))
+    # All validation images every --validation_every epochs; a frame per epoch for --progress_images.
+    assert os.listdir(full_run / "validation") == ["epoch_002"]
+    for direction, side in (("A2B", "testA"), ("B2A", "testB")):
+        out = sorted(os.listdir(full_run / "validation" / "epoch_002" / direction))
+        assert out == sorted(os.listdir(dataset_dirs / side))
+        assert os.listdir(full_run / "progress" / direction) == ["img000.gif"]
+        assert len(utils.read_animation(str(full_run / "progress" / direction / "img000.gif"))[0]) == 2
     shape = utils.read_image(str(full_run / "validation/epoch_002/A2B/img001.png")).shape
     assert shape == utils.read_image(str(dataset_dirs / "testA/img001.png")).shape
 
@@ -182,7 +186,7 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     for flag in ("--img_A_dir", "--model_name", "--n_epochs_decay", "--lambda_identity", "--n_layers_D",
                  "--no_flip", "--save_every_steps", "--random_seed", "--output_dir", "--distribute", "--jit_compile",
                  "--eval_every", "--validation_truth_dir", "--inception_weights", "--keep_checkpoints", "--dataset",
-                 "--mixed_precision"):
+                 "--mixed_precision", "--validation_every", "--progress_images"):
         assert flag in out.stdout
     assert "(default: 0.0002)" in out.stdout
     # The flags reach the model (XLA itself is tested in test_model; compiling the step again here
@@ -215,7 +219,7 @@ def test_weights_made_non_finite_by_an_update_are_never_saved(dataset_dirs, tmp_
 def test_resume_keeps_the_first_config_a_history_of_changes_and_every_csv_column(dataset_dirs, tmp_path, capsys):
     import utils
     first = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", "--eval_every", "1",
-                  "--validation_A_dir", str(dataset_dirs / "testA"))
+                  "--validation_A_dir", str(dataset_dirs / "testA"), "--progress_images", "0")
     assert train.main(first) == 0
     later = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", "--lr", "1e-3")
     assert train.main(later) == 0
@@ -269,3 +273,24 @@ def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(datase
     weights = final_weights(run)  # every tensor of it reads back
     assert len(weights) > 50 and all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
     assert not [f for f in os.listdir(run) if f.endswith("_temp") or f.startswith(".tmp")]
+
+
+def test_ctrl_c_during_validation_and_scoring_saves_and_exits_130(dataset_dirs, tmp_path):
+    import signal
+    from conftest import write_images
+    write_images(str(tmp_path / "val"), 200, seed=7)  # enough translating and scoring to interrupt
+    argv = flags(dataset_dirs, tmp_path / "run", "--n_epochs", "2", "--n_epochs_decay", "0",
+                 "--validation_A_dir", str(tmp_path / "val"), "--validation_every", "1", "--eval_every", "1")
+    proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1: scoring 200 validation images"):
+            proc.send_signal(signal.SIGINT)  # a real Ctrl-C, in the middle of the validation
+            break
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted after epoch 1 (during its validation)" in err
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-6")
+    with open(tmp_path / "run" / "losses.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]

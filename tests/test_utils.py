@@ -185,3 +185,22 @@ def test_requirements_state_a_floor_that_the_installed_packages_meet():
     assert all(hasattr(cv2, f) for f in ("Animation", "imdecodeanimation", "imencodeanimation"))
     import progressbar
     assert version(floors["progressbar2"]) >= (3, 45) and hasattr(progressbar, "Variable")
+
+
+def test_frames_appended_to_a_gif_leave_its_bytes_and_decode_as_one_encoding(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = [utils.label(make_image(rng, 40, 48), f"epoch {i}") for i in range(4)]
+    path = str(tmp_path / "progress.gif")
+    sizes = []
+    for frame in frames:
+        before = open(path, "rb").read() if os.path.exists(path) else b""
+        utils.append_animation_frame(path, frame, 300)
+        after = open(path, "rb").read()
+        assert after.startswith(before[:-1])  # the frames already there are not re-encoded
+        sizes.append(len(after))
+    utils.write_animation(str(tmp_path / "whole.gif"), frames, [300] * 4)
+    got, durations, loop = utils.read_animation(path)
+    want, _, _ = utils.read_animation(str(tmp_path / "whole.gif"))
+    assert durations == [300] * 4 and loop == 0 and len(got) == 4
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
