@@ -16,6 +16,8 @@ import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
+utils.start_tensorflow()
+
 import numpy as np
 import progressbar
 
@@ -55,6 +57,7 @@ def build_parser():
                    help="what --export_dir receives: " + "; ".join(f"{k}: {v}" for k, v in export.FORMATS.items()))
     p.add_argument("--quantize", default="none", choices=export.QUANTIZE,
                    help="tflite only: float16 stores the weights in half precision (half the file size)")
+    utils.add_verbose_flag(p)
     return p
 
 

@@ -21,6 +21,8 @@ import types
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
+utils.start_tensorflow()
+
 import numpy as np
 import progressbar
 import tensorflow as tf
@@ -72,6 +74,7 @@ def build_parser():
                         "multiworker: several machines described by TF_CONFIG (MultiWorkerMirroredStrategy). "
                         "--batch_size is per replica; the learning rate is not scaled")
     model.add_model_flags(p)
+    utils.add_verbose_flag(p)
     return p
 
 

@@ -20,15 +20,64 @@ import numpy as np
 
 # TensorFlow is imported inside the functions that need it, so download.py, which only
 # writes images, starts in a fraction of a second. The one thing done on import: TensorFlow's C++
-# start-up lines (oneDNN notices, CUDA probing) stay quiet unless the user asks for them; this
-# only works before TensorFlow loads, so the commands import utils first.
+# info and warning lines stay quiet (this only works before TensorFlow loads, so the commands import
+# utils first); its start-up lines printed before its logging is set up are filtered by
+# start_tensorflow().
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# TensorFlow's start-up lines that alarm without telling anything on a machine without a GPU (or
+# say only what it is built for); any other line printed while it starts is kept.
+STARTUP_NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
+                 "oneDNN custom operations are on", "Could not find cuda drivers", "failed call to cuInit",
+                 "Unable to register cuDNN factory", "Unable to register cuFFT factory",
+                 "Unable to register cuBLAS factory", "computation placer already registered",
+                 "This TensorFlow binary is optimized to use available CPU instructions",
+                 "rebuild TensorFlow with the appropriate compiler flags", "TF-TRT Warning: Could not find TensorRT")
+VERBOSE_ENV = "CYCLEGAN_VERBOSE"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ANIMATION_EXTENSIONS = (".gif",)
 VIDEO_EXTENSIONS = (".mp4", ".avi")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 JPEG_QUALITY = 95
+
+
+def verbose():
+    """True with --verbose on the command line or CYCLEGAN_VERBOSE set (not 0): show TensorFlow's
+    start-up lines. Read from sys.argv because TensorFlow starts before the flags are parsed."""
+    return "--verbose" in sys.argv[1:] or os.environ.get(VERBOSE_ENV, "0") not in ("", "0")
+
+
+def add_verbose_flag(parser):
+    """--verbose, which start_tensorflow() reads from sys.argv before the parser runs."""
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show TensorFlow's start-up lines (CUDA probing, oneDNN notices); also ${VERBOSE_ENV}=1")
+
+
+def start_tensorflow():
+    """Imports TensorFlow and probes its devices with file descriptor 2 sent to a temporary file,
+    then prints what it caught except the STARTUP_NOISE lines (all of it with verbose()). TensorFlow
+    writes those lines from C++ before its logging honours TF_CPP_MIN_LOG_LEVEL (twice: two of its
+    libraries each start the logger), and the failed CUDA probe is logged as an error; real warnings
+    and errors still show. The commands call it right after importing utils."""
+    if verbose() or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in STARTUP_NOISE)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 class UserError(Exception):

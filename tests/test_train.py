@@ -181,8 +181,13 @@ def test_dataset_shortcut(dataset_dirs, tmp_path):
 
 
 def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
+    import utils
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
+    # TensorFlow's start-up noise (CUDA probing, oneDNN notices) only with --verbose.
+    assert not [n for n in utils.STARTUP_NOISE if n in out.stderr], out.stderr
+    loud = subprocess.run([sys.executable, "train.py", "--help", "--verbose"], cwd=ROOT, capture_output=True, text=True)
+    assert loud.returncode == 0 and [n for n in utils.STARTUP_NOISE if n in loud.stderr]
     for flag in ("--img_A_dir", "--model_name", "--n_epochs_decay", "--lambda_identity", "--n_layers_D",
                  "--no_flip", "--save_every_steps", "--random_seed", "--output_dir", "--distribute", "--jit_compile",
                  "--eval_every", "--validation_truth_dir", "--inception_weights", "--keep_checkpoints", "--dataset",
@@ -198,7 +203,7 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
                           "--n_epochs", "1", "--n_epochs_decay", "0", "--save_every_steps", "4"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "epoch 1/1" in out.stderr
+    assert "epoch 1/1" in out.stderr and not [n for n in utils.STARTUP_NOISE if n in out.stderr]
     names = sorted(os.listdir(tmp_path / "run"))
     assert "cyclegan.ckpt-4.index" in names and "cyclegan.ckpt-6.index" in names
 
