@@ -330,9 +330,9 @@ def setup(args):
     config.json, losses.csv and the TensorBoard writer."""
     resolve_paths(args)
     check_args(args)
-    paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
     config_path = os.path.join(args.model_dir, CONFIG_FILE)
     check_resumable(args, config_path)
+    paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
     utils.setup_devices(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)
