@@ -6,7 +6,8 @@
 The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
 losses.csv and, with validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
-Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (checkpoint saved).
+Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
+checkpoint is kept), 2 bad input, 130 interrupted (checkpoint saved).
 """
 import csv
 import glob
@@ -372,7 +373,7 @@ def setup(args):
     return types.SimpleNamespace(args=args, paths_A=paths_A, paths_B=paths_B, val=val, inception=inception,
                                  strategy=strategy, chief=chief, replicas=replicas, steps=steps, gan=gan,
                                  manager=manager, save_dir=save_dir, log=log, writer=writer, preview=preview,
-                                 total_epochs=args.n_epochs + args.n_epochs_decay)
+                                 total_epochs=args.n_epochs + args.n_epochs_decay, traced=False)
 
 
 class Diverged(Exception):
@@ -415,7 +416,12 @@ def run_epoch(run, epoch, lr):
     bar.start(init_value=done)
     try:
         for real_A, real_B in epoch_data(run, epoch, done):
-            losses = gan.train_step(real_A, real_B).numpy()
+            if run.traced:
+                losses = gan.train_step(real_A, real_B).numpy()
+            else:  # the first step traces the graph, when TensorFlow prints its optimizer's notices
+                with utils.tensorflow_noise_hidden():
+                    losses = gan.train_step(real_A, real_B).numpy()
+                run.traced = True
             _, epoch_step, step = gan.counters()
             if not np.all(np.isfinite(losses)):
                 bad = [k for k, v in zip(model.LOSS_NAMES, losses) if not np.isfinite(v)]

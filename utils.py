@@ -8,6 +8,7 @@ Every decoded image is 8-bit RGB: grayscale is repeated, alpha dropped, 16-bit s
 The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that mapping lives.
 """
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -26,13 +27,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # TensorFlow's start-up lines that alarm without telling anything on a machine without a GPU (or
-# say only what it is built for); any other line printed while it starts is kept.
+# say only what it is built for); any other line printed while they are filtered is kept.
 STARTUP_NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
                  "oneDNN custom operations are on", "Could not find cuda drivers", "failed call to cuInit",
                  "Unable to register cuDNN factory", "Unable to register cuFFT factory",
                  "Unable to register cuBLAS factory", "computation placer already registered",
                  "This TensorFlow binary is optimized to use available CPU instructions",
-                 "rebuild TensorFlow with the appropriate compiler flags", "TF-TRT Warning: Could not find TensorRT")
+                 "rebuild TensorFlow with the appropriate compiler flags", "TF-TRT Warning: Could not find TensorRT",
+                 # Grappler's remapper declining a fusion while the training step is first traced: harmless
+                 "remapper failed: INVALID_ARGUMENT: Mutation::Apply error")
 VERBOSE_ENV = "CYCLEGAN_VERBOSE"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -54,21 +57,20 @@ def add_verbose_flag(parser):
                         help=f"show TensorFlow's start-up lines (CUDA probing, oneDNN notices); also ${VERBOSE_ENV}=1")
 
 
-def start_tensorflow():
-    """Imports TensorFlow and probes its devices with file descriptor 2 sent to a temporary file,
-    then prints what it caught except the STARTUP_NOISE lines (all of it with verbose()). TensorFlow
-    writes those lines from C++ before its logging honours TF_CPP_MIN_LOG_LEVEL (twice: two of its
-    libraries each start the logger), and the failed CUDA probe is logged as an error; real warnings
-    and errors still show. The commands call it right after importing utils."""
-    if verbose() or "tensorflow" in sys.modules:
+@contextlib.contextmanager
+def tensorflow_noise_hidden():
+    """Within it, file descriptor 2 goes to a temporary file; on leaving, what was caught is printed
+    except the STARTUP_NOISE lines (everything with verbose()). For TensorFlow's C++ lines, which no
+    Python setting reaches."""
+    if verbose():
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
         try:
-            import tensorflow as tf
-            tf.config.list_physical_devices()
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -78,6 +80,18 @@ def start_tensorflow():
                     if not any(n in line for n in STARTUP_NOISE)]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
+
+
+def start_tensorflow():
+    """Imports TensorFlow and probes its devices with its noise hidden (tensorflow_noise_hidden):
+    it writes those lines from C++ before its logging honours TF_CPP_MIN_LOG_LEVEL (twice: two of
+    its libraries each start the logger), and logs the failed CUDA probe of a machine without a GPU
+    as an error; real warnings and errors still show. The commands call it right after importing utils."""
+    if "tensorflow" in sys.modules:
+        return
+    with tensorflow_noise_hidden():
+        import tensorflow as tf
+        tf.config.list_physical_devices()
 
 
 class UserError(Exception):
