@@ -385,9 +385,8 @@ def save(run):
     nothing, if any weight is not finite: the losses a step reports are those before its update, so
     only the weights themselves tell that the last update diverged."""
     if not run.gan.weights_finite():
-        _, epoch_step, step = run.gan.counters()
-        raise Diverged(f"the weights are not finite after step {step} (epoch {run.gan.counters()[0] + 1}, "
-                       f"step {epoch_step}): the last update diverged (a lower --lr may help); nothing saved")
+        raise Diverged(f"the weights are not finite after step {run.gan.counters()[2]} of the run: the last "
+                       f"update diverged (a lower --lr may help); nothing saved")
     path = run.manager.save(checkpoint_number=run.gan.counters()[2])
     if not run.chief:
         shutil.rmtree(run.save_dir, ignore_errors=True)
@@ -466,8 +465,8 @@ def end_epoch(run, epoch, lr, seconds):
         evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
         full = evaluate_now or epoch % args.validation_every == 0 or epoch == run.total_epochs
         start = time.time()
-        if any(paths for paths, _ in run.val.values()):
-            count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in run.val.values())
+        count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in run.val.values())
+        if count:
             print(f"epoch {epoch}: {'scoring' if evaluate_now else 'translating'} {count} validation images",
                   file=sys.stderr, flush=True)
         scores = validate(gan, epoch, run.val, args, full, run.inception, evaluate_now)
