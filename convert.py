@@ -4,6 +4,7 @@
     python convert.py --model_filepath model/horse2zebra --export_dir export/horse2zebra [--export_format tflite|onnx]
     python convert.py --model_filepath export/horse2zebra --img_dir photos/ --conversion_direction B2A --output_dir out/
     python convert.py --model_filepath export/h2z_onnx/A2B.onnx --img_dir photos/ --output_dir out/
+    python convert.py --model_filepath checkpoints/h2z/latest_net_G_A.pth --img_dir photos/ --output_dir out/
 
 Every file keeps its own size, name and format. The architecture comes from the run's
 config.json; only the generators needed are built. Exit status: 0 every input converted,
@@ -34,8 +35,9 @@ def build_parser():
                "2 some inputs skipped, 130 interrupted.")
     p.add_argument("--model_filepath", required=True,
                    help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
-                        "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, or one "
-                        ".tflite or .onnx file it wrote (used for the direction asked)")
+                        "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, one "
+                        ".tflite or .onnx file it wrote, or a generator .pth file of the official PyTorch "
+                        "implementation (those files hold one generator, used for the direction asked)")
     p.add_argument("--img_dir", help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
                                      ".mp4 .avi videos (any letter case)")
     p.add_argument("--conversion_direction", default="A2B", choices=model.DIRECTIONS, help="A2B (G_A2B) or B2A (G_B2A)")
@@ -210,7 +212,11 @@ def convert(args):
     check_args(args)
     inputs = list_inputs(args.img_dir) if args.img_dir else []
     utils.setup_devices(args.cpu_kernels)
-    directions = set(model.DIRECTIONS) if (args.export_dir or args.save_cycle) else {args.conversion_direction}
+    directions = {args.conversion_direction}
+    if args.save_cycle:
+        directions = set(model.DIRECTIONS)
+    elif args.export_dir:  # every generator the model holds
+        directions |= set(export.directions_held(args.model_filepath, args.conversion_direction))
     translators, generators = export.load_translators(args.model_filepath, sorted(directions), args.jit_compile)
     if args.export_dir:
         export.write(generators, args.export_dir, args.export_format, args.quantize)

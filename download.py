@@ -1,13 +1,16 @@
-"""Download the official CycleGAN datasets, or generate the offline `sample` set.
+"""Download the official CycleGAN datasets and pretrained generators, or generate the offline `sample` set.
 
     python download.py --datasets horse2zebra apple2orange   # -> data/NAME/{trainA,trainB,testA,testB}
     python download.py --datasets sample                     # no network: a synthetic known-answer set
+    python download.py --pretrained horse2zebra              # -> model/horse2zebra_pretrained/ (a run folder)
     python download.py --list
 
 Downloads stream to download/NAME.zip.part and continue where they stopped (HTTP Range)
 when run again; the zip is checked (size, every member's CRC, no member leaving the target)
 before it is extracted into a temporary folder that is renamed into place, so data/NAME
-is either complete or absent. Exit status: 0 all done, 1 some dataset failed, 2 bad arguments.
+is either complete or absent. A pretrained NAME.pth is fetched the same way to download/ and
+imported (pretrained.py) into a run folder that convert.py takes. Exit status: 0 all done, 1 some
+dataset or model failed, 2 bad arguments.
 """
 import argparse
 import errno
@@ -25,6 +28,7 @@ import numpy as np
 import progressbar
 import requests
 
+import pretrained
 import utils
 
 # The reference implementation's server; any mirror with the same file names works (--base_url).
@@ -55,15 +59,21 @@ class NoRoomError(DownloadError):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Download CycleGAN datasets (or generate the offline sample set).",
+    p = argparse.ArgumentParser(description="Download CycleGAN datasets (or generate the offline sample set) "
+                                            "and the official pretrained generators.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=[], metavar="NAME",
                    help=f"datasets to fetch: {', '.join(DATASETS)}, or '{SAMPLE}' (generated offline)")
     p.add_argument("--download_dir", default="download", help="where the zip files are kept")
     p.add_argument("--data_dir", default="data", help="where datasets are extracted, as DATA_DIR/NAME/")
-    p.add_argument("--list", action="store_true", help="list the dataset names with their sizes and exit")
-    p.add_argument("--base_url", default=BASE_URL,
-                   help="server or mirror holding NAME.zip (http://, https:// or file://)")
+    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME",
+                   help=f"official pretrained generators to fetch and import as MODEL_DIR/NAME_pretrained/: "
+                        f"{', '.join(pretrained.PRETRAINED)}")
+    p.add_argument("--model_dir", default="model", help="where --pretrained writes its run folders")
+    p.add_argument("--list", action="store_true", help="list the datasets and pretrained models and exit")
+    p.add_argument("--base_url",
+                   help=f"server or mirror holding NAME.zip and NAME.pth (http://, https:// or file://); "
+                        f"default: {BASE_URL} for datasets, {pretrained.PRETRAINED_URL} for models")
     p.add_argument("--force", action="store_true", help="download and extract again even if present")
     p.add_argument("--retries", type=int, default=5, help="attempts per download on connection errors and timeouts")
     p.add_argument("--retry_wait", type=float, default=2.0, help="seconds before the first retry; doubles each time")
@@ -245,25 +255,13 @@ def extract(zip_path, dest):
             entries = [e for e in os.listdir(root) if not e.startswith(("__MACOSX", "."))]
         if not any(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
             raise DownloadError(f"{zip_path}: holds none of {', '.join(SPLITS)}")
-        _swap_into_place(root, dest)
+        utils.swap_into_place(root, dest)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DownloadError(f"{dest}: disk full while extracting") from None
         raise DownloadError(f"{dest}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_into_place(ready, dest):
-    """Renames the finished folder to `dest`; an older `dest` (with --force) is removed only
-    once the new one is complete."""
-    old = None
-    if os.path.exists(dest):
-        old = dest + f".old-{os.getpid()}"
-        os.rename(dest, old)
-    os.rename(ready, dest)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def is_complete(folder):
@@ -282,8 +280,8 @@ def fetch(name, args):
     if os.path.exists(zip_path):
         print(f"{name}: using {zip_path}", file=sys.stderr)
     else:
-        url = urllib.parse.urljoin(args.base_url if args.base_url.endswith("/") else args.base_url + "/", f"{name}.zip")
-        download(url, zip_path, args.retries, args.retry_wait, args.timeout, name=name)
+        download(_url(args.base_url or BASE_URL, f"{name}.zip"), zip_path, args.retries, args.retry_wait,
+                 args.timeout, name=name)
     try:
         check_zip(zip_path, dest)
     except NoRoomError:
@@ -293,6 +291,31 @@ def fetch(name, args):
         raise
     extract(zip_path, dest)
     print(f"{name}: extracted to {dest}", file=sys.stderr)
+
+
+def _url(base, file):
+    return urllib.parse.urljoin(base if base.endswith("/") else base + "/", file)
+
+
+def fetch_pretrained(name, args):
+    """Downloads (unless present) the official NAME.pth and imports it as MODEL_DIR/NAME_pretrained/."""
+    run_dir = os.path.join(args.model_dir, f"{name}_pretrained")
+    if os.path.isdir(run_dir) and not args.force:
+        print(f"{name}: already in {run_dir}, skipping (--force to fetch again)", file=sys.stderr)
+        return
+    path = os.path.join(args.download_dir, f"{name}.pth")
+    if os.path.exists(path) and args.force:
+        os.remove(path)
+    url = _url(args.base_url or pretrained.PRETRAINED_URL, f"{name}.pth")
+    if os.path.exists(path):
+        print(f"{name}: using {path}", file=sys.stderr)
+    else:
+        download(url, path, args.retries, args.retry_wait, args.timeout, name=name)
+    try:
+        pretrained.write_run(path, run_dir, source=url)
+    except pretrained.PthError:
+        os.remove(path)  # a corrupt or foreign file: the next run fetches it again
+        raise
 
 
 # ---------------------------------------------------------------------------- sample set
@@ -356,7 +379,7 @@ def make_sample(dest, seed=0, n_train=250, n_test=25):
                     utils.write_image(os.path.join(folder, name), scene if side == "A" else sample_transform(scene))
                     if split == "test" and side == "A":
                         utils.write_image(os.path.join(tmp, "testA_truth", name), sample_transform(scene))
-        _swap_into_place(tmp, dest)
+        utils.swap_into_place(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -367,34 +390,36 @@ def main(argv=None):
     """Runs download.py with `argv` (default: sys.argv); returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.list:
+        print("datasets (--datasets):")
         for name, mb in DATASETS.items():
             note = "  (not redistributable: see --datasets cityscapes)" if name == "cityscapes" else ""
-            print(f"{name:24s} about {mb} MB{note}")
-        print(f"{SAMPLE:24s} generated locally, about 8 MB")
+            print(f"  {name:24s} about {mb} MB{note}")
+        print(f"  {SAMPLE:24s} generated locally, about 8 MB")
+        print("pretrained generators (--pretrained), each translating its input domain A:")
+        for name, what in pretrained.PRETRAINED.items():
+            print(f"  {name:24s} {what}")
         return 0
     unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
     if unknown:
         print(f"error: unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}",
               file=sys.stderr)
         return 2
-    if not args.datasets:
-        print("error: name at least one dataset with --datasets (see --list)", file=sys.stderr)
+    unknown = [n for n in args.pretrained if n not in pretrained.PRETRAINED]
+    if unknown:
+        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(pretrained.PRETRAINED)}",
+              file=sys.stderr)
         return 2
+    if not args.datasets and not args.pretrained:
+        print("error: name at least one dataset with --datasets or model with --pretrained (see --list)",
+              file=sys.stderr)
+        return 2
+    jobs = [(name, fetch_dataset) for name in dict.fromkeys(args.datasets)]
+    jobs += [(name, fetch_pretrained) for name in dict.fromkeys(args.pretrained)]
     failed = []
-    for name in dict.fromkeys(args.datasets):
+    for name, job in jobs:
         try:
-            if name == SAMPLE:
-                dest = os.path.join(args.data_dir, SAMPLE)
-                if is_complete(dest) and not args.force:
-                    print(f"{SAMPLE}: already in {dest}, skipping (--force to make again)", file=sys.stderr)
-                    continue
-                make_sample(dest, args.seed)
-                print(f"{SAMPLE}: generated in {dest}", file=sys.stderr)
-            elif name == "cityscapes":
-                raise DownloadError(CITYSCAPES_HELP)
-            else:
-                fetch(name, args)
-        except DownloadError as e:
+            job(name, args)
+        except (DownloadError, utils.UserError) as e:
             print(f"error: {name}: {e}", file=sys.stderr)
             failed.append(name)
         except OSError as e:
@@ -404,6 +429,21 @@ def main(argv=None):
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def fetch_dataset(name, args):
+    """Generates the sample set, explains cityscapes, or fetches an official dataset."""
+    if name == SAMPLE:
+        dest = os.path.join(args.data_dir, SAMPLE)
+        if is_complete(dest) and not args.force:
+            print(f"{SAMPLE}: already in {dest}, skipping (--force to make again)", file=sys.stderr)
+            return
+        make_sample(dest, args.seed)
+        print(f"{SAMPLE}: generated in {dest}", file=sys.stderr)
+    elif name == "cityscapes":
+        raise DownloadError(CITYSCAPES_HELP)
+    else:
+        fetch(name, args)
 
 
 if __name__ == "__main__":

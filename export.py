@@ -13,6 +13,7 @@ so nothing CPU-specific or XLA-compiled is in the files.
 """
 import os
 import shutil
+import sys
 import warnings
 
 import numpy as np
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 import kernels
 import model
+import pretrained
 import utils
 
 # What each --export_format writes into the export folder.
@@ -57,13 +59,7 @@ def write(generators, export_dir, export_format="savedmodel", quantize="none"):
                     _tflite(G, path, quantize)
                 else:
                     _onnx(G, path)
-        old = None
-        if os.path.exists(export_dir):
-            old = tmp + ".old"
-            os.rename(export_dir, old)
-        os.rename(tmp, export_dir)
-        if old:
-            shutil.rmtree(old)
+        utils.swap_into_place(tmp, export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -170,13 +166,34 @@ class OnnxTranslator:
 
 def load_translators(model_filepath, directions, jit_compile=False):
     """Translators for `directions` from whatever a user points at: an export (see
-    exported_translators) or a run folder or checkpoint (model.load_run_generators). Returns
+    exported_translators), a PyTorch ResnetGenerator .pth file (one generator, serving the one
+    direction asked), or a run folder or checkpoint (model.load_run_generators). Returns
     (translators, generators), generators None for an export. Raises utils.UserError."""
     translators = exported_translators(model_filepath, directions)
     if translators is not None:
         return translators, None
-    generators = model.load_run_generators(model_filepath, directions)
+    if pretrained.is_pth(model_filepath):
+        _one_generator(model_filepath, directions)
+        G, _ = pretrained.resnet_generator(model_filepath, name=model.GENERATOR_KEYS[directions[0]])
+        print(f"model: {model_filepath}", file=sys.stderr)
+        generators = {directions[0]: G}
+    else:
+        generators = model.load_run_generators(model_filepath, directions)
     return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
+
+
+def directions_held(model_filepath, asked):
+    """The directions a model translates: those of its run's config.json (both, or the one of an
+    imported pretrained model), or [asked] for a file holding one generator (.pth, .tflite, .onnx)."""
+    if pretrained.is_pth(model_filepath) or os.path.splitext(model_filepath)[1].lower() in (".tflite", ".onnx"):
+        return [asked]
+    return list(model.run_config(model_filepath)[1].get("directions", model.DIRECTIONS))
+
+
+def _one_generator(path, directions):
+    if len(directions) > 1:
+        raise utils.UserError(f"{path}: holds one generator; --save_cycle needs both (use a run folder "
+                              f"or a SavedModel)")
 
 
 def is_export(path):
@@ -190,9 +207,7 @@ def exported_translators(path, directions):
     Returns None if path is not an export. Raises utils.UserError with a one-line reason."""
     ext = os.path.splitext(path)[1].lower()
     if ext in (".tflite", ".onnx"):
-        if len(directions) > 1:
-            raise utils.UserError(f"{path}: holds one generator; --save_cycle needs both (use a run folder "
-                                  f"or a SavedModel)")
+        _one_generator(path, directions)
         if not os.path.isfile(path):
             raise utils.UserError(f"{path}: no such file")
         try:

@@ -9,38 +9,49 @@ module.Conv2D and module.InstanceNorm compute through this file; the networks ne
 Every rewrite gives the convolution's values and gradients from the same variables, up to float
 rounding. The mode is read when a graph is traced, never inside it:
 
-- "fixed" (the default on a CPU-only machine): three rewrites for the shapes that oneDNN's CPU
-  convolutions run far below the machine's peak, or with more multiply-adds than needed, chosen
-  by fixed rules (see conv_rewrite). Measured speed-ups are in the README's Speed section.
+- "auto" (the default on a CPU-only machine): for each convolution shape a graph meets, the
+  direct convolution and every rewrite that applies are timed once on this machine, as training
+  uses them (forward and both gradients) or as conversion does (forward), and the fastest is
+  kept. The choices are cached on disk per processor, thread count and TensorFlow version (see
+  cache_path), so the measuring is paid once per machine, while a graph is first traced.
+- "fixed": the rewrites by fixed rules (see conv_rewrite), measured on one kind of processor.
 - "direct": keras.layers.Conv2D as it is. What GPUs always get (cuDNN has none of these gaps and
   picks Winograd itself) and what `--cpu_kernels direct` asks for, to debug or compare.
 - direct(): a context that traces in "direct" mode whatever the mode (SavedModel exports).
 - portable(): direct(), and instance norm as mean and variance ops instead of the fused batch-norm
   kernel, for exports to runtimes without TensorFlow's training kernels (TFLite, ONNX).
 """
+import concurrent.futures
 import contextlib
+import json
 import os
+import platform
+import sys
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-MODES = ("fixed", "direct")
+import utils
+
+MODES = ("auto", "fixed", "direct")
 ENV_VAR = "CYCLEGAN_CPU_KERNELS"
 
-_state = {"mode": None, "scope": None}     # scope: None, "direct" or "portable"
+# scope: None, "direct" or "portable"; told: whether "auto" has said that it is timing shapes
+_state = {"mode": None, "scope": None, "told": False}
 
 
 def default_mode():
-    """The mode when none is set: $CYCLEGAN_CPU_KERNELS, else "fixed" (the CPU rewrites)."""
-    mode = os.environ.get(ENV_VAR, "fixed")
+    """The mode when none is set: $CYCLEGAN_CPU_KERNELS, else "auto" (the CPU rewrites, as measured)."""
+    mode = os.environ.get(ENV_VAR, "auto")
     if mode not in MODES:
         raise ValueError(f"{ENV_VAR}={mode}: use one of {', '.join(MODES)}")
     return mode
 
 
 def set_mode(mode):
-    """Sets the mode for graphs traced from now on: "fixed" or "direct" (None: default_mode()).
+    """Sets the mode for graphs traced from now on: "auto", "fixed" or "direct" (None: default_mode()).
     With a GPU visible every mode is "direct": the rewrites are for CPUs only."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"kernel mode {mode}: use one of {', '.join(MODES)}")
@@ -59,7 +70,7 @@ def mode():
 
 def cpu_rewrites():
     """Whether the CPU-only rewrites (here and model.Translator's split batches) apply now."""
-    return mode() == "fixed"
+    return mode() != "direct"
 
 
 @contextlib.contextmanager
@@ -119,10 +130,12 @@ def _fused_norm(x, epsilon):
 
 # ---------------------------------------------------------------------------- convolution
 
-def conv_rewrite(layer, input_shape, dtype):
-    """Which rewrite a keras.layers.Conv2D computes an input of this shape and dtype with in the
-    current mode: "winograd", "space_to_depth", "banded" or None (Keras' own convolution).
-    The first rule that applies is taken:
+def conv_rewrite(layer, input_shape, dtype, training=False):
+    """Which way a keras.layers.Conv2D computes an input of this shape and dtype in the current
+    mode: "winograd", "space_to_depth", "banded" or None (Keras' own convolution). In "auto" mode,
+    the fastest of candidates() as measured on this machine for training (forward and both
+    gradients) or, training False, for conversion (forward); see tuned_choice. In "fixed" mode the
+    first rule that applies is taken:
 
     - "winograd": 3x3, stride 1, float32, at least WINOGRAD_MIN_CHANNELS channels in and out
       (the residual blocks' convolutions from ngf 32 up, most of the generator's multiply-adds):
@@ -144,27 +157,187 @@ def conv_rewrite(layer, input_shape, dtype):
             and layer.kernel_size[0] == layer.kernel_size[1] and layer.strides[0] == layer.strides[1]):
         return None
     k, stride = layer.kernel_size[0], layer.strides[0]
+    if mode() == "auto":
+        return tuned_choice(k, stride, tuple(input_shape), layer.filters, tf.as_dtype(dtype).name, bool(training))
     if winograd_applies(k, stride, input_shape, layer.filters, dtype):
         return "winograd"
     if layer.filters <= 4 and stride == 1 and k % 2 and k > 1:
         return "space_to_depth"
-    if input_shape[0] == 1 and input_shape[1] is not None and (input_shape[1] - k) // stride >= 1:
+    if _banded_applies(k, stride, input_shape):
         return "banded"
     return None
 
 
-def conv2d(layer, x):
+def _banded_applies(k, stride, input_shape):
+    return input_shape[0] == 1 and input_shape[1] is not None and (input_shape[1] - k) // stride >= 1
+
+
+def candidates(k, stride, input_shape, filters, dtype):
+    """The ways a convolution of this kind can be computed, for "auto" mode to time: None (the
+    direct convolution) and each rewrite whose conditions hold, whatever the channel counts."""
+    h, w = input_shape[1], input_shape[2]
+    found = [None]
+    if k == 3 and stride == 1 and tf.as_dtype(dtype) == tf.float32 and (h is None or h > 2) and (w is None or w > 2):
+        found.append("winograd")
+    if filters <= 16 and stride == 1 and k % 2 and k > 1:
+        found.append("space_to_depth")
+    if _banded_applies(k, stride, input_shape):
+        found.append("banded")
+    return found
+
+
+def conv2d(layer, x, training=False):
     """layer(x) for a keras.layers.Conv2D through its rewrite (see conv_rewrite), or None when
-    Keras' own convolution applies."""
-    rewrite = conv_rewrite(layer, x.shape, x.dtype)
+    Keras' own convolution applies. training: whether gradients will be taken (what "auto"
+    mode measures)."""
+    rewrite = conv_rewrite(layer, x.shape, x.dtype, training)
     if rewrite is None:
         return None
-    kernel, bias = tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias)
+    return apply(rewrite, x, tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias), layer.strides[0])
+
+
+def apply(rewrite, x, kernel, bias, stride):
+    """conv2d(x, kernel, stride, 'VALID') + bias computed by `rewrite` (None: the direct convolution)."""
     if rewrite == "winograd":
         return winograd_conv(x, kernel, bias)
     if rewrite == "space_to_depth":
         return space_to_depth_conv(x, kernel, bias)
-    return banded_conv(x, kernel, bias, layer.strides[0])
+    if rewrite == "banded":
+        return banded_conv(x, kernel, bias, stride)
+    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "VALID"), bias)
+
+
+# ---------------------------------------------------------------------------- tuning ("auto")
+
+CACHE_ENV_VAR = "CYCLEGAN_CACHE_DIR"
+# Sides unknown when traced (conversion takes any size) are timed at this many elements per image
+# and channel count: a 256x256 image's feature maps at every depth (64x64 at 256 channels).
+ANY_SIZE_ELEMENTS = 64 * 64 * 256
+TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop early past this time
+
+_tuned = {}             # shape key -> choice, this process
+
+
+def cache_path():
+    """Where "auto" mode keeps its choices: $CYCLEGAN_CACHE_DIR/kernels.json, else the user's
+    cache folder ($XDG_CACHE_HOME or ~/.cache)/cyclegan-tf2/kernels.json."""
+    folder = os.environ.get(CACHE_ENV_VAR) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cyclegan-tf2")
+    return os.path.join(folder, "kernels.json")
+
+
+def machine_key():
+    """What a timing depends on besides the shape: processor model, threads, TensorFlow version."""
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            processor = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), processor)
+    except OSError:
+        pass
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    intra = tf.config.threading.get_intra_op_parallelism_threads()
+    return f"{processor} | {threads} cores{f', {intra} threads' if intra else ''} | TensorFlow {tf.__version__}"
+
+
+def _shape_key(k, stride, input_shape, filters, dtype, training):
+    n, h, w, c = (("any" if d is None else d) for d in input_shape)
+    return f"{k}x{k}/{stride} {c}->{filters} {n}x{h}x{w} {dtype} {'train' if training else 'convert'}"
+
+
+def _read_cache(path):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path, machine, key, entry):
+    """Adds one choice to the cache file (re-read first: another process may have added others)."""
+    data = _read_cache(path)
+    data.setdefault(machine, {})[key] = entry
+    try:
+        utils.atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+    except OSError:  # a read-only or full cache folder: timed again next time, nothing else lost
+        pass
+
+
+def tuned_choice(k, stride, input_shape, filters, dtype, training):
+    """The fastest of candidates() for this convolution, from this process's memory, the cache
+    file, or measured now (see fastest) and cached."""
+    key = _shape_key(k, stride, input_shape, filters, dtype, training)
+    if key in _tuned:
+        return _tuned[key]
+    options = candidates(k, stride, input_shape, filters, dtype)
+    if len(options) == 1:
+        return None
+    path, machine = cache_path(), machine_key()
+    entry = _read_cache(path).get(machine, {}).get(key)
+    if not (isinstance(entry, dict) and entry.get("choice", "") in [o or "direct" for o in options]):
+        if not _state["told"]:
+            _state["told"] = True
+            print(f"kernels: timing each new convolution shape on this CPU once (cached in {path}; "
+                  f"--cpu_kernels fixed or direct to skip)", file=sys.stderr, flush=True)
+        n, h, w, c = input_shape
+        if h is None or w is None:
+            h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
+        # Measured eagerly in a thread of its own: the graph being traced, its device and
+        # distribution scopes and its paused gradient tapes are all per thread.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            times = pool.submit(lambda: fastest({o: _conv_fn(o, stride, training) for o in options},
+                                                _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype))).result()
+        entry = {"choice": min(times, key=times.get) or "direct",
+                 "seconds": {o or "direct": round(t, 6) for o, t in times.items()}}
+        _write_cache(path, machine, key, entry)
+    _tuned[key] = None if entry["choice"] == "direct" else entry["choice"]
+    return _tuned[key]
+
+
+def _random_inputs(x_shape, kernel_shape, dtype):
+    rng = np.random.default_rng(0)
+    return [tf.cast(rng.standard_normal(shape).astype(np.float32) * scale, dtype)
+            for shape, scale in ((x_shape, 1.0), (kernel_shape, 0.02), (kernel_shape[-1:], 0.1))]
+
+
+def _conv_fn(rewrite, stride, training):
+    """The convolution by `rewrite` as a tf.function of (x, kernel, bias): forward only, or, as in
+    training, forward and the gradients of x, kernel and bias."""
+    if not training:
+        return tf.function(lambda x, kernel, bias: apply(rewrite, x, kernel, bias, stride))
+
+    @tf.function
+    def forward_backward(x, kernel, bias):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            y = apply(rewrite, x, kernel, bias, stride)
+        return tape.gradient(y, [x, kernel, bias], output_gradients=tf.ones_like(y))
+    return forward_backward
+
+
+def fastest(fns, args):
+    """Times each of fns ({name: tf.function}) on args: one untimed call each (tracing, XLA), then
+    rounds in which every function runs once in turn, so that a load on the machine falls on all
+    alike, until TUNE_ROUNDS rounds or TUNE_SECONDS. Returns {name: fastest time in seconds}."""
+    for fn in fns.values():
+        _run(fn, args)
+    best = {name: float("inf") for name in fns}
+    start = time.perf_counter()
+    for _ in range(TUNE_ROUNDS):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            _run(fn, args)
+            best[name] = min(best[name], time.perf_counter() - t)
+        if time.perf_counter() - start > TUNE_SECONDS:
+            break
+    return best
+
+
+def _run(fn, args):
+    result = fn(*args)
+    # The values, not just the handles: an op's time is only known once its result is.
+    for t in tf.nest.flatten(result):
+        t.numpy()
 
 
 def _space_to_depth_kernel(kernel):

@@ -34,6 +34,10 @@ CONVERT_BATCH_SIZE = 4
 # Where each direction's generator sits in a training checkpoint.
 GENERATOR_KEYS = {"A2B": "G_A2B", "B2A": "G_B2A"}
 
+# A run folder: its settings, and its checkpoints' default file prefix.
+CONFIG_FILE = "config.json"
+CHECKPOINT_NAME = "cyclegan.ckpt"
+
 
 def add_model_flags(parser):
     """The flags that build a CycleGAN, declared once for every command that builds one (train.py,
@@ -536,17 +540,33 @@ def find_checkpoint(model_filepath):
                           f"or a SavedModel folder)")
 
 
+def run_config(model_filepath):
+    """(checkpoint path, config) of a run folder or checkpoint prefix (see find_checkpoint); the
+    config holds the architecture and, for an imported pretrained model, the one direction it
+    translates ("directions"). Raises utils.UserError."""
+    checkpoint, run_dir = find_checkpoint(model_filepath)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise utils.UserError(f"{run_dir}: no {CONFIG_FILE} beside the checkpoint, so its architecture is unknown")
+    config = utils.load_json(config_path)
+    if not isinstance(config.get("architecture"), dict):
+        raise utils.UserError(f"{config_path}: holds no architecture")
+    return checkpoint, config
+
+
 def load_run_generators(model_filepath, directions):
     """The generators for `directions` of a run folder or checkpoint prefix (see find_checkpoint),
     built with the architecture of the run's config.json. Raises utils.UserError."""
-    checkpoint, run_dir = find_checkpoint(model_filepath)
-    config_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise utils.UserError(f"{run_dir}: no config.json beside the checkpoint, so its architecture is unknown")
-    architecture = utils.load_json(config_path).get("architecture")
-    if not isinstance(architecture, dict):
-        raise utils.UserError(f"{config_path}: holds no architecture")
-    generators = load_generators(checkpoint, architecture, directions)
+    checkpoint, config = run_config(model_filepath)
+    held = config.get("directions", DIRECTIONS)
+    missing = [d for d in directions if d not in held]
+    if missing:
+        why = " (--save_cycle needs both)" if len(directions) > 1 else ""
+        if "pretrained" in config:
+            why += "; a pretrained model translates its own input domain, as A2B"
+        raise utils.UserError(f"{model_filepath}: holds only the {' and '.join(held)} generator, not "
+                              f"{', '.join(missing)}{why}")
+    generators = load_generators(checkpoint, config["architecture"], directions)
     print(f"model: {checkpoint}", file=sys.stderr)
     return generators
 

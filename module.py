@@ -86,8 +86,9 @@ class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D, computed through kernels.conv2d where a faster way applies (the same
     values and gradients from the same variables, see kernels.conv_rewrite)."""
 
-    def call(self, inputs):
-        y = kernels.conv2d(self, inputs)
+    def call(self, inputs, training=None):
+        # training: whether gradients will be taken, which kernels' "auto" mode times.
+        y = kernels.conv2d(self, inputs, bool(training))
         return super().call(inputs) if y is None else y
 
 

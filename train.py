@@ -31,7 +31,6 @@ import tensorflow as tf
 import metrics
 import model
 
-CONFIG_FILE = "config.json"
 LOSSES_FILE = "losses.csv"
 # Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
 CHECK_CACHE_FILE = "image_check.json"
@@ -52,7 +51,7 @@ def build_parser():
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
     g = p.add_argument_group("run folder")
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
-    g.add_argument("--model_name", default="cyclegan.ckpt", help="checkpoint file prefix inside --model_dir")
+    g.add_argument("--model_name", default=model.CHECKPOINT_NAME, help="checkpoint file prefix inside --model_dir")
     g.add_argument("--output_dir", help="validation translations go to OUTPUT_DIR/epoch_NNN/{A2B,B2A} (default: MODEL_DIR/validation)")
     g.add_argument("--validation_every", type=int, default=10,
                    help="every N epochs (and at the last) translate all validation images into OUTPUT_DIR/epoch_NNN")
@@ -331,7 +330,7 @@ def setup(args):
     config.json, losses.csv and the TensorBoard writer."""
     resolve_paths(args)
     check_args(args)
-    config_path = os.path.join(args.model_dir, CONFIG_FILE)
+    config_path = os.path.join(args.model_dir, model.CONFIG_FILE)
     check_resumable(args, config_path)
     paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
     utils.setup_devices(args.cpu_kernels)

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -372,6 +373,18 @@ def make_temp_dir(parent, prefix):
     tmp = tempfile.mkdtemp(dir=parent, prefix=prefix)
     os.chmod(tmp, usual_mode(directory=True))
     return tmp
+
+
+def swap_into_place(ready, dest):
+    """Renames the finished folder `ready` to `dest`; an older `dest` is removed only once the new
+    one is in place, so `dest` is always complete (the old or the new)."""
+    old = None
+    if os.path.exists(dest):
+        old = f"{ready}.old"
+        os.rename(dest, old)
+    os.rename(ready, dest)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def temp_file_beside(path):

@@ -3,8 +3,14 @@ import errno
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The CPU kernels by their fixed rules: the same graphs on every run and machine, and no timing of
+# each tiny shape ("auto", the default, has its own tests in test_kernels.py). A cache folder of the
+# session's own, so that no test reads or writes the user's.
+os.environ.setdefault("CYCLEGAN_CPU_KERNELS", "fixed")
+os.environ.setdefault("CYCLEGAN_CACHE_DIR", tempfile.mkdtemp(prefix="cyclegan-test-cache-"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cv2  # noqa: E402

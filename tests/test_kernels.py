@@ -1,4 +1,10 @@
-"""kernels.py's switch: "fixed" rewrites, "direct" Keras convolution, the portable norm of exports."""
+"""kernels.py's switch: "auto" (timed) and "fixed" rewrites, "direct" Keras convolution, the portable
+norm of exports."""
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +14,8 @@ import convert
 import kernels
 import module
 from test_compat import FIXTURE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -61,3 +69,103 @@ def test_portable_instance_norm_equals_the_fused_one(batch):
         types = [op.type for op in plain.get_concrete_function().graph.get_operations()]
     assert "FusedBatchNormV3" not in types
     np.testing.assert_allclose(plain(data), fused(data), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- "auto": chosen by timing
+
+def slow(fn, repeats=30):
+    """fn computed `repeats` times on slightly different inputs (distinct work that no graph
+    optimisation can merge: a real slow path), averaged."""
+    return lambda x, kernel, bias, *rest: tf.add_n([fn(x * (1.0 + 1e-3 * i), kernel, bias, *rest) for i in range(repeats)]) / repeats
+
+
+def test_fastest_picks_the_path_that_is_really_faster():
+    args = kernels._random_inputs((1, 18, 18, 16), (3, 3, 16, 16), "float32")
+    fast_fn = tf.function(lambda x, k, b: kernels.apply(None, x, k, b, 1))
+    slow_fn = tf.function(slow(lambda x, k, b: kernels.apply(None, x, k, b, 1)))
+    for first, second in ((fast_fn, slow_fn), (slow_fn, fast_fn)):
+        times = kernels.fastest({"first": first, "second": second}, args)
+        assert min(times, key=times.get) == ("first" if first is fast_fn else "second")
+
+
+def test_tuning_avoids_a_slow_rewrite_and_caches_every_time(restore_mode, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "_tuned", {})
+    monkeypatch.setattr(kernels, "winograd_conv", slow(kernels.winograd_conv))
+    kernels.set_mode("auto")
+    layer = module.Conv2D(16, 3)
+    layer.build((1, 18, 18, 16))
+    for training in (False, True):
+        assert kernels.conv_rewrite(layer, (2, 18, 18, 16), tf.float32, training) is None  # direct, not Winograd
+    entries = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    assert set(entries) == {"3x3/1 16->16 2x18x18 float32 convert", "3x3/1 16->16 2x18x18 float32 train"}
+    for entry in entries.values():
+        assert entry["choice"] == "direct" and entry["seconds"]["winograd"] > entry["seconds"]["direct"]
+    assert capsys.readouterr().err.count("timing each new convolution shape") == 1
+
+
+TUNE = ("import kernels; kernels.set_mode('auto'); "
+        "print(kernels.tuned_choice(3, 1, (1, 18, 18, 16), 16, 'float32', True))")
+
+
+def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path):
+    env = dict(os.environ, CYCLEGAN_CACHE_DIR=str(tmp_path))
+    run = lambda: subprocess.run([sys.executable, "-c", TUNE], cwd=ROOT, env=env, capture_output=True, text=True)
+    first = run()
+    assert first.returncode == 0 and "timing each new convolution shape" in first.stderr
+    path = tmp_path / "kernels.json"
+    data = json.loads(path.read_text())
+    (machine, entries), = data.items()
+    key = "3x3/1 16->16 1x18x18 float32 train"
+    assert set(entries[key]["seconds"]) == {"direct", "winograd", "space_to_depth", "banded"}
+    # A second process takes the cached choice, whatever it is, without timing anything.
+    entries[key]["choice"] = "space_to_depth" if first.stdout.strip() == "banded" else "banded"
+    path.write_text(json.dumps(data))
+    second = run()
+    assert second.stdout.strip() == entries[key]["choice"] and "timing" not in second.stderr
+    # Another processor, thread count or TensorFlow version is another key: timed again, both kept.
+    path.write_text(json.dumps({machine.replace("TensorFlow", "TensorFlow 1.0 / was"): entries}))
+    third = run()
+    assert "timing each new convolution shape" in third.stderr
+    assert len(json.loads(path.read_text())) == 2
+
+
+@pytest.mark.parametrize("filters,k,stride,shape", [(5, 3, 1, (1, 14, 10, 6)), (4, 7, 1, (1, 15, 12, 3)),
+                                                     (6, 4, 2, (1, 17, 12, 5))])
+def test_every_candidate_gives_the_direct_convolution(filters, k, stride, shape):
+    x, kernel, bias = kernels._random_inputs(shape, (k, k, shape[3], filters), "float32")
+    options = kernels.candidates(k, stride, shape, filters, tf.float32)
+    assert len(options) >= 2
+    for o in options:
+        want = kernels._conv_fn(None, stride, True)(x, kernel, bias)
+        for got, ref in zip(kernels._conv_fn(o, stride, True)(x, kernel, bias), want):
+            # Rounding relative to the values' scale (the kernel's gradient sums large terms).
+            np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, float(np.abs(ref).max())), err_msg=f"{o}")
+        np.testing.assert_allclose(kernels._conv_fn(o, stride, False)(x, kernel, bias),
+                                   kernels._conv_fn(None, stride, False)(x, kernel, bias), rtol=2e-5, atol=2e-5, err_msg=f"{o}")
+
+
+def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, monkeypatch, tmp_path):
+    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
+    G = module.resnet_generator(ngf=4, n_blocks=1)
+    x = tf.constant(np.random.default_rng(1).uniform(-1, 1, (1, 20, 24, 3)).astype(np.float32))
+
+    def run(mode):
+        kernels.set_mode(mode)
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                y = G(x, training=True)
+                loss = tf.reduce_sum(y * y)
+            return y, tape.gradient(loss, G.trainable_variables)
+        return step(x), tf.function(lambda x: G(x, training=False))(x)
+
+    (y_auto, grads_auto), out_auto = run("auto")
+    (y_direct, grads_direct), out_direct = run("direct")
+    np.testing.assert_allclose(y_auto, y_direct, atol=1e-5)
+    np.testing.assert_allclose(out_auto, out_direct, atol=1e-5)
+    for a, d in zip(grads_auto, grads_direct):
+        np.testing.assert_allclose(a, d, atol=1e-4 * max(1.0, float(np.abs(d).max())))
+    tuned = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    assert any(k.endswith("train") for k in tuned) and any(k.endswith("convert") for k in tuned)

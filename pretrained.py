@@ -1,0 +1,322 @@
+"""The official implementation's pretrained generators, and any .pth file it trained, read without PyTorch.
+
+    python download.py --pretrained horse2zebra     # -> model/horse2zebra_pretrained/, a run folder
+    python convert.py --model_filepath model/horse2zebra_pretrained --img_dir photos/ --output_dir out/
+    python convert.py --model_filepath checkpoints/NAME/latest_net_G.pth --img_dir photos/ --output_dir out/
+
+A .pth file is a pickle, and unpickling calls whatever the pickle names: read_state_dict uses an
+unpickler that knows only the few names a state_dict of tensors needs and refuses any other, so
+loading a file never runs code from it. It reads torch.save's zip format (torch >= 1.6) and the
+legacy format of the published 2017-2019 files. resnet_generator maps the official ResnetGenerator's
+keys (model.1.weight, model.10.conv_block.1.weight, ...) onto module.resnet_generator.
+"""
+import collections
+import hashlib
+import os
+import pickle
+import re
+import shutil
+import sys
+import zipfile
+
+import numpy as np
+
+import utils
+
+# Where the official download_cyclegan_model.sh fetches NAME.pth.
+PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/"
+
+# Each official file is one generator; its run folder translates A2B, A being its input.
+PRETRAINED = {
+    "apple2orange": "apples to oranges (apple2orange's testA)",
+    "orange2apple": "oranges to apples (apple2orange's testB)",
+    "summer2winter_yosemite": "Yosemite in summer to winter (summer2winter_yosemite's testA)",
+    "winter2summer_yosemite": "Yosemite in winter to summer (summer2winter_yosemite's testB)",
+    "horse2zebra": "horses to zebras (horse2zebra's testA)",
+    "zebra2horse": "zebras to horses (horse2zebra's testB)",
+    "monet2photo": "Monet paintings to photos (monet2photo's testA)",
+    "style_monet": "photos to Monet's style (monet2photo's testB)",
+    "style_cezanne": "photos to Cezanne's style (cezanne2photo's testB)",
+    "style_ukiyoe": "photos to ukiyo-e style (ukiyoe2photo's testB)",
+    "style_vangogh": "photos to Van Gogh's style (vangogh2photo's testB)",
+    "sat2map": "aerial photos to maps (maps' testA)",
+    "map2sat": "maps to aerial photos (maps' testB)",
+    "cityscapes_photo2label": "street photos to Cityscapes label colours",
+    "cityscapes_label2photo": "Cityscapes label colours to street photos",
+    "facades_photo2label": "building facade photos to facade label colours",
+    "facades_label2photo": "facade label colours to building facade photos",
+    "iphone2dslr_flower": "iPhone flower photos to DSLR-like shallow depth of field (iphone2dslr_flower's testA)",
+}
+
+# torch.save's first pickle in the legacy format.
+LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+# The storage classes a state_dict names, as the numpy type of their elements. bfloat16 has no
+# numpy type: its 16 bits are the high half of a float32.
+STORAGE_DTYPES = {
+    "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"), "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": "bfloat16", "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"), "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"),
+}
+
+
+# What convert.py --model_filepath takes as a PyTorch state_dict file.
+PTH_EXTENSIONS = (".pth", ".pt")
+
+
+def is_pth(path):
+    return os.path.splitext(path)[1].lower() in PTH_EXTENSIONS
+
+
+class PthError(utils.UserError):
+    """A .pth file that cannot be read or is not what was expected; str() is the one-line reason."""
+
+
+# ---------------------------------------------------------------------------- reading .pth files
+
+class _Storage:
+    """A storage the pickle refers to; its elements are read from the file afterwards."""
+
+    def __init__(self, dtype):
+        self.dtype, self.array = dtype, None
+
+
+class _Tensor:
+    """A tensor as torch._utils._rebuild_tensor_v2 describes it: a strided view of a storage."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    # _rebuild_tensor_v2 adds requires_grad, backward hooks and metadata, which weights don't need.
+    return _Tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Resolves only the globals a state_dict of tensors holds; any other name (os.system,
+    builtins.eval, a class of the pickler's choosing) is refused before it can be called."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        **{("torch", name): dtype for name, dtype in STORAGE_DTYPES.items()},
+    }
+
+    def __init__(self, file, path):
+        super().__init__(file)
+        self.path, self.storages = path, {}
+
+    def find_class(self, module, name):
+        try:
+            return self.ALLOWED[module, name]
+        except KeyError:
+            raise PthError(f"{self.path}: refused: the file asks to run {module}.{name}, which a PyTorch "
+                           f"state_dict never needs (a .pth file can run code when it is unpickled)") from None
+
+    def persistent_load(self, pid):
+        # ('storage', storage type, key, location, numel[, view metadata in the legacy format])
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
+                and any(pid[1] is t for t in STORAGE_DTYPES.values()) and isinstance(pid[2], str)):
+            raise PthError(f"{self.path}: not a PyTorch state_dict (unknown persistent reference)")
+        if len(pid) > 5 and pid[5] is not None:
+            raise PthError(f"{self.path}: holds storage views, which no state_dict of weights has")
+        return self.storages.setdefault(pid[2], _Storage(pid[1]))
+
+
+def _unpickle(file, path):
+    u = _StateDictUnpickler(file, path)
+    try:
+        return u.load(), u.storages
+    except PthError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises anything from EOFError to TypeError
+        raise PthError(f"{path}: not a readable PyTorch file ({utils.first_line(e, 120)})") from None
+
+
+def _elements(raw, dtype, path):
+    if dtype == "bfloat16":
+        return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    if len(raw) % dtype.itemsize:
+        raise PthError(f"{path}: a storage's size is not a whole number of elements (corrupt file)")
+    return np.frombuffer(raw, dtype)
+
+
+def _read_zip(path):
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pickles) != 1:
+            raise PthError(f"{path}: a zip, but not one torch.save wrote (no data.pkl)")
+        prefix = pickles[0][:-len("data.pkl")]
+        if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() != b"little":
+            raise PthError(f"{path}: written on a big-endian machine, which is not supported")
+        with z.open(pickles[0]) as f:
+            obj, storages = _unpickle(f, path)
+        for key, storage in storages.items():
+            member = f"{prefix}data/{key}"
+            if member not in names:
+                raise PthError(f"{path}: storage {key} is missing (truncated or corrupt file)")
+            storage.array = _elements(z.read(member), storage.dtype, path)
+    return obj
+
+
+def _read_legacy(path):
+    with open(path, "rb") as f:
+        magic, _ = _unpickle(f, path)  # restricted too: any pickle in the file may be hostile
+        if magic != LEGACY_MAGIC:
+            raise PthError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip nor its legacy format)")
+        # The protocol version and the writer's system information: plain values, read safely.
+        _unpickle(f, path)
+        _unpickle(f, path)
+        obj, storages = _unpickle(f, path)
+        keys, _ = _unpickle(f, path)
+        if not isinstance(keys, list) or set(keys) != set(storages):
+            raise PthError(f"{path}: the storage list does not match the tensors (corrupt file)")
+        file_size = os.fstat(f.fileno()).st_size
+        for key in keys:
+            header = f.read(8)
+            size = 2 if storages[key].dtype == "bfloat16" else storages[key].dtype.itemsize
+            nbytes = int.from_bytes(header, "little") * size if len(header) == 8 else -1
+            if not 0 <= nbytes <= file_size - f.tell():
+                raise PthError(f"{path}: ends before its last tensor (truncated download?)")
+            raw = f.read(nbytes)
+            storages[key].array = _elements(raw, storages[key].dtype, path)
+    return obj
+
+
+def _materialize(t, path, key):
+    """The tensor's elements, after checking that its view stays inside its storage (a hostile or
+    corrupt file could otherwise read past it, or ask for a view far larger than the file)."""
+    array = t.storage.array
+    if not all(isinstance(n, int) and n >= 0 for n in (t.offset, *t.size, *t.stride)):
+        raise PthError(f"{path}: tensor {key} has an invalid size, stride or offset (corrupt file)")
+    count = int(np.prod(t.size, dtype=np.int64)) if t.size else 1
+    if count:
+        end = t.offset + sum((n - 1) * s for n, s in zip(t.size, t.stride)) + 1
+        if end > len(array) or count > len(array):
+            raise PthError(f"{path}: tensor {key} reaches past its storage (corrupt file)")
+    strides = [s * array.itemsize for s in t.stride]
+    return np.lib.stride_tricks.as_strided(array[t.offset:], t.size, strides).copy()
+
+
+def read_state_dict(path):
+    """The tensors of a PyTorch state_dict file (.pth, .pt), zip or legacy format, as
+    {name: numpy array}, without PyTorch and without running any code from the file.
+    Raises PthError with a one-line reason (refused global, corrupt, not a state_dict)."""
+    if not os.path.isfile(path):
+        raise PthError(f"{path}: no such file")
+    try:
+        obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise PthError(f"{path}: cannot be read ({utils.first_line(e, 120)})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
+        raise PthError(f"{path}: not a state_dict (a dictionary of tensors)")
+    return {k: _materialize(v, path, k) for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------------------- the ResNet generator
+
+def resnet_layout(state, path):
+    """Checks that `state` is the official ResnetGenerator (any ngf and number of blocks,
+    instance norm, with or without dropout) and returns (architecture, weights): architecture
+    {"ngf", "n_blocks", "channels"}, weights {module.resnet_generator layer name: [kernel, bias]}
+    with kernels in Keras' layout. InstanceNorm's stale running_mean/running_var keys, which old
+    files carry and the official loader drops too, are ignored. Raises PthError naming what
+    does not match."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+             if not k.endswith((".running_mean", ".running_var", ".num_batches_tracked"))}
+    first = state.get("model.1.weight")
+    if first is None or first.ndim != 4 or first.shape[2:] != (7, 7):
+        found = ", ".join(sorted(state)[:3]) or "no tensors"
+        raise PthError(f"{path}: not the official ResnetGenerator (no 7x7 model.1.weight; found {found}, ...): "
+                       f"U-Net generators and discriminators cannot be imported")
+    ngf, channels = first.shape[:2]
+    n_blocks = 0
+    while f"model.{10 + n_blocks}.conv_block.1.weight" in state:
+        n_blocks += 1
+    # With dropout (the official default outside CycleGAN) a Dropout sits before the second pad.
+    second = 6 if f"model.10.conv_block.6.weight" in state else 5
+    up = 10 + n_blocks
+    expected = {  # PyTorch module -> (Keras layer, PyTorch weight shape)
+        "model.1": (f"c7s1-{ngf}_conv", (ngf, channels, 7, 7)),
+        "model.4": (f"d{2 * ngf}_conv", (2 * ngf, ngf, 3, 3)),
+        "model.7": (f"d{4 * ngf}_conv", (4 * ngf, 2 * ngf, 3, 3)),
+        **{f"model.{10 + i}.conv_block.{j}": (f"R{4 * ngf}-{i + 1}_conv{n}", (4 * ngf, 4 * ngf, 3, 3))
+           for i in range(n_blocks) for n, j in ((1, 1), (2, second))},
+        f"model.{up}": (f"u{2 * ngf}_convT", (4 * ngf, 2 * ngf, 3, 3)),
+        f"model.{up + 3}": (f"u{ngf}_convT", (2 * ngf, ngf, 3, 3)),
+        f"model.{up + 7}": (f"c7s1-{channels}-out_conv", (channels, ngf, 7, 7)),
+    }
+    keys = {f"{m}.{p}" for m in expected for p in ("weight", "bias")}
+    missing = sorted(keys - set(state), key=_natural)
+    extra = sorted(set(state) - keys, key=_natural)
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise PthError(f"{path}: not the official ResnetGenerator with ngf {ngf} and {n_blocks} blocks ({what}"
+                       f"{f' and {len(missing) + len(extra) - 1} more differences' if len(missing) + len(extra) > 1 else ''})")
+    weights = {}
+    for m, (layer, shape) in expected.items():
+        w, b = state[f"{m}.weight"], state[f"{m}.bias"]
+        out = shape[1] if layer.endswith("_convT") else shape[0]
+        if w.shape != shape or b.shape != (out,):
+            raise PthError(f"{path}: {m}.weight has shape {tuple(w.shape)}, expected {shape} for ngf {ngf}")
+        # PyTorch's Conv2d is (out, in, h, w) and ConvTranspose2d (in, out, h, w); Keras' Conv2D is
+        # (h, w, in, out) and Conv2DTranspose (h, w, out, in): one permutation serves both. Neither
+        # framework flips a transposed convolution's kernel (both compute the adjoint of correlation).
+        weights[layer] = [np.transpose(w, (2, 3, 1, 0)).astype(np.float32), b.astype(np.float32)]
+    return {"ngf": int(ngf), "n_blocks": n_blocks, "channels": int(channels)}, weights
+
+
+def _natural(key):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def resnet_generator(path, name="G_A2B"):
+    """A module.resnet_generator holding the weights of an official ResnetGenerator .pth file.
+    Returns (G, architecture). Raises PthError."""
+    import module  # here, not at the top: download.py lists and fetches without loading TensorFlow
+    architecture, weights = resnet_layout(read_state_dict(path), path)
+    if architecture["channels"] != 3:
+        raise PthError(f"{path}: a generator of {architecture['channels']}-channel images; only RGB is supported")
+    G = module.resnet_generator(architecture["ngf"], architecture["n_blocks"], architecture["channels"], name=name)
+    for layer, values in weights.items():
+        G.get_layer(layer).set_weights(values)
+    return G, architecture
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_run(pth_path, run_dir, source=None):
+    """Imports a ResnetGenerator .pth file as a run folder that convert.py and the exports take like
+    a trained one: config.json (architecture, the one direction A2B, the file's origin and SHA-256)
+    and a checkpoint holding G_A2B. Written beside run_dir and renamed into place."""
+    import tensorflow as tf
+    import model
+    G, architecture = resnet_generator(pth_path)
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    tmp = utils.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(run_dir))}.tmp-")
+    try:
+        utils.save_json(os.path.join(tmp, model.CONFIG_FILE), {
+            "architecture": architecture, "directions": ["A2B"],
+            "pretrained": {"source": source or os.path.abspath(pth_path), "sha256": sha256(pth_path)}})
+        tf.train.Checkpoint(**{model.GENERATOR_KEYS["A2B"]: G}).save(os.path.join(tmp, model.CHECKPOINT_NAME))
+        utils.swap_into_place(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"imported {pth_path}: ResnetGenerator, ngf {architecture['ngf']}, {architecture['n_blocks']} blocks "
+          f"-> {run_dir}", file=sys.stderr)
+    return architecture
