@@ -79,6 +79,7 @@ def build_parser():
     p.add_argument("--retry_wait", type=float, default=2.0, help="seconds before the first retry; doubles each time")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a connection counts as timed out")
     p.add_argument("--seed", type=int, default=0, help=f"random seed of the generated '{SAMPLE}' set")
+    utils.add_verbose_flag(p)
     return p
 
 
