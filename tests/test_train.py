@@ -277,7 +277,7 @@ def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(datase
     filler = threading.Thread(target=fill_after_the_second_checkpoint)
     filler.start()
     try:
-        status = train.main(flags(dataset_dirs, run, "--n_epochs", "2", "--n_epochs_decay", "0",
+        status = train.main(flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "0",
                                   "--save_every_steps", "1", "--keep_checkpoints", "1"))
     finally:
         done.set()
