@@ -27,6 +27,8 @@ import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
+utils.start_tensorflow()
+
 import numpy as np
 import tensorflow as tf
 
@@ -55,6 +57,7 @@ def build_parser():
     g.add_argument("--ceiling", action="store_true",
                    help="also time the generator's residual convolution alone (forward, input and weight "
                         "gradients) against the matmul peak: what TensorFlow's kernels reach here")
+    utils.add_verbose_flag(p)
     return p
 
 

@@ -8,13 +8,16 @@
 
 Every file keeps its own size, name and format. The architecture comes from the run's
 config.json; only the generators needed are built. Exit status: 0 every input converted,
-1 nothing could be done (model, flags or folders), 2 some inputs were skipped (each named).
+1 nothing could be done (model, flags or folders) or the disk filled up, 2 some inputs were
+skipped (each named), 130 interrupted.
 """
 import os
 import sys
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+
+utils.start_tensorflow()
 
 import numpy as np
 import progressbar
@@ -28,7 +31,8 @@ CYCLE_DIRS = ("reconstructed", "real_fake_rec")
 def build_parser():
     p = utils.ArgumentParser(
         description="Translate images, animated GIFs and videos with a trained CycleGAN, or export it.",
-        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders), 2 some inputs skipped.")
+        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders) or the disk filled up, "
+               "2 some inputs skipped, 130 interrupted.")
     p.add_argument("--model_filepath", required=True,
                    help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
                         "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, one "
@@ -55,6 +59,7 @@ def build_parser():
                    help="what --export_dir receives: " + "; ".join(f"{k}: {v}" for k, v in export.FORMATS.items()))
     p.add_argument("--quantize", default="none", choices=export.QUANTIZE,
                    help="tflite only: float16 stores the weights in half precision (half the file size)")
+    utils.add_verbose_flag(p)
     return p
 
 
@@ -121,7 +126,9 @@ class Converter:
                 self.convert_video(path)
         except utils.ImageError as e:
             self.skip(path, str(e))
-        except OSError as e:  # writing failed: disk full, permissions
+        except OSError as e:  # writing failed: permissions (a full disk ends the run: see convert())
+            if utils.disk_full_path(e):
+                raise
             self.skip(path, f"{e.filename or self.out_path(path)}: cannot be written ({e.strerror or e})")
 
     def chunks(self, frames):
@@ -229,6 +236,15 @@ def convert(args):
         bar.finish(dirty=True)
         print(f"interrupted: {len(conv.converted)} converted into {args.output_dir}", file=sys.stderr)
         return 130
+    except OSError as e:
+        where = utils.disk_full_path(e)
+        if where is None:
+            raise
+        # Every output is written to a temporary name and renamed: the one that failed left nothing.
+        bar.finish(dirty=True)
+        print(f"error: disk full: cannot write {where}; stopped. The {len(conv.converted)} outputs written "
+              f"before it are complete, in {args.output_dir}", file=sys.stderr)
+        return 1
     bar.finish()
     print(f"converted {len(conv.converted)} of {len(inputs)} in {time.time() - start:.1f} s, "
           f"skipped {len(conv.skipped)}; outputs in {args.output_dir}", file=sys.stderr)

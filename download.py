@@ -54,6 +54,10 @@ class DownloadError(Exception):
     """A dataset that could not be fetched or extracted; str() is the one-line reason."""
 
 
+class NoRoomError(DownloadError):
+    """A sound archive that does not fit in the free space: kept, to be extracted once there is room."""
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="Download CycleGAN datasets (or generate the offline sample set) "
                                             "and the official pretrained generators.",
@@ -75,6 +79,7 @@ def build_parser():
     p.add_argument("--retry_wait", type=float, default=2.0, help="seconds before the first retry; doubles each time")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a connection counts as timed out")
     p.add_argument("--seed", type=int, default=0, help=f"random seed of the generated '{SAMPLE}' set")
+    utils.add_verbose_flag(p)
     return p
 
 
@@ -180,11 +185,42 @@ def _connection_reason(e, url):
 
 # ---------------------------------------------------------------------------- archives
 
+# A member that expands more than this (and to more than ZIP_BOMB_MIN_SIZE) is refused: JPEG and
+# PNG datasets barely compress (about 1:1), deflate's own limit is about 1032:1, and a zip bomb
+# counts on exactly that ratio.
+ZIP_BOMB_RATIO = 100
+ZIP_BOMB_MIN_SIZE = 1 << 20
+
+
+def _free_bytes(folder):
+    """Free space for a user on the filesystem that holds `folder` (or its nearest existing parent)."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return shutil.disk_usage(folder).free
+
+
+def check_sizes(path, infos, target):
+    """Refuses, before a byte is decompressed, an archive whose declared total would not fit in the
+    free space where `target` goes, and any member with an absurd compression ratio (a zip bomb)."""
+    for info in infos:
+        if info.file_size > ZIP_BOMB_MIN_SIZE and info.file_size > ZIP_BOMB_RATIO * max(info.compress_size, 1):
+            raise DownloadError(f"{path}: member {info.filename} would expand {info.file_size / max(info.compress_size, 1):.0f}x "
+                                f"({info.file_size / 1e6:.1f} MB from {info.compress_size / 1e3:.1f} kB): a zip bomb? "
+                                f"refusing the archive")
+    total, free = sum(i.file_size for i in infos), _free_bytes(target)
+    if total > free:
+        raise NoRoomError(f"{path}: needs {total / 1e6:.1f} MB when extracted, only {free / 1e6:.1f} MB free "
+                          f"where {target} goes (disk full); nothing extracted, run again once there is room")
+
+
 def check_zip(path, target):
-    """Opens the zip and checks every member's CRC and that none would land outside
-    `target` (absolute paths, '..', links). Returns the member names; raises DownloadError."""
+    """Opens the zip and checks the declared sizes (check_sizes), that no member would land outside
+    `target` (absolute paths, '..', links), then every member's CRC. Returns the member names;
+    raises DownloadError."""
     try:
         with zipfile.ZipFile(path) as z:
+            check_sizes(path, z.infolist(), target)
             bad = z.testzip()
             if bad is not None:
                 raise DownloadError(f"{path}: member {bad} fails its CRC check (corrupt download)")
@@ -249,6 +285,8 @@ def fetch(name, args):
                  args.timeout, name=name)
     try:
         check_zip(zip_path, dest)
+    except NoRoomError:
+        raise
     except DownloadError:
         os.remove(zip_path)
         raise

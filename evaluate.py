@@ -13,6 +13,8 @@ import sys
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
 
+utils.start_tensorflow()
+
 import numpy as np
 
 import export
@@ -36,6 +38,7 @@ def build_parser():
     p.add_argument("--grid", help="also write a PNG grid of real | translated | reconstructed for up to --grid_rows images")
     p.add_argument("--grid_rows", type=int, default=4, help="rows of --grid")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    utils.add_verbose_flag(p)
     return p
 
 

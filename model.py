@@ -352,6 +352,17 @@ class CycleGAN:
             rng=self.rng, epoch=self.epoch, epoch_step=self.epoch_step, step=self.step,
             loss_sums=self.loss_sums)
 
+    def weights_finite(self):
+        """True if every float variable of the four networks and both optimizers (Adam's moments)
+        is finite. One graph reduces them all, so a save costs one value fetched to the host, not a
+        round trip per variable."""
+        if not hasattr(self, "_finite"):
+            float_vars = [v for v in self.G_vars + self.D_vars + self.optimizer_G.variables + self.optimizer_D.variables
+                          if tf.as_dtype(v.dtype).is_floating]
+            self._finite = tf.function(lambda: tf.reduce_all(tf.stack(
+                [tf.reduce_all(tf.math.is_finite(v)) for v in float_vars])))
+        return bool(self._finite())
+
     def begin_epoch(self):
         """Zeroes the loss sums when an epoch starts from its first step (a resumed epoch keeps
         them); returns the steps of this epoch already done."""

@@ -304,6 +304,7 @@ def write_run(pth_path, run_dir, source=None):
     """Imports a ResnetGenerator .pth file as a run folder that convert.py and the exports take like
     a trained one: config.json (architecture, the one direction A2B, the file's origin and SHA-256)
     and a checkpoint holding G_A2B. Written beside run_dir and renamed into place."""
+    utils.start_tensorflow()  # only here does download.py need TensorFlow: loaded without its start-up noise
     import tensorflow as tf
     import model
     G, architecture = resnet_generator(pth_path)

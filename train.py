@@ -6,17 +6,23 @@
 The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
 losses.csv and, with validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
-Exit status: 0 done, 1 the loss turned NaN/Inf, 2 bad input, 130 interrupted (checkpoint saved).
+Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
+checkpoint is kept), 2 bad input, 130 interrupted (checkpoint saved).
 """
 import csv
+import glob
 import io
+import json
 import os
+import re
 import shutil
 import sys
 import time
 import types
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+
+utils.start_tensorflow()
 
 import numpy as np
 import progressbar
@@ -26,6 +32,8 @@ import metrics
 import model
 
 LOSSES_FILE = "losses.csv"
+# Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
+CHECK_CACHE_FILE = "image_check.json"
 
 
 def build_parser():
@@ -35,8 +43,8 @@ def build_parser():
     g.add_argument("--data_dir", default="data", help="where --dataset looks for NAME/")
     g.add_argument("--img_A_dir", help="folder of training images of domain A")
     g.add_argument("--img_B_dir", help="folder of training images of domain B")
-    g.add_argument("--validation_A_dir", help="folder of A images translated to B after every epoch")
-    g.add_argument("--validation_B_dir", help="folder of B images translated to A after every epoch")
+    g.add_argument("--validation_A_dir", help="folder of A images translated to B (see --validation_every, --progress_images)")
+    g.add_argument("--validation_B_dir", help="folder of B images translated to A (see --validation_every, --progress_images)")
     g.add_argument("--validation_truth_dir",
                    help="true translations of the validation A images, same names (default with --dataset: "
                         "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
@@ -45,6 +53,11 @@ def build_parser():
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
     g.add_argument("--model_name", default=model.CHECKPOINT_NAME, help="checkpoint file prefix inside --model_dir")
     g.add_argument("--output_dir", help="validation translations go to OUTPUT_DIR/epoch_NNN/{A2B,B2A} (default: MODEL_DIR/validation)")
+    g.add_argument("--validation_every", type=int, default=10,
+                   help="every N epochs (and at the last) translate all validation images into OUTPUT_DIR/epoch_NNN")
+    g.add_argument("--progress_images", type=int, default=4,
+                   help="the first N validation images of each direction get a frame per epoch in their "
+                        "progress GIF (MODEL_DIR/progress/DIR/NAME.gif)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: only at the end of each epoch)")
     g.add_argument("--keep_checkpoints", type=int, default=3, help="how many recent checkpoints to keep")
     g.add_argument("--eval_every", type=int, default=0,
@@ -61,6 +74,7 @@ def build_parser():
                         "multiworker: several machines described by TF_CONFIG (MultiWorkerMirroredStrategy). "
                         "--batch_size is per replica; the learning rate is not scaled")
     model.add_model_flags(p)
+    utils.add_verbose_flag(p)
     return p
 
 
@@ -108,9 +122,11 @@ def resolve_paths(args):
 def check_args(args):
     """One-line errors for values that cannot work."""
     model.check_model_flags(args)
-    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every"):
+    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every", "progress_images"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
+    if args.validation_every < 1:
+        raise utils.UserError("--validation_every must be at least 1")
     if args.n_epochs + args.n_epochs_decay < 1:
         raise utils.UserError("--n_epochs plus --n_epochs_decay must be at least 1")
     if args.keep_checkpoints < 1:
@@ -127,6 +143,30 @@ def check_resumable(args, config_path):
     if diff:
         raise utils.UserError(f"{args.model_dir}: its checkpoint was made with another architecture "
                               f"({', '.join(diff)}); use another --model_dir or the saved settings")
+
+
+def record_config(path, config, counters):
+    """config.json keeps the run's first configuration. Each later start that changes anything (a
+    resume with another --lr, --n_epochs, a lambda, a new TensorFlow...) appends one entry to its
+    "history": the epochs and steps done then, and each changed key as [old, new]; one line on stderr
+    says what changed. What cannot change (the architecture) was refused before this."""
+    config = json.loads(json.dumps(config))  # as it reads back: tuples become lists
+    if not os.path.exists(path):
+        utils.save_json(path, dict(config, history=[]))
+        return
+    saved = utils.load_json(path)
+    history = saved.setdefault("history", [])
+    current = {k: v for k, v in saved.items() if k != "history"}
+    for entry in history:
+        current.update({k: new for k, (_, new) in entry["changes"].items()})
+    changes = {k: [current.get(k), v] for k, v in config.items() if current.get(k) != v}
+    if not changes:
+        return
+    epochs, _, step = counters
+    history.append({"epoch": epochs, "step": step, "changes": changes})
+    utils.save_json(path, saved)
+    print(f"resuming with changes (kept in {path}): "
+          + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()), file=sys.stderr)
 
 
 def restore(ckpt, path, model_dir):
@@ -154,16 +194,20 @@ def preview_grid(gan, rgb, direction):
 
 
 class LossLog:
-    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch."""
+    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch; the
+    columns of earlier starts of the run are kept, empty in rows that lack them."""
 
     def __init__(self, path, done_epochs, extra_fields=()):
         self.path = path
-        self.fields = ["epoch", "lr", "seconds", *model.LOSS_NAMES, *extra_fields]
-        rows = []
+        fields, rows = [], []
         if os.path.exists(path):
             with open(path, newline="") as f:
+                reader = csv.DictReader(f)
                 # Rows of epochs after the restored checkpoint are redone by this run.
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= done_epochs]
+                rows = [r for r in reader if int(r["epoch"]) <= done_epochs]
+                # Every column ever written stays (e.g. the scores of an earlier --eval_every).
+                fields = list(reader.fieldnames or [])
+        self.fields = list(dict.fromkeys(["epoch", "lr", "seconds", *model.LOSS_NAMES, *fields, *extra_fields]))
         self._write(rows)
 
     def _write(self, rows):
@@ -202,10 +246,12 @@ def eval_fields(val, truth_dir, fid):
     return fields
 
 
-def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
-    """Translates the validation images into OUTPUT_DIR/epoch_NNN/DIR, adds a frame to each
-    image's progress GIF (MODEL_DIR/progress/DIR/NAME.gif) and, when evaluate_now, returns
-    the scores of these translations (metrics.translation_scores, FID/KID with inception)."""
+def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
+    """Translates the first --progress_images validation images of each direction and appends each
+    one's frame to its progress GIF (MODEL_DIR/progress/DIR/NAME.gif); when `full` (every
+    --validation_every epochs, the last, and when scoring) translates them all into
+    OUTPUT_DIR/epoch_NNN/DIR. When evaluate_now, returns the scores of these translations
+    (metrics.translation_scores, FID/KID with inception)."""
     scores = {}
     for direction, (paths, images) in val.items():
         if not paths:
@@ -221,16 +267,16 @@ def validate(gan, epoch, val, args, inception=None, evaluate_now=False):
                 scores[f"{direction}_fid"] = metrics.fid(f_real, f_fake)
                 scores[f"{direction}_kid"] = metrics.kid(f_real, f_fake)[0]
         else:
-            fakes = [gan.translators[direction].translate_image(im) for im in images]
-        out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
-        for path, fake in zip(paths, fakes):
-            utils.write_image(os.path.join(out, os.path.basename(path)), fake)
-            gif = os.path.join(args.model_dir, "progress", direction, os.path.splitext(os.path.basename(path))[0] + ".gif")
-            frames, durations = [], []
-            if os.path.exists(gif):
-                frames, durations, _ = utils.read_animation(gif)
-            frames.append(utils.label(fake, f"epoch {epoch}"))
-            utils.write_animation(gif, frames, durations + [300])
+            count = len(images) if full else min(args.progress_images, len(images))
+            fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]
+        if full:
+            out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
+            for path, fake in zip(paths, fakes):
+                utils.write_image(os.path.join(out, os.path.basename(path)), fake)
+        for path, fake in zip(paths[:args.progress_images], fakes):
+            name = os.path.splitext(os.path.basename(path))[0] + ".gif"
+            utils.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
+                                         utils.label(fake, f"epoch {epoch}"), 300)
     return scores
 
 
@@ -244,10 +290,16 @@ def progress_bar(epoch, total, steps):
 
 
 def load_data(args):
-    """The training images (each checked once), the validation images, InceptionV3 for FID/KID if
+    """The training images (each checked once, or found unchanged in the run folder's cache), the validation images, InceptionV3 for FID/KID if
     --eval_every can have it, and the two preview images; one-line errors for what cannot work."""
-    paths_A = utils.check_images(utils.list_images(args.img_A_dir))
-    paths_B = utils.check_images(utils.list_images(args.img_B_dir))
+    cache = load_check_cache(args.model_dir)
+    listed = utils.list_images(args.img_A_dir), utils.list_images(args.img_B_dir)
+    (paths_A, cached_A), (paths_B, cached_B) = (utils.check_images(paths, cache) for paths in listed)
+    if cached_A + cached_B:
+        print(f"training images: {cached_A + cached_B} unchanged since the last start, not decoded again "
+              f"({CHECK_CACHE_FILE})", file=sys.stderr)
+    # Files no longer in the folders leave the cache.
+    cache = {k: cache[k] for k in (os.path.abspath(p) for p in listed[0] + listed[1]) if k in cache}
     for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
         if not paths:
             raise utils.UserError(f"{folder}: none of its images could be read")
@@ -259,7 +311,17 @@ def load_data(args):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
     preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
     preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
-    return paths_A, paths_B, val, inception, preview
+    return paths_A, paths_B, val, inception, preview, cache
+
+
+def load_check_cache(model_dir):
+    """What an earlier start found decoding the training images (see utils.check_images); empty
+    for a new run, or if the file is unreadable (then every image is checked again)."""
+    try:
+        cache = utils.load_json(os.path.join(model_dir, CHECK_CACHE_FILE))
+    except utils.UserError:
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def setup(args):
@@ -268,9 +330,9 @@ def setup(args):
     config.json, losses.csv and the TensorBoard writer."""
     resolve_paths(args)
     check_args(args)
-    paths_A, paths_B, val, inception, preview = load_data(args)
     config_path = os.path.join(args.model_dir, model.CONFIG_FILE)
     check_resumable(args, config_path)
+    paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
     utils.setup_devices(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)
@@ -302,18 +364,28 @@ def setup(args):
         config = dict(vars(args), architecture=model.architecture(args), images_A=len(paths_A),
                       images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
-        utils.save_json(config_path, config)
+        record_config(config_path, config, gan.counters())
+        utils.save_json(os.path.join(args.model_dir, CHECK_CACHE_FILE), check_cache)
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
     return types.SimpleNamespace(args=args, paths_A=paths_A, paths_B=paths_B, val=val, inception=inception,
                                  strategy=strategy, chief=chief, replicas=replicas, steps=steps, gan=gan,
                                  manager=manager, save_dir=save_dir, log=log, writer=writer, preview=preview,
-                                 total_epochs=args.n_epochs + args.n_epochs_decay)
+                                 total_epochs=args.n_epochs + args.n_epochs_decay, traced=False)
+
+
+class Diverged(Exception):
+    """The weights are no longer finite: nothing more may be saved; str() is the one-line reason."""
 
 
 def save(run):
-    """Writes a checkpoint numbered by the global step; returns its path."""
+    """Writes a checkpoint numbered by the global step; returns its path. Raises Diverged, saving
+    nothing, if any weight is not finite: the losses a step reports are those before its update, so
+    only the weights themselves tell that the last update diverged."""
+    if not run.gan.weights_finite():
+        raise Diverged(f"the weights are not finite after step {run.gan.counters()[2]} of the run: the last "
+                       f"update diverged (a lower --lr may help); nothing saved")
     path = run.manager.save(checkpoint_number=run.gan.counters()[2])
     if not run.chief:
         shutil.rmtree(run.save_dir, ignore_errors=True)
@@ -334,14 +406,20 @@ def epoch_data(run, epoch, done):
 def run_epoch(run, epoch, lr):
     """The steps of one epoch (from where a resumed run stopped), with the progress bar, the
     TensorBoard scalars and the periodic checkpoints. Returns None when the epoch is done, else
-    the exit status: 1 if a loss is not finite (nothing saved), 130 on Ctrl-C (saved first)."""
+    the exit status: 1 if a loss is not finite (nothing saved), 130 on Ctrl-C (saved first).
+    Raises Diverged where a save finds weights that are not finite."""
     gan, args = run.gan, run.args
     done = gan.begin_epoch()
     bar = progress_bar(epoch, run.total_epochs, run.steps)
     bar.start(init_value=done)
     try:
         for real_A, real_B in epoch_data(run, epoch, done):
-            losses = gan.train_step(real_A, real_B).numpy()
+            if run.traced:
+                losses = gan.train_step(real_A, real_B).numpy()
+            else:  # the first step traces the graph, when TensorFlow prints its optimizer's notices
+                with utils.tensorflow_noise_hidden():
+                    losses = gan.train_step(real_A, real_B).numpy()
+                run.traced = True
             _, epoch_step, step = gan.counters()
             if not np.all(np.isfinite(losses)):
                 bad = [k for k, v in zip(model.LOSS_NAMES, losses) if not np.isfinite(v)]
@@ -358,6 +436,9 @@ def run_epoch(run, epoch, lr):
             bar.update(epoch_step, G=named["G"], D=named["D_A"] + named["D_B"], cyc=named["cycle_A"] + named["cycle_B"])
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save(run)
+    except (Diverged, OSError, tf.errors.OpError):
+        bar.finish(dirty=True)
+        raise
     except KeyboardInterrupt:
         bar.finish(dirty=True)
         path = save(run)
@@ -369,33 +450,83 @@ def run_epoch(run, epoch, lr):
 
 
 def end_epoch(run, epoch, lr, seconds):
-    """Checkpoints the finished epoch; on the chief also translates the validation images (and
-    scores them every --eval_every epochs), adds the losses.csv row, redraws losses.png, and
-    writes the previews and scores to TensorBoard."""
+    """Checkpoints the finished epoch; on the chief also translates validation images (see validate;
+    scored every --eval_every epochs), adds the losses.csv row, redraws losses.png, and writes the
+    previews and scores to TensorBoard. Returns None, or 130 on Ctrl-C after the checkpoint (the
+    epoch's row is then written without scores)."""
     gan, args = run.gan, run.args
     means = gan.end_epoch(epoch)
     path = save(run)
     if not run.chief:
-        return
-    evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
-    scores = validate(gan, epoch, run.val, args, run.inception, evaluate_now)
-    run.log.add(epoch, lr, seconds, means, scores)
-    run.log.plot(os.path.join(args.model_dir, "losses.png"))
-    with run.writer.as_default(step=gan.counters()[2]):
-        for direction, rgb in run.preview.items():
-            tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
-        for name, value in scores.items():
-            tf.summary.scalar(f"eval/{name}", value)
-    run.writer.flush()
+        return None
+    logged = False
+    try:
+        evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
+        full = evaluate_now or epoch % args.validation_every == 0 or epoch == run.total_epochs
+        start = time.time()
+        count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in run.val.values())
+        if count:
+            print(f"epoch {epoch}: {'scoring' if evaluate_now else 'translating'} {count} validation images",
+                  file=sys.stderr, flush=True)
+        scores = validate(gan, epoch, run.val, args, full, run.inception, evaluate_now)
+        validation_seconds = time.time() - start
+        run.log.add(epoch, lr, seconds, means, scores)
+        logged = True
+        run.log.plot(os.path.join(args.model_dir, "losses.png"))
+        with run.writer.as_default(step=gan.counters()[2]):
+            for direction, rgb in run.preview.items():
+                tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
+            for name, value in scores.items():
+                tf.summary.scalar(f"eval/{name}", value)
+        run.writer.flush()
+    except KeyboardInterrupt:
+        if not logged:
+            run.log.add(epoch, lr, seconds, means)
+        print(f"interrupted after epoch {epoch} (during its validation); saved {path}; "
+              f"run the same command to resume", file=sys.stderr)
+        return 130
     if scores:
         print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)
     summary = " ".join(f"{k} {v:.3f}" for k, v in zip(model.LOSS_NAMES, means))
-    print(f"epoch {epoch}/{run.total_epochs} lr {lr:.3g}: {summary}; saved {path}", file=sys.stderr)
+    print(f"epoch {epoch}/{run.total_epochs} lr {lr:.3g}: {summary}; validation {validation_seconds:.1f} s; "
+          f"saved {path}", file=sys.stderr)
+    return None
 
 
 def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
-    run = setup(args)
+    try:
+        run = setup(args)
+        return train_epochs(run)
+    except Diverged as e:
+        print(f"error: {e}. The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 -- only a full disk is handled; anything else is re-raised
+        where = utils.disk_full_path(e)
+        if where is None:
+            raise
+        remove_unfinished_checkpoints(args)
+        print(f"error: disk full: cannot write {where}; stopped. The last checkpoint is kept: "
+              f"{tf.train.latest_checkpoint(args.model_dir)}; free some space and run the same command to resume",
+              file=sys.stderr)
+        return 1
+
+
+def remove_unfinished_checkpoints(args):
+    """Deletes what a failed save left (its temporary folder, files of a checkpoint the index does not
+    list), so a full disk is not left fuller; the index's checkpoints are untouched."""
+    state = tf.train.get_checkpoint_state(args.model_dir)
+    listed = {os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else [])}
+    for path in glob.glob(glob.escape(os.path.join(args.model_dir, args.model_name)) + "-*"):
+        name = re.sub(r"(_temp|\.index|\.data-.*)$", "", os.path.basename(path))
+        if name not in listed:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+
+
+def train_epochs(run):
+    """The epochs still to do; returns the exit status."""
+    args = run.args
     for epoch in range(run.gan.counters()[0] + 1, run.total_epochs + 1):
         # the learning rate of this epoch (constant, then linear decay to 0)
         lr = run.gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)
@@ -404,8 +535,10 @@ def train(args):
         status = run_epoch(run, epoch, lr)
         if status is not None:
             return status
-        # checkpoint, validation, losses.csv, TensorBoard
-        end_epoch(run, epoch, lr, time.time() - start)
+        # checkpoint, validation, losses.csv, TensorBoard; Ctrl-C here ends the run too
+        status = end_epoch(run, epoch, lr, time.time() - start)
+        if status is not None:
+            return status
     return 0
 
 

@@ -8,9 +8,12 @@ Every decoded image is 8-bit RGB: grayscale is repeated, alpha dropped, 16-bit s
 The network sees floats in [-1, 1]; to_float / to_uint8 are the only place that mapping lives.
 """
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,15 +23,77 @@ import numpy as np
 
 # TensorFlow is imported inside the functions that need it, so download.py, which only
 # writes images, starts in a fraction of a second. The one thing done on import: TensorFlow's C++
-# start-up lines (oneDNN notices, CUDA probing) stay quiet unless the user asks for them; this
-# only works before TensorFlow loads, so the commands import utils first.
+# info and warning lines stay quiet (this only works before TensorFlow loads, so the commands import
+# utils first); its start-up lines printed before its logging is set up are filtered by
+# start_tensorflow().
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# TensorFlow's start-up lines that alarm without telling anything on a machine without a GPU (or
+# say only what it is built for); any other line printed while they are filtered is kept.
+STARTUP_NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
+                 "oneDNN custom operations are on", "Could not find cuda drivers", "failed call to cuInit",
+                 "Unable to register cuDNN factory", "Unable to register cuFFT factory",
+                 "Unable to register cuBLAS factory", "computation placer already registered",
+                 "This TensorFlow binary is optimized to use available CPU instructions",
+                 "rebuild TensorFlow with the appropriate compiler flags", "TF-TRT Warning: Could not find TensorRT",
+                 # Grappler's remapper declining a fusion while the training step is first traced: harmless
+                 "remapper failed: INVALID_ARGUMENT: Mutation::Apply error")
+VERBOSE_ENV = "CYCLEGAN_VERBOSE"
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ANIMATION_EXTENSIONS = (".gif",)
 VIDEO_EXTENSIONS = (".mp4", ".avi")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 JPEG_QUALITY = 95
+
+
+def verbose():
+    """True with --verbose on the command line or CYCLEGAN_VERBOSE set (not 0): show TensorFlow's
+    start-up lines. Read from sys.argv because TensorFlow starts before the flags are parsed."""
+    return "--verbose" in sys.argv[1:] or os.environ.get(VERBOSE_ENV, "0") not in ("", "0")
+
+
+def add_verbose_flag(parser):
+    """--verbose, which start_tensorflow() reads from sys.argv before the parser runs."""
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show TensorFlow's start-up lines (CUDA probing, oneDNN notices); also ${VERBOSE_ENV}=1")
+
+
+@contextlib.contextmanager
+def tensorflow_noise_hidden():
+    """Within it, file descriptor 2 goes to a temporary file; on leaving, what was caught is printed
+    except the STARTUP_NOISE lines (everything with verbose()). For TensorFlow's C++ lines, which no
+    Python setting reaches."""
+    if verbose():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(n in line for n in STARTUP_NOISE)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
+
+
+def start_tensorflow():
+    """Imports TensorFlow and probes its devices with its noise hidden (tensorflow_noise_hidden):
+    it writes those lines from C++ before its logging honours TF_CPP_MIN_LOG_LEVEL (twice: two of
+    its libraries each start the logger), and logs the failed CUDA probe of a machine without a GPU
+    as an error; real warnings and errors still show. The commands call it right after importing utils."""
+    if "tensorflow" in sys.modules:
+        return
+    with tensorflow_noise_hidden():
+        import tensorflow as tf
+        tf.config.list_physical_devices()
 
 
 class UserError(Exception):
@@ -159,6 +224,75 @@ def write_animation(path, frames, durations, loop_count=0):
     atomic_write_bytes(path, encoded.tobytes())
 
 
+def _gif_blocks(data):
+    """The blocks of a GIF file as (kind, start, end) byte ranges: "header" (signature, logical
+    screen descriptor and global colour table), "ext" (with its label at start + 1), "image"
+    (descriptor, local colour table, pixel data), "end". Raises ValueError if it is not a GIF."""
+    if data[:6] not in (b"GIF87a", b"GIF89a") or len(data) < 13:
+        raise ValueError("not a GIF")
+    table = lambda flags: 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
+
+    def sub_blocks(i):  # data sub-blocks end with a zero length
+        while data[i]:
+            i += data[i] + 1
+        return i + 1
+
+    i = 13 + table(data[10])
+    blocks = [("header", 0, i)]
+    while i < len(data):
+        if data[i] == 0x21:
+            end = sub_blocks(i + 2)
+            blocks.append(("ext", i, end))
+        elif data[i] == 0x2C:
+            end = sub_blocks(i + 10 + table(data[i + 9]) + 1)
+            blocks.append(("image", i, end))
+        elif data[i] == 0x3B:
+            blocks.append(("end", i, i + 1))
+            return blocks
+        else:
+            raise ValueError(f"unknown GIF block {data[i]:#x} at byte {i}")
+        i = end
+    raise ValueError("no GIF trailer")
+
+
+def append_animation_frame(path, rgb, duration):
+    """Adds one uint8 RGB frame, shown `duration` ms, at the end of an animated GIF of frames of the
+    same size (made if missing), atomically. The frames already there are neither decoded nor encoded
+    again: the new frame is encoded alone and its blocks (timing, image with its palette as the
+    frame's own colour table) go before the trailer, so adding the 200th frame costs what the first
+    did. A file that is not such a GIF is rewritten whole."""
+    if not os.path.exists(path):
+        write_animation(path, [rgb], [duration])
+        return
+    old = open(path, "rb").read()
+    anim = cv2.Animation()
+    anim.frames = [cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR)]
+    anim.durations, anim.loop_count = [int(duration)], 0
+    ok, one = cv2.imencodeanimation(".gif", anim)
+    one = one.tobytes() if ok else b""
+    try:
+        old_blocks, new_blocks = _gif_blocks(old), _gif_blocks(one)
+        if old[6:10] != one[6:10] or old_blocks[-1][1] != len(old) - 1:
+            raise ValueError("another frame size")
+    except ValueError:
+        frames, durations, loop = read_animation(path)
+        write_animation(path, frames + [rgb], durations + [duration], loop)
+        return
+    screen_flags, palette = one[10], one[13:new_blocks[0][2]]
+    tail = []
+    for kind, start, end in new_blocks[1:]:
+        if kind == "ext" and one[start + 1] == 0xF9:  # the frame's graphic control: its duration
+            tail.append(one[start:end])
+        elif kind == "image":
+            descriptor = bytearray(one[start:start + 10])
+            if not descriptor[9] & 0x80 and palette:  # the global palette becomes the frame's own
+                descriptor[9] = (descriptor[9] & 0x40) | 0x80 | (screen_flags & 7)
+                tail.append(bytes(descriptor) + palette + one[start + 10:end])
+            else:
+                tail.append(one[start:end])
+    atomic_write_bytes(path, old[:-1] + b"".join(tail) + b";")
+
+
 def open_video(path):
     """Opens a video for reading: (cv2.VideoCapture, frames per second). Raises ImageError."""
     if not os.path.isfile(path):
@@ -266,16 +400,39 @@ def temp_file_beside(path):
 
 
 def atomic_write_bytes(path, data):
-    """Writes bytes to a temporary file beside `path`, then renames it over `path`."""
+    """Writes bytes to a temporary file beside `path`, then renames it over `path`; a failed write
+    leaves nothing behind and raises an OSError naming `path`."""
     fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            raise OSError(e.errno, e.strerror, path) from None
         raise
+
+
+# The errors of a full disk (or of a full quota), as the C library and TensorFlow's file writers say them.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full_path(error):
+    """For an error that a write raised because the disk is full (an OSError with ENOSPC or EDQUOT,
+    or a TensorFlow error that says so), the path it was writing (or "?"); None for any other error."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return error.filename or "?"
+    text = str(error)
+    if not any(t in text for t in DISK_FULL_TEXTS):
+        return None
+    # TensorFlow: "... /run/cyclegan.ckpt-7_temp/part-00000-of-00001.data...; No space left on device"
+    found = re.search(r"(/[^\s;]+)[^/]*?(?:" + "|".join(DISK_FULL_TEXTS) + ")", text)
+    if not found:
+        return "?"
+    return re.sub(r"_temp/.*$", "", found.group(1))
 
 
 def to_float(images):
@@ -343,10 +500,9 @@ def setup_devices(cpu_kernels=None):
         raise UserError(str(e)) from None
 
 
-def read_images(paths, keep=True):
-    """Decodes every file once; warns (one line each) about those that fail. Returns the readable
-    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
-    memory). Runs in threads: OpenCV decodes without holding the GIL."""
+def _decode_all(paths, keep):
+    """[(image or True, None) or (None, error)] for each path, decoded in threads (OpenCV decodes
+    without holding the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(path):
@@ -356,20 +512,55 @@ def read_images(paths, keep=True):
         except ImageError as e:
             return None, str(e)
 
-    kept, images = [], []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for path, (image, error) in zip(paths, pool.map(read, paths)):
-            if error is None:
-                kept.append(path)
-                images.append(image)
-            else:
-                warn(f"skipping {error}")
+        return list(pool.map(read, paths))
+
+
+def read_images(paths, keep=True):
+    """Decodes every file once; warns (one line each) about those that fail. Returns the readable
+    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
+    memory)."""
+    kept, images = [], []
+    for path, (image, error) in zip(paths, _decode_all(paths, keep)):
+        if error is None:
+            kept.append(path)
+            images.append(image)
+        else:
+            warn(f"skipping {error}")
     return kept, images if keep else None
 
 
-def check_images(paths):
-    """The readable paths among `paths` (see read_images), without keeping the images."""
-    return read_images(paths, keep=False)[0]
+def file_stamp(path):
+    """[size, modification time in ns] of a file, or None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def check_images(paths, cache=None):
+    """The readable paths among `paths`, decoding each once without keeping the images; warns (one
+    line each) about those that fail. `cache` (a dict, updated in place; kept in the run folder by
+    train.py) maps an absolute path to [size, mtime_ns, error or None]: a file whose size and
+    modification time are unchanged is not decoded again, so a restart over 100k images starts in
+    seconds; a new or changed file is checked. Returns (readable paths, how many came from the cache)."""
+    cache = {} if cache is None else cache
+    stamps = {p: file_stamp(p) for p in paths}
+    todo = [p for p in paths if stamps[p] is None or cache.get(os.path.abspath(p), [None, None])[:2] != stamps[p]]
+    errors = {}
+    for path, (_, error) in zip(todo, _decode_all(todo, keep=False)):
+        errors[path] = error
+        if stamps[path] is not None:
+            cache[os.path.abspath(path)] = [*stamps[path], error]
+    kept = []
+    for path in paths:
+        error = errors[path] if path in errors else cache[os.path.abspath(path)][2]
+        if error is None:
+            kept.append(path)
+        else:
+            warn(f"skipping {error}")
+    return kept, len(paths) - len(todo)
 
 
 def epoch_order(n_A, n_B, epoch, random_seed):

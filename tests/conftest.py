@@ -1,5 +1,7 @@
 """Shared fixtures: the tiny configuration, built once per session, and image folders."""
+import errno
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -53,3 +55,53 @@ def dataset_dirs(tmp_path_factory):
     for name, n, seed in (("trainA", 6, 1), ("trainB", 5, 2), ("testA", 2, 3), ("testB", 2, 4)):
         write_images(str(root / name), n, seed)
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size, name): a real filesystem of `size` (tmpfs, e.g. "4m") mounted at tmp_path/name,
+    unmounted after the test, so a test can fill a disk for real. Skips, saying why, where this
+    machine does not let the test mount one (it needs root, or CAP_SYS_ADMIN in a container)."""
+    mounted = []
+
+    def mount(size, name="disk"):
+        path = tmp_path / name
+        path.mkdir()
+        try:
+            out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+            reason = out.stderr.strip() if out.returncode else None
+        except OSError as e:
+            reason = str(e)
+        if reason is not None:
+            print(f"skipped: cannot mount a tmpfs here ({reason})")
+            pytest.skip(f"cannot mount a tmpfs here ({reason})")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def free_bytes(folder):
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def fill_disk(folder, leave=0):
+    """Writes a filler file into `folder` until its filesystem has at most about `leave` bytes free
+    (with 0 the disk really is full: the next write fails with ENOSPC)."""
+    fd = os.open(os.path.join(folder, ".filler"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while (free := free_bytes(folder)) > leave:
+            try:
+                os.write(fd, b"\0" * min(1 << 20, free - leave))
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    return
+                raise
+            if free_bytes(folder) == free:  # what is left is less than a page
+                return
+    finally:
+        os.close(fd)

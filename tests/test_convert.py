@@ -202,3 +202,25 @@ def test_command_line(run_dir, tmp_path):
     assert conv(run_dir, tmp_path / "in", tmp_path / "plain") == 0
     diff = np.abs(cv2.imread(str(tmp_path / "out" / "x.png")).astype(int) - cv2.imread(str(tmp_path / "plain" / "x.png")))
     assert diff.max() <= 1  # XLA and the plain graph agree
+
+
+def test_full_disk_stops_in_one_line_keeping_the_outputs_already_written(run_dir, tmp_path, capsys, small_disk):
+    from conftest import fill_disk
+    src = tmp_path / "in"
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        write(src / f"{i}.png", rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    assert conv(run_dir, src, tmp_path / "ref", "--batch_size", "1") == 0
+    # A real filesystem with room for the first two outputs and half the third (tmpfs counts pages).
+    pages = [-(-os.path.getsize(tmp_path / "ref" / f"{i}.png") // 4096) for i in range(3)]
+    disk = small_disk("1m")
+    (disk / "out").mkdir()
+    fill_disk(str(disk), leave=4096 * (pages[0] + pages[1] + pages[2] // 2))
+    capsys.readouterr()
+    assert conv(run_dir, src, disk / "out", "--batch_size", "1") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err == [f"error: disk full: cannot write {disk / 'out' / '2.png'}; stopped. The 2 outputs written "
+                   f"before it are complete, in {disk / 'out'}"]
+    assert sorted(os.listdir(disk / "out")) == ["0.png", "1.png"]  # and no partial file
+    for i in range(2):
+        assert open(disk / "out" / f"{i}.png", "rb").read() == open(tmp_path / "ref" / f"{i}.png", "rb").read()

@@ -195,29 +195,50 @@ def test_unreachable_host_and_timeout(server, tmp_path, capsys):
     assert "timed out" in capsys.readouterr().err
 
 
-def test_disk_full_is_one_line(server, tmp_path, capsys, monkeypatch):
+def test_disk_full_is_one_line(server, tmp_path, capsys, small_disk):
+    # A real filesystem too small for the zip: the download hits ENOSPC part way.
     make_zip(os.path.join(server.cfg["root"], "mini.zip"), name="mini")
-    real_open = open
+    disk = small_disk("128k")
+    err_status = download.main(["--download_dir", str(disk), "--data_dir", str(tmp_path / "data"),
+                                "--base_url", server.url, "--retries", "1", "--datasets", "mini"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err_status == 1 and "Traceback" not in "\n".join(err)
+    assert err[-2].startswith("error: mini:") and "disk full" in err[-2] and str(disk) in err[-2]
+    assert err[-1] == "failed: mini" and not os.path.exists(tmp_path / "data" / "mini")
 
-    class Full:
-        def __init__(self, f):
-            self.f = f
 
-        def __getattr__(self, name):
-            return getattr(self.f, name)
+def bomb_zip(path, member_size):
+    """A dataset zip whose last member is `member_size` zero bytes, deflated (about 1000:1)."""
+    make_zip(path, name="mini", size=8000)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("mini/trainA/zeros.jpg", bytes(member_size))
+    return path
 
-        def __enter__(self):
-            return self
 
-        def __exit__(self, *a):
-            self.f.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(download, "open", lambda p, *a, **k: Full(real_open(p, *a, **k)), raising=False)
+def test_zip_bomb_member_is_refused_before_extraction(server, tmp_path, capsys):
+    bomb_zip(os.path.join(server.cfg["root"], "mini.zip"), 20 << 20)
     assert run(tmp_path, server, "mini") == 1
-    assert "disk full" in capsys.readouterr().err
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert "mini/trainA/zeros.jpg would expand" in err[0] and "zip bomb" in err[0] and len(err) == 1
+    assert not os.path.exists(tmp_path / "data" / "mini") and leftovers(tmp_path / "data") == []
+
+
+def test_archive_larger_than_the_free_space_is_refused_and_kept(tmp_path, capsys, small_disk):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    make_zip(str(mirror / "mini.zip"), name="mini", size=400_000)  # 400 kB stored, in 8 members
+    disk = small_disk("256k")
+    argv = ["--download_dir", str(tmp_path / "dl"), "--data_dir", str(disk / "data"),
+            "--base_url", mirror.as_uri() + "/", "--datasets", "mini"]
+    assert download.main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "needs 0.4 MB when extracted" in err[0] and "disk full" in err[0] and "nothing extracted" in err[0]
+    assert not os.path.exists(disk / "data" / "mini") and leftovers(disk / "data") == []
+    # The sound zip is kept: once there is room, extraction needs no new download.
+    assert os.path.exists(tmp_path / "dl" / "mini.zip")
+    os.remove(mirror / "mini.zip")
+    argv[argv.index("--data_dir") + 1] = str(tmp_path / "data")
+    assert download.main(argv) == 0 and download.is_complete(tmp_path / "data" / "mini")
 
 
 def test_file_url_mirror(tmp_path):

@@ -144,7 +144,7 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
     assert utils.read_image(str(tmp_path / "grid.png")).shape[0] == 4 * 128
     # Pictures: a GIF per validation image with a frame per epoch, and the loss plot.
     frames, durations, _ = utils.read_animation(str(run / "progress" / "A2B" / "0000.gif"))
-    assert len(frames) == 2 and len(os.listdir(run / "progress" / "B2A")) == 6
+    assert len(frames) == 2 and len(os.listdir(run / "progress" / "B2A")) == 4  # --progress_images' default
     assert utils.read_image(str(run / "losses.png")).shape == (400, 720, 3)
 
 

@@ -35,7 +35,8 @@ def full_run(dataset_dirs, tmp_path_factory):
     run = tmp_path_factory.mktemp("full")
     argv = flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "1",
                  "--validation_A_dir", str(dataset_dirs / "testA"),
-                 "--validation_B_dir", str(dataset_dirs / "testB"))
+                 "--validation_B_dir", str(dataset_dirs / "testB"), "--validation_every", "2",
+                 "--progress_images", "1")
     assert train.main(argv) == 0
     return run
 
@@ -52,10 +53,13 @@ def test_run_folder_describes_itself(full_run, dataset_dirs):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == 0.0
     assert all(np.isfinite(float(rows[1][k])) for k in model.LOSS_NAMES)
-    for epoch in ("epoch_001", "epoch_002"):
-        for direction, side in (("A2B", "testA"), ("B2A", "testB")):
-            out = sorted(os.listdir(full_run / "validation" / epoch / direction))
-            assert out == sorted(os.listdir(dataset_dirs / side))
+    # All validation images every --validation_every epochs; a frame per epoch for --progress_images.
+    assert os.listdir(full_run / "validation") == ["epoch_002"]
+    for direction, side in (("A2B", "testA"), ("B2A", "testB")):
+        out = sorted(os.listdir(full_run / "validation" / "epoch_002" / direction))
+        assert out == sorted(os.listdir(dataset_dirs / side))
+        assert os.listdir(full_run / "progress" / direction) == ["img000.gif"]
+        assert len(utils.read_animation(str(full_run / "progress" / direction / "img000.gif"))[0]) == 2
     shape = utils.read_image(str(full_run / "validation/epoch_002/A2B/img001.png")).shape
     assert shape == utils.read_image(str(dataset_dirs / "testA/img001.png")).shape
 
@@ -69,18 +73,42 @@ def test_tensorboard_has_losses_learning_rate_and_images(full_run):
     assert {"learning_rate", "A2B/real_fake_rec", "B2A/real_fake_rec"} <= tags
 
 
-def test_resume_equals_uninterrupted(full_run, dataset_dirs, tmp_path):
+def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs, tmp_path, capsys):
+    import utils
     # 1 epoch, then the same command again after the schedule was extended: constant lr
-    # in both, so both runs see identical learning rates.
-    base = ["--validation_A_dir", str(dataset_dirs / "testA")]
-    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", *base)) == 0
+    # in both, so both runs see identical learning rates. The first also scores its validation
+    # images (--eval_every), which the resume no longer asks for.
+    base = ["--validation_A_dir", str(dataset_dirs / "testA"), "--progress_images", "0"]
+    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", *base,
+                            "--eval_every", "1")) == 0
     uninterrupted = tmp_path / "once"
     assert train.main(flags(dataset_dirs, uninterrupted, "--n_epochs", "2", "--n_epochs_decay", "0")) == 0
-    assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", *base)) == 0
+    capsys.readouterr()
+    later = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", *base)
+    assert train.main(later) == 0
     a, b = final_weights(uninterrupted), final_weights(tmp_path)
     assert a.keys() == b.keys() and len(a) > 50
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # config.json: the first configuration, and one history entry for the resume that changed flags.
+    err = capsys.readouterr().err.splitlines()
+    notice = [line for line in err if line.startswith("resuming with changes")]
+    assert len(notice) == 1 and "n_epochs 1 -> 2" in notice[0] and "eval_every 1 -> 0" in notice[0]
+    assert train.main(later) == 0  # nothing changed: no new entry
+    config = utils.load_json(str(tmp_path / "config.json"))
+    assert config["n_epochs"] == 1 and config["eval_every"] == 1 and len(config["history"]) == 1
+    entry = config["history"][0]
+    assert entry["epoch"] == 1 and entry["step"] == 6
+    assert entry["changes"] == {"n_epochs": [1, 2], "eval_every": [1, 0]}
+    # losses.csv keeps the score columns of the first epoch.
+    with open(tmp_path / "losses.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert "A2B_cycle_l1" in reader.fieldnames and [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[0]["A2B_cycle_l1"]) > 0 and rows[1]["A2B_cycle_l1"] == ""
+    # The training images were decoded at the first start only; the verdicts are in the run folder.
+    assert any(line.startswith("training images: 11 unchanged since the last start") for line in err)
+    assert len(utils.load_json(str(tmp_path / "image_check.json"))) == 11
 
 
 def test_interrupted_mid_epoch_resumes_exactly(full_run, dataset_dirs, tmp_path, monkeypatch, capsys):
@@ -177,12 +205,17 @@ def test_dataset_shortcut(dataset_dirs, tmp_path):
 
 
 def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
+    import utils
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0
+    # TensorFlow's start-up noise (CUDA probing, oneDNN notices) only with --verbose.
+    assert not [n for n in utils.STARTUP_NOISE if n in out.stderr], out.stderr
+    loud = subprocess.run([sys.executable, "train.py", "--help", "--verbose"], cwd=ROOT, capture_output=True, text=True)
+    assert loud.returncode == 0 and [n for n in utils.STARTUP_NOISE if n in loud.stderr]
     for flag in ("--img_A_dir", "--model_name", "--n_epochs_decay", "--lambda_identity", "--n_layers_D",
                  "--no_flip", "--save_every_steps", "--random_seed", "--output_dir", "--distribute", "--jit_compile",
                  "--eval_every", "--validation_truth_dir", "--inception_weights", "--keep_checkpoints", "--dataset",
-                 "--mixed_precision"):
+                 "--mixed_precision", "--validation_every", "--progress_images"):
         assert flag in out.stdout
     assert "(default: 0.0002)" in out.stdout
     # The flags reach the model (XLA itself is tested in test_model; compiling the step again here
@@ -190,10 +223,70 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     args = train.build_parser().parse_args(flags(dataset_dirs, tmp_path / "unused", "--jit_compile",
                                                  "--cpu_kernels", "direct"))
     assert args.cpu_kernels == "direct" and model.build(args).translators["A2B"].jit_compile
-    out = subprocess.run([sys.executable, "train.py", *flags(dataset_dirs, tmp_path / "run"),
-                          "--n_epochs", "1", "--n_epochs_decay", "0", "--save_every_steps", "4"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "epoch 1/1" in out.stderr
+    # A real run, and a real Ctrl-C while it scores its validation images: it saves and exits 130.
+    import signal
+    from conftest import write_images
+    write_images(str(tmp_path / "val"), 200, seed=7)  # enough translating and scoring to interrupt
+    argv = flags(dataset_dirs, tmp_path / "run", "--n_epochs", "2", "--n_epochs_decay", "0", "--save_every_steps", "4",
+                 "--validation_A_dir", str(tmp_path / "val"), "--validation_every", "1", "--eval_every", "1")
+    proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1: scoring 200 validation images"):
+            proc.send_signal(signal.SIGINT)
+            break
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=300) == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted after epoch 1 (during its validation)" in err
+    assert not [n for n in utils.STARTUP_NOISE if n in err]
     names = sorted(os.listdir(tmp_path / "run"))
     assert "cyclegan.ckpt-4.index" in names and "cyclegan.ckpt-6.index" in names
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-6")
+    with open(tmp_path / "run" / "losses.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+
+
+def test_weights_made_non_finite_by_an_update_are_never_saved(dataset_dirs, tmp_path, capsys):
+    # With this rate the second update overflows the weights while the losses it reports (computed
+    # before the update) are still finite; a checkpoint is due after every step.
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0", "--lr", "1e10",
+                 "--save_every_steps", "1")
+    assert train.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the weights are not finite after step 2" in err and "Traceback" not in err
+    weights = final_weights(tmp_path)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-1")
+    assert all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
+
+
+def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(dataset_dirs, tmp_path, capsys, small_disk):
+    import threading
+    from conftest import fill_disk
+    disk = small_disk("12m")
+    run = disk / "run"
+
+    def fill_after_the_second_checkpoint():
+        # A real filesystem filled while the run goes on: the next write (a checkpoint, the event
+        # file, the CSV...) fails with ENOSPC.
+        while not os.path.exists(run / "cyclegan.ckpt-2.index") and not done.is_set():
+            done.wait(0.002)
+        fill_disk(str(disk))
+
+    done = threading.Event()
+    filler = threading.Thread(target=fill_after_the_second_checkpoint)
+    filler.start()
+    try:
+        status = train.main(flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "0",
+                                  "--save_every_steps", "1", "--keep_checkpoints", "1"))
+    finally:
+        done.set()
+        filler.join()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert status == 1 and len(err) == 1, err
+    assert err[0].startswith("error: disk full: cannot write " + str(run)) and "Traceback" not in err[0]
+    latest = tf.train.latest_checkpoint(str(run))
+    assert latest is not None and latest in err[0]
+    weights = final_weights(run)  # every tensor of it reads back
+    assert len(weights) > 50 and all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
+    assert not [f for f in os.listdir(run) if f.endswith("_temp") or f.startswith(".tmp")]

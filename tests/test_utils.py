@@ -54,11 +54,35 @@ def test_missing_file_and_folders(tmp_path):
         utils.list_images(str(tmp_path))
 
 
+def test_check_images_remembers_each_file_and_checks_changed_and_new_ones(tmp_path, capsys, monkeypatch):
+    paths = write_images(str(tmp_path), 3, seed=1)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    decoded = []
+    real_read = utils.read_image
+    monkeypatch.setattr(utils, "read_image", lambda path: decoded.append(os.path.basename(path)) or real_read(path))
+    cache = {}
+    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 0)
+    assert sorted(decoded) == ["broken.png", "img000.png", "img001.png", "img002.png"]
+    # A restart: nothing decoded, the broken file still named.
+    decoded.clear()
+    capsys.readouterr()
+    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 4) and decoded == []
+    assert "broken.png" in capsys.readouterr().err
+    # A file rewritten (now broken) and a new one are decoded; the others are not.
+    (tmp_path / "img001.png").write_bytes(b"now broken too")
+    write_images(str(tmp_path / "more"), 1, seed=2)
+    os.rename(tmp_path / "more" / "img000.png", tmp_path / "new.png")
+    kept, cached = utils.check_images(utils.list_images(str(tmp_path)), cache)
+    assert sorted(decoded) == ["img001.png", "new.png"] and cached == 3
+    assert kept == [paths[0], paths[2], str(tmp_path / "new.png")]
+    assert "img001.png" in capsys.readouterr().err
+
+
 def test_check_images_skips_broken_files_with_a_warning(tmp_path, capsys):
     good = write_images(str(tmp_path), 2, seed=1)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    kept = utils.check_images(utils.list_images(str(tmp_path)))
-    assert kept == good
+    kept, cached = utils.check_images(utils.list_images(str(tmp_path)))
+    assert kept == good and cached == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png" in err[0] and err[0].startswith("warning:")
     # read_images: the same paths and their pictures, from one decode each.
@@ -140,3 +164,43 @@ def test_small_images_are_resized_up_to_the_crop(tmp_path):
     ds, _ = utils.make_dataset(paths, paths, 1, 0, load_size=16, crop_size=32, flip=False)
     a, _ = next(iter(ds))
     assert a.shape == (1, 32, 32, 3)
+
+
+def test_requirements_state_a_floor_that_the_installed_packages_meet():
+    import importlib.metadata
+    import re
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "requirements.txt")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    version = lambda text: tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+    floors = {}
+    for line in lines:
+        name, sep, floor = line.partition(">=")
+        assert sep, f"requirements.txt: {line} has no lower bound"
+        floors[name] = floor
+        assert version(importlib.metadata.version(name)) >= version(floor), name
+    assert set(floors) == {"tensorflow", "tensorboard", "numpy", "requests", "opencv-python", "progressbar2",
+                           "tf2onnx", "onnxruntime"}
+    # What the floors stand for: OpenCV's in-memory animation codec (4.12) and progressbar2's Variable (3.45).
+    assert version(floors["opencv-python"]) >= (4, 12)
+    assert all(hasattr(cv2, f) for f in ("Animation", "imdecodeanimation", "imencodeanimation"))
+    import progressbar
+    assert version(floors["progressbar2"]) >= (3, 45) and hasattr(progressbar, "Variable")
+
+
+def test_frames_appended_to_a_gif_leave_its_bytes_and_decode_as_one_encoding(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = [utils.label(make_image(rng, 40, 48), f"epoch {i}") for i in range(4)]
+    path = str(tmp_path / "progress.gif")
+    sizes = []
+    for frame in frames:
+        before = open(path, "rb").read() if os.path.exists(path) else b""
+        utils.append_animation_frame(path, frame, 300)
+        after = open(path, "rb").read()
+        assert after.startswith(before[:-1])  # the frames already there are not re-encoded
+        sizes.append(len(after))
+    utils.write_animation(str(tmp_path / "whole.gif"), frames, [300] * 4)
+    got, durations, loop = utils.read_animation(path)
+    want, _, _ = utils.read_animation(str(tmp_path / "whole.gif"))
+    assert durations == [300] * 4 and loop == 0 and len(got) == 4
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
