@@ -20,6 +20,10 @@ import pytest  # noqa: E402
 # The tiny configuration every test uses: seconds instead of minutes on a 2-core CPU.
 TINY = dict(ngf=8, ndf=8, n_blocks=2, crop_size=32)
 TINY_FLAGS = ["--ngf", "8", "--ndf", "8", "--n_blocks", "2", "--crop_size", "32", "--load_size", "36"]
+# Smaller still, where a test only needs every kind of layer once (the distributed runs, XLA):
+# tracing and compiling time grows with the number of ops.
+SMALLEST = dict(ngf=4, ndf=4, n_blocks=1, crop_size=32)
+SMALLEST_FLAGS = ["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32", "--load_size", "36"]
 
 
 def make_image(rng, h, w):

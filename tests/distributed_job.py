@@ -21,10 +21,10 @@ def equivalence(out):
     """One step, 2 replicas x batch 1, against one device x batch 2, same weights and images."""
     import model
     import utils
-    from conftest import TINY, make_image
+    from conftest import SMALLEST, make_image
     strategy = two_cpus()
-    single = model.CycleGAN(**{**TINY, "pool_size": 0}, batch_size=2)
-    dist = model.CycleGAN(**{**TINY, "pool_size": 0}, batch_size=1, strategy=strategy)
+    single = model.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=2)
+    dist = model.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=1, strategy=strategy)
     nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
     for a, b in zip(nets(single), nets(dist)):
         b.assign(a)
@@ -52,11 +52,11 @@ def mirrored_run(out, data, image):
     import model
     import train
     import utils
-    from conftest import TINY_FLAGS
+    from conftest import SMALLEST_FLAGS
     strategy = two_cpus()
     run = os.path.join(out, "run")
     base = ["--img_A_dir", os.path.join(data, "trainA"), "--img_B_dir", os.path.join(data, "trainB"),
-            "--model_dir", run, *TINY_FLAGS, "--n_epochs_decay", "0"]
+            "--model_dir", run, *SMALLEST_FLAGS, "--n_epochs_decay", "0"]
     codes = [train.main(base + ["--n_epochs", "1", "--distribute", "mirrored"]),
              train.main(base + ["--n_epochs", "2"]),
              train.main(base + ["--n_epochs", "3", "--distribute", "mirrored"])]

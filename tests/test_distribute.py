@@ -11,7 +11,7 @@ import pytest
 
 import convert
 import utils
-from conftest import TINY_FLAGS, make_image, write_images
+from conftest import SMALLEST_FLAGS, make_image, write_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -98,7 +98,7 @@ def test_two_worker_cluster_on_localhost(tmp_path):
     run = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     argv = [sys.executable, "train.py", "--distribute", "multiworker", "--img_A_dir", str(data / "A"),
-            "--img_B_dir", str(data / "B"), "--model_dir", str(run), *TINY_FLAGS, "--n_epochs", "1",
+            "--img_B_dir", str(data / "B"), "--model_dir", str(run), *SMALLEST_FLAGS, "--n_epochs", "1",
             "--n_epochs_decay", "0", "--pool_size", "3"]
     outputs = run_cluster(argv, cluster)
     assert "replicas 2, batch 1 per replica, global batch 2, 4 steps per epoch" in outputs[0]

@@ -9,7 +9,7 @@ import kernels
 import model
 import module
 import utils
-from conftest import TINY, make_image
+from conftest import SMALLEST, TINY, make_image
 
 
 def batch(seed, n=1, size=32):
@@ -306,10 +306,6 @@ def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path,
     gan, = made
     assert int(gan.step.numpy()) == 18
     assert gan.train_step.experimental_get_tracing_count() == 1
-
-
-# The smallest network of every kind of layer: XLA's compile time grows with the step's op count.
-SMALLEST = dict(ngf=4, ndf=4, n_blocks=1, crop_size=32)
 
 
 def test_xla_step_and_translation_match_the_plain_graph():
