@@ -59,7 +59,7 @@ def add_model_flags(parser):
     g.add_argument("--n_blocks", type=int, default=9, help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")
     g.add_argument("--netD", choices=NET_D, default="basic",
                    help="discriminator: basic or n_layers, the PatchGAN with --n_layers_D stride-2 layers (basic is "
-                        "the official name for 3: 70x70 patches); pixel, 1x1 convolutions scoring every pixel alone")
+                        "the official name for 3: 70x70 patches); pixel, 1x1 convolutions: a score per pixel")
     g.add_argument("--n_layers_D", type=int, default=3,
                    help="stride-2 layers in the PatchGAN (3: 70x70 patches); not used by --netD pixel")
     g.add_argument("--init_type", choices=module.INIT_TYPES, default="normal",

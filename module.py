@@ -2,7 +2,7 @@
 
     G = resnet_generator(ngf=64, n_blocks=9)        # c7s1-64, d128, d256, R256 x 9, u128, u64, c7s1-3
     D = patch_discriminator(ndf=64, n_layers=3)     # C64, C128, C256, C512, then a 1-channel score map
-    D = pixel_discriminator(ndf=64)                 # 1x1 convolutions: every pixel scored alone
+    D = pixel_discriminator(ndf=64)                 # 1x1 convolutions: a score per pixel
 
 Layers and builders only: shapes and widths are arguments, never globals. Every padding is
 explicit (reflect or zero, as the reference has it), because Keras 'same' padding puts the extra
@@ -290,8 +290,9 @@ def patch_discriminator(ndf=64, n_layers=3, channels=3, name="discriminator", dt
 
 
 def pixel_discriminator(ndf=64, channels=3, name="discriminator", dtype=None):
-    """The 1x1 PatchGAN (the official PixelDiscriminator, --netD pixel): every pixel scored alone by
-    1x1 convolutions, C(ndf) and LeakyReLU(0.2), C(2 ndf), IN and LeakyReLU(0.2), then one channel
+    """The 1x1 PatchGAN (the official PixelDiscriminator, --netD pixel): a score per pixel from 1x1
+    convolutions (no neighbourhood; only the norm's statistics span the image), C(ndf) and
+    LeakyReLU(0.2), C(2 ndf), IN and LeakyReLU(0.2), then one channel
     (biases everywhere, as the official code has with instance norm). Returns raw scores
     (batch, H, W, 1), float32 whatever dtype's policy."""
     x = inputs = keras.Input((None, None, channels), name="image")
