@@ -52,6 +52,10 @@ def build_parser():
     p.add_argument("--tile_size", type=int, default=2048,
                    help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same result in "
                         "far less memory, a little slower); not for exported models")
+    p.add_argument("--eval", action="store_true",
+                   help="batch norm (--norm batch runs) uses the running statistics learned in training, as the "
+                        "official test.py --eval; by default each image is normalised by its own statistics, as "
+                        "test.py without it. Also what --export_dir receives")
     model.add_device_flags(p, training=False)
     p.add_argument("--export_dir", help="write the generators to this folder for deployment, in --export_format "
                                         "(uint8 RGB images of any size in, the same size out)")
@@ -217,7 +221,8 @@ def convert(args):
         directions = set(model.DIRECTIONS)
     elif args.export_dir:  # every generator the model holds
         directions |= set(export.directions_held(args.model_filepath, args.conversion_direction))
-    translators, generators = export.load_translators(args.model_filepath, sorted(directions), args.jit_compile)
+    translators, generators = export.load_translators(args.model_filepath, sorted(directions), args.jit_compile,
+                                                      args.eval)
     if args.export_dir:
         export.write(generators, args.export_dir, args.export_format, args.quantize)
         print(f"exported {args.export_format} to {args.export_dir}: {export.FORMATS[args.export_format]}",

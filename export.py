@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import kernels
 import model
+import module
 import pretrained
 import utils
 
@@ -164,13 +165,17 @@ class OnnxTranslator:
         return self.translate(rgb[None])[0]
 
 
-def load_translators(model_filepath, directions, jit_compile=False):
+def load_translators(model_filepath, directions, jit_compile=False, running_statistics=False):
     """Translators for `directions` from whatever a user points at: an export (see
     exported_translators), a PyTorch ResnetGenerator .pth file (one generator, serving the one
     direction asked), or a run folder or checkpoint (model.load_run_generators). Returns
-    (translators, generators), generators None for an export. Raises utils.UserError."""
+    (translators, generators), generators None for an export. running_statistics: batch norms use
+    their running statistics (convert.py --eval; see module.BatchNorm). Raises utils.UserError."""
     translators = exported_translators(model_filepath, directions)
     if translators is not None:
+        if running_statistics:
+            raise utils.UserError(f"{model_filepath}: an export computes as it was exported; --eval applies "
+                                  f"to a run folder (and to what it exports)")
         return translators, None
     if pretrained.is_pth(model_filepath):
         _one_generator(model_filepath, directions)
@@ -179,6 +184,8 @@ def load_translators(model_filepath, directions, jit_compile=False):
         generators = {directions[0]: G}
     else:
         generators = model.load_run_generators(model_filepath, directions)
+    for G in generators.values():
+        module.use_running_statistics(G, running_statistics)
     return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
 
 

@@ -5,7 +5,7 @@
     with kernels.direct():                # how a SavedModel export is traced, whatever the mode
         ...
 
-module.Conv2D and module.InstanceNorm compute through this file; the networks never see it.
+module.Conv2D, module.InstanceNorm and module.BatchNorm compute through this file; the networks never see it.
 Every rewrite gives the convolution's values and gradients from the same variables, up to float
 rounding. The mode is read when a graph is traced, never inside it:
 
@@ -118,6 +118,17 @@ def instance_norm(x, epsilon):
     images_as_channels = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
     y = tf.reshape(_fused_norm(images_as_channels, epsilon), [shape[1], shape[2], shape[0], shape[3]])
     return tf.transpose(y, [2, 0, 1, 3])
+
+
+def batch_norm(x, scale, offset, epsilon):
+    """Batch normalization in training mode: (x - mean) / sqrt(var + eps) * scale + offset, mean and
+    var per channel over images, rows and columns. Returns (y, mean, unbiased variance), the last
+    two float32 for the running statistics, as PyTorch keeps them. One FusedBatchNormV3 (its
+    variance output is already Bessel-corrected), with its fused gradient."""
+    y, mean, variance = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32), mean=tf.zeros([0]),
+        variance=tf.zeros([0]), epsilon=epsilon, is_training=True)[:3]
+    return y, mean, variance
 
 
 def _fused_norm(x, epsilon):

@@ -24,9 +24,11 @@ import utils
 
 # Architecture settings: they fix every variable's shape, so a checkpoint only
 # restores into a model built with the same values.
-ARCHITECTURE_KEYS = ("netG", "ngf", "ndf", "n_blocks", "n_layers_D", "netD", "channels", "crop_size", "pool_size")
+ARCHITECTURE_KEYS = ("netG", "ngf", "ndf", "n_blocks", "n_layers_D", "netD", "norm", "dropout", "input_nc", "output_nc",
+                     "crop_size", "pool_size")
 # What runs written before a key existed were built with.
-ARCHITECTURE_DEFAULTS = {"netG": "resnet", "netD": "basic"}
+ARCHITECTURE_DEFAULTS = {"netG": "resnet", "netD": "basic", "norm": "instance", "dropout": False, "input_nc": 3,
+                         "output_nc": 3}
 NET_G = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 UNET_DOWNS = {"unet_128": 7, "unet_256": 8}
 NET_D = ("basic", "n_layers", "pixel")
@@ -62,6 +64,18 @@ def add_model_flags(parser):
                         "the official name for 3: 70x70 patches); pixel, 1x1 convolutions: a score per pixel")
     g.add_argument("--n_layers_D", type=int, default=3,
                    help="stride-2 layers in the PatchGAN (3: 70x70 patches); not used by --netD pixel")
+    g.add_argument("--norm", choices=module.NORMS, default="instance",
+                   help="normalization in both networks, as the official --norm: instance (the paper's), batch "
+                        "(learned scale and offset, running statistics for convert.py --eval) or none; as there, "
+                        "convolutions before a norm have a bias only with instance")
+    g.add_argument("--dropout", action="store_true",
+                   help="dropout 0.5 in the generator (each residual block, the U-Net's inner levels), as the "
+                        "official default outside CycleGAN")
+    g.add_argument("--no_dropout", dest="dropout", action="store_false",
+                   help="no dropout in the generator: the default, as the official CycleGAN")
+    g.add_argument("--input_nc", type=int, choices=(1, 3), default=3,
+                   help="channels of domain A's images: 3 (RGB) or 1 (grayscale; 16-bit PNGs keep their range)")
+    g.add_argument("--output_nc", type=int, choices=(1, 3), default=3, help="channels of domain B's images: 3 or 1")
     g.add_argument("--init_type", choices=module.INIT_TYPES, default="normal",
                    help="how convolution weights are first drawn, as the official init_weights: normal N(0, gain), "
                         "xavier, kaiming (fan in), orthogonal; biases 0")
@@ -116,6 +130,9 @@ def check_model_flags(args):
     if args.netG in UNET_DOWNS and args.crop_size % multiple:
         raise utils.UserError(f"--netG {args.netG} needs --crop_size a multiple of {multiple} (its "
                               f"{UNET_DOWNS[args.netG]} stride-2 levels), not {args.crop_size}")
+    if args.input_nc != args.output_nc and args.lambda_identity > 0:
+        raise utils.UserError(f"--input_nc {args.input_nc} and --output_nc {args.output_nc} differ, so there is no "
+                              f"identity loss (G_A2B cannot take domain A's images): add --lambda_identity 0")
     if args.crop_size % 4 or args.crop_size < 8:
         raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
     if args.netD != "pixel" and module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
@@ -124,36 +141,44 @@ def check_model_flags(args):
 
 
 def architecture(args):
-    """The settings of parsed model flags that fix variable shapes (ARCHITECTURE_KEYS); images are RGB.
+    """The settings of parsed model flags that fix the networks and variable shapes (ARCHITECTURE_KEYS).
     netG is "resnet" (with n_blocks; --netG resnet_6blocks means n_blocks 6), "unet_128" or "unet_256"."""
-    settings = {k: 3 if k == "channels" else getattr(args, k) for k in ARCHITECTURE_KEYS if k != "netG"}
+    settings = {k: getattr(args, k) for k in ARCHITECTURE_KEYS if k != "netG"}
     netG = args.netG or "resnet"
     if netG.startswith("resnet_"):
         netG, settings["n_blocks"] = "resnet", int(netG[len("resnet_"):-len("blocks")])
     return {"netG": netG, **settings}
 
 
-def generator(architecture, name, dtype=None):
-    """The generator an architecture (see architecture()) names: the ResNet or a U-Net."""
-    netG = architecture.get("netG", "resnet")
-    if netG in UNET_DOWNS:
-        return module.unet_generator(architecture["ngf"], UNET_DOWNS[netG], architecture.get("channels", 3),
-                                     name=name, dtype=dtype)
-    return module.resnet_generator(architecture["ngf"], architecture["n_blocks"], architecture.get("channels", 3),
-                                   name=name, dtype=dtype)
+def generator(architecture, direction, dtype=None):
+    """The generator of `direction` ("A2B": input_nc -> output_nc channels, "B2A" the reverse) that an
+    architecture (see architecture(), saved_architecture()) names: the ResNet or a U-Net, named
+    GENERATOR_KEYS[direction]."""
+    a = {**ARCHITECTURE_DEFAULTS, **architecture}
+    channels = (a["input_nc"], a["output_nc"])[::1 if direction == "A2B" else -1]
+    options = dict(norm=a["norm"], dropout=a["dropout"], name=GENERATOR_KEYS[direction], dtype=dtype)
+    if a["netG"] in UNET_DOWNS:
+        return module.unet_generator(a["ngf"], UNET_DOWNS[a["netG"]], *channels, **options)
+    return module.resnet_generator(a["ngf"], a["n_blocks"], *channels, **options)
 
 
 def saved_architecture(config):
     """The architecture recorded in a run's config.json, with ARCHITECTURE_DEFAULTS for the keys
-    that did not exist when the run was written."""
-    return {**ARCHITECTURE_DEFAULTS, **config.get("architecture", {})}
+    that did not exist when the run was written (runs and imports before --input_nc/--output_nc
+    recorded one "channels" for both)."""
+    saved = dict(config.get("architecture", {}))
+    if "channels" in saved:
+        saved.setdefault("input_nc", saved["channels"])
+        saved.setdefault("output_nc", saved.pop("channels"))
+    return {**ARCHITECTURE_DEFAULTS, **saved}
 
 
-def discriminator(netD, ndf, n_layers_D, channels, name, dtype=None):
-    """The discriminator --netD names (see module.patch_discriminator, module.pixel_discriminator)."""
+def discriminator(netD, ndf, n_layers_D, channels, norm, name, dtype=None):
+    """The discriminator --netD names (see module.patch_discriminator, module.pixel_discriminator),
+    of `channels`-channel images."""
     if netD == "pixel":
-        return module.pixel_discriminator(ndf, channels, name=name, dtype=dtype)
-    return module.patch_discriminator(ndf, n_layers_D, channels, name=name, dtype=dtype)
+        return module.pixel_discriminator(ndf, channels, norm, name=name, dtype=dtype)
+    return module.patch_discriminator(ndf, n_layers_D, channels, norm, name=name, dtype=dtype)
 
 
 def build(args, **kwargs):
@@ -280,12 +305,13 @@ class ImagePool:
 class CycleGAN:
     """The CycleGAN model: networks, optimizers, pools, counters and the training step.
 
-    Architecture (netG, ngf, ndf, n_blocks, n_layers_D, netD, channels) and the training crop size
-    are fixed at construction; the loss weights and Adam settings default to the paper's.
+    Architecture (netG, ngf, ndf, n_blocks, n_layers_D, netD, norm, dropout, input_nc: domain A's
+    channels, output_nc: domain B's) and the training crop size are fixed at construction; the loss
+    weights and Adam settings default to the paper's.
     """
 
-    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", channels=3,
-                 crop_size=256,
+    def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", norm="instance",
+                 dropout=False, input_nc=3, output_nc=3, crop_size=256,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
                  gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="normal", init_gain=0.02,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
@@ -293,7 +319,10 @@ class CycleGAN:
         self.lambda_cycle = float(lambda_cycle)
         self.lambda_identity = float(lambda_identity)
         self.lr = float(lr)
-        self.netD, self.netG = netD, netG
+        self.netD, self.netG, self.norm = netD, netG, norm
+        # Batch norm's statistics span the batch, so what the official code runs as separate calls
+        # stays separate; the other norms work image by image, so calls on the same weights are joined.
+        self.join_batches = norm != "batch"
         self.init = (init_type, float(init_gain))
         self.gan_mode, self.lr_policy, self.lr_decay_iters = gan_mode, lr_policy, int(lr_decay_iters)
         # batch_size is per replica; the default strategy is one device.
@@ -301,22 +330,24 @@ class CycleGAN:
         self.replicas = self.strategy.num_replicas_in_sync
         self.policy = mixed_precision_policy() if mixed_precision else None
         with self.strategy.scope():
-            self._build(ngf, ndf, n_blocks, n_layers_D, channels, crop_size, pool_size, beta1, beta2, random_seed)
-        spec = tf.TensorSpec([batch_size, crop_size, crop_size, channels], tf.float32)
+            self._build(dict(netG=netG, ngf=ngf, n_blocks=n_blocks, norm=norm, dropout=dropout, input_nc=input_nc,
+                             output_nc=output_nc), ndf, n_layers_D, crop_size, pool_size, beta1, beta2, random_seed)
+        specs = [tf.TensorSpec([batch_size, crop_size, crop_size, c], tf.float32) for c in (input_nc, output_nc)]
         if self.replicas == 1 and not self.strategy.extended._in_multi_worker_mode():
-            self.train_step = tf.function(self._train_step, input_signature=[spec, spec],
+            self.train_step = tf.function(self._train_step, input_signature=specs,
                                           jit_compile=jit_compile or None)
         else:  # distributed values in; their spec comes from the distributed dataset
             self.train_step = tf.function(self._train_step, jit_compile=jit_compile or None)
         self.translators = {d: Translator(self.generator(d), jit_compile) for d in DIRECTIONS}
 
-    def _build(self, ngf, ndf, n_blocks, n_layers_D, channels, crop_size, pool_size, beta1, beta2, random_seed):
+    def _build(self, architecture, ndf, n_layers_D, crop_size, pool_size, beta1, beta2, random_seed):
         p = self.policy
-        architecture = dict(netG=self.netG, ngf=ngf, n_blocks=n_blocks, channels=channels)
-        self.G_A2B = generator(architecture, "G_A2B", p)
-        self.G_B2A = generator(architecture, "G_B2A", p)
-        self.D_A = discriminator(self.netD, ndf, n_layers_D, channels, name="D_A", dtype=p)
-        self.D_B = discriminator(self.netD, ndf, n_layers_D, channels, name="D_B", dtype=p)
+        self.G_A2B = generator(architecture, "A2B", p)
+        self.G_B2A = generator(architecture, "B2A", p)
+        # D_A tells real from generated images of domain A, D_B of domain B.
+        channels_A, channels_B = architecture["input_nc"], architecture["output_nc"]
+        self.D_A = discriminator(self.netD, ndf, n_layers_D, channels_A, self.norm, name="D_A", dtype=p)
+        self.D_B = discriminator(self.netD, ndf, n_layers_D, channels_B, self.norm, name="D_B", dtype=p)
         if self.init != ("normal", 0.02):  # the layers' own draw is the default's
             for net in (self.G_A2B, self.G_B2A, self.D_A, self.D_B):
                 module.initialize(net, *self.init)
@@ -332,9 +363,8 @@ class CycleGAN:
         # Built now, not at the first step, so a checkpoint restores every slot.
         self.optimizer_G.build(self.G_vars)
         self.optimizer_D.build(self.D_vars)
-        image_shape = (crop_size, crop_size, channels)
-        self.pool_A = ImagePool(pool_size, image_shape, "pool_A")
-        self.pool_B = ImagePool(pool_size, image_shape, "pool_B")
+        self.pool_A = ImagePool(pool_size, (crop_size, crop_size, channels_A), "pool_A")
+        self.pool_B = ImagePool(pool_size, (crop_size, crop_size, channels_B), "pool_B")
         self.rng = tf.random.Generator.from_seed(random_seed)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
@@ -399,18 +429,24 @@ class CycleGAN:
         Returns (losses dict, fake_A, fake_B); identity passes are skipped when its weight is 0.
         A generator's translation and identity passes take the same weights on inputs of one
         shape, so they run as one batch: 4 generator calls instead of 6, with larger (faster)
-        convolutions. Exact, because instance norm works image by image.
+        convolutions. Exact, because instance norm works image by image; with batch norm the six
+        calls stay apart, in the official order (each moves the running statistics).
         """
         identity = self.lambda_identity > 0
         n = tf.shape(real_A)[0]
-        if identity:
+        if identity and self.join_batches:
             fake_B, idt_A = tf.split(self.G_A2B(tf.concat([real_A, real_B], 0), training=True), [n, -1])
             fake_A, idt_B = tf.split(self.G_B2A(tf.concat([real_B, real_A], 0), training=True), [n, -1])
+            rec_A = self.G_B2A(fake_B, training=True)
+            rec_B = self.G_A2B(fake_A, training=True)
         else:
             fake_B = self.G_A2B(real_A, training=True)
+            rec_A = self.G_B2A(fake_B, training=True)
             fake_A = self.G_B2A(real_B, training=True)
-        rec_A = self.G_B2A(fake_B, training=True)
-        rec_B = self.G_A2B(fake_A, training=True)
+            rec_B = self.G_A2B(fake_A, training=True)
+            if identity:
+                idt_A = self.G_A2B(real_B, training=True)
+                idt_B = self.G_B2A(real_A, training=True)
         losses = {
             "G_A2B": gan_loss(self.gan_mode, self.D_B(fake_B, training=True), True),
             "G_B2A": gan_loss(self.gan_mode, self.D_A(fake_A, training=True), True),
@@ -430,8 +466,12 @@ class CycleGAN:
         """0.5 * (loss(D(real), real) + loss(D(fake), fake)): the D side of the GAN loss, halved
         as the reference does to slow D relative to G (LSGAN: 0.5 * (mean((D(real) - 1)^2) +
         mean(D(fake)^2))), plus the gradient penalty under wgangp. Real and fake images go
-        through D as one batch (per-image instance norm keeps them independent)."""
-        scores_real, scores_fake = tf.split(D(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True), 2)
+        through D as one batch (per-image norms keep them independent), or apart with batch norm."""
+        fake = tf.cast(fake, real.dtype)
+        if self.join_batches:
+            scores_real, scores_fake = tf.split(D(tf.concat([real, fake], 0), training=True), 2)
+        else:
+            scores_real, scores_fake = D(real, training=True), D(fake, training=True)
         loss = 0.5 * (gan_loss(self.gan_mode, scores_real, True) + gan_loss(self.gan_mode, scores_fake, False))
         if self.gan_mode == "wgangp":
             alpha = self.rng.uniform([tf.shape(real)[0], 1, 1, 1])
@@ -564,7 +604,7 @@ class Translator:
         x = utils.pad_to_multiple(utils.to_float(rgb[None])).numpy()
 
         def apply(layer, inputs):
-            if isinstance(layer, module.InstanceNorm):   # normalised in place: a map of its own
+            if self._per_image_norm(layer):   # normalised in place: a map of its own
                 return self._norm_whole(layer, self._whole(inputs, window) if isinstance(inputs, _Run) else inputs.copy())
             if isinstance(inputs, list):
                 return layer([self._whole(v, window) for v in inputs]).numpy()
@@ -616,9 +656,17 @@ class Translator:
             yield start, end, window, window + size
 
     @staticmethod
+    def _per_image_norm(layer):
+        """Whether a layer normalises by the statistics of the whole image: instance norm, and
+        batch norm unless set to its running statistics (convert.py --eval)."""
+        return isinstance(layer, module.InstanceNorm) or (isinstance(layer, module.BatchNorm)
+                                                          and not layer.running_statistics)
+
+    @staticmethod
     def _norm_whole(layer, x, rows=256):
-        """An InstanceNorm layer applied to a whole (1, H, W, C) map in NumPy, in place, a band of
-        rows at a time: sums in float64, so the statistics match the whole-image graph's."""
+        """An InstanceNorm (or per-image BatchNorm) layer applied to a whole (1, H, W, C) map in
+        NumPy, in place, a band of rows at a time: sums in float64, so the statistics match the
+        whole-image graph's; a BatchNorm's scale and offset then apply."""
         x = np.asarray(x)
         total = np.zeros(x.shape[3])
         squares = np.zeros(x.shape[3])
@@ -629,8 +677,12 @@ class Translator:
         n = x.shape[1] * x.shape[2]
         mean = total / n
         scale = 1.0 / np.sqrt(np.maximum(squares / n - mean ** 2, 0.0) + layer.epsilon)
+        offset = -mean * scale
+        if isinstance(layer, module.BatchNorm):
+            gamma = layer.gamma.numpy()
+            scale, offset = scale * gamma, offset * gamma + layer.beta.numpy()
         for r in range(0, x.shape[1], rows):
-            x[0, r:r + rows] = (x[0, r:r + rows] - mean) * scale
+            x[0, r:r + rows] = x[0, r:r + rows] * scale + offset
         return x
 
 
@@ -688,7 +740,7 @@ def load_run_generators(model_filepath, directions):
             why += "; a pretrained model translates its own input domain, as A2B"
         raise utils.UserError(f"{model_filepath}: holds only the {' and '.join(held)} generator, not "
                               f"{', '.join(missing)}{why}")
-    generators = load_generators(checkpoint, config["architecture"], directions)
+    generators = load_generators(checkpoint, saved_architecture(config), directions)
     print(f"model: {checkpoint}", file=sys.stderr)
     return generators
 
@@ -696,7 +748,7 @@ def load_run_generators(model_filepath, directions):
 def load_generators(checkpoint_path, architecture, directions):
     """Builds only the generators asked for and restores them from a training checkpoint.
     Raises utils.UserError if the checkpoint does not hold them with this architecture."""
-    generators = {d: generator(architecture, GENERATOR_KEYS[d]) for d in directions}
+    generators = {d: generator(architecture, d) for d in directions}
     ckpt = tf.train.Checkpoint(**{GENERATOR_KEYS[d]: G for d, G in generators.items()})
     try:
         ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()

@@ -7,7 +7,10 @@
 Layers and builders only: shapes and widths are arguments, never globals. Every padding is
 explicit (reflect or zero, as the reference has it), because Keras 'same' padding puts the extra
 pixel on the other side and shifts the image. How the convolutions and norms are computed fast
-(CPU rewrites, fused kernels) lives in kernels.py, behind Conv2D and InstanceNorm.
+(CPU rewrites, fused kernels) lives in kernels.py, behind Conv2D, InstanceNorm and BatchNorm.
+
+Every builder takes the official --norm (instance, batch or none) and, for the generators, the
+official dropout; the defaults are the paper's (instance norm, no dropout).
 """
 import keras
 import tensorflow as tf
@@ -38,13 +41,17 @@ def initializer(init_type, gain):
 
 def initialize(model, init_type, gain):
     """Draws every convolution kernel of model again by initializer(init_type, gain) and zeroes
-    the biases (the official init_weights, applied after the network is built, as there)."""
+    the biases; batch norms' scales N(1, gain), offsets 0, whatever init_type (the official
+    init_weights, applied after the network is built, as there)."""
     draw = initializer(init_type, gain)
     for layer in model.layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             layer.kernel.assign(draw(layer.kernel.shape, layer.kernel.dtype))
             if layer.use_bias:
                 layer.bias.assign(keras.ops.zeros_like(layer.bias))
+        elif isinstance(layer, BatchNorm):
+            layer.gamma.assign(keras.initializers.RandomNormal(1.0, gain)(layer.gamma.shape))
+            layer.beta.assign(keras.ops.zeros_like(layer.beta))
 
 
 class ReflectionPad2D(keras.layers.Layer):
@@ -110,6 +117,78 @@ class InstanceNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+class BatchNorm(keras.layers.Layer):
+    """Batch normalization as the official --norm batch (nn.BatchNorm2d(affine=True,
+    track_running_stats=True)): y = gamma (x - mean) / sqrt(var + eps) + beta per channel, eps 1e-5,
+    gamma drawn from N(1, 0.02) as the official init_weights, beta 0.
+
+    In training, mean and (biased) var are the batch's, over images, rows and columns, and the
+    running statistics move 0.1 of the way to the batch's mean and unbiased variance at every call
+    (PyTorch's momentum 0.1). Outside training, `running_statistics` chooses: False (the default),
+    each image's own statistics, which is what the official test.py computes without --eval (train
+    mode, one image a batch); True, the running ones (test.py --eval). Set it with
+    use_running_statistics()."""
+
+    def __init__(self, epsilon=1e-5, momentum=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon, self.momentum = float(epsilon), float(momentum)
+        self.running_statistics = False
+
+    def build(self, shape):
+        channels = (shape[-1],)
+        # float32 whatever the compute dtype; "mean" so that replicas may update them (tf.distribute).
+        weight = lambda name, init, trainable=True: self.add_weight(
+            shape=channels, initializer=init, trainable=trainable, autocast=False, name=name,
+            aggregation="mean")
+        self.gamma = weight("gamma", keras.initializers.RandomNormal(1.0, 0.02))
+        self.beta = weight("beta", "zeros")
+        self.moving_mean = weight("moving_mean", "zeros", trainable=False)
+        self.moving_variance = weight("moving_variance", "ones", trainable=False)
+
+    def call(self, x, training=None):
+        if training:
+            y, mean, variance = kernels.batch_norm(x, self.gamma, self.beta, self.epsilon)
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(moving * (1.0 - self.momentum) + batch * self.momentum)
+            return y
+        if self.running_statistics:
+            scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+            offset = self.beta - self.moving_mean * scale
+        else:
+            x = kernels.instance_norm(x, self.epsilon)
+            scale, offset = self.gamma, self.beta
+        return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+def use_running_statistics(model, running=True):
+    """Makes model's batch norms use their running statistics outside training (the official
+    test.py --eval), or, with running=False, each image's own (test.py's default). Trace again
+    after changing it."""
+    for layer in model.layers:
+        if isinstance(layer, BatchNorm):
+            layer.running_statistics = running
+
+
+NORMS = ("instance", "batch", "none")
+
+
+def has_bias(norm):
+    """Whether the convolutions before a norm have a bias: only with instance norm, as the official
+    networks (use_bias = norm_layer == InstanceNorm2d, so --norm none has none either)."""
+    return norm == "instance"
+
+
+def normalize(x, norm, name, dtype):
+    """x through the --norm layer named `name`: InstanceNorm, BatchNorm, or nothing for "none"."""
+    if norm == "none":
+        return x
+    layer = InstanceNorm if norm == "instance" else BatchNorm
+    return layer(name=name, dtype=dtype)(x)
+
+
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D, computed through kernels.conv2d where a faster way applies (the same
     values and gradients from the same variables, see kernels.conv_rewrite)."""
@@ -120,10 +199,18 @@ class Conv2D(keras.layers.Conv2D):
         return super().call(inputs) if y is None else y
 
 
-def conv(filters, kernel, stride=1, name=None, dtype=None):
-    """A 'valid' convolution with a bias and the reference's initialization."""
-    return Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype,
+def conv(filters, kernel, stride=1, name=None, dtype=None, bias=True):
+    """A 'valid' convolution, with a bias unless bias=False, and the reference's initialization."""
+    return Conv2D(filters, kernel, strides=stride, padding="valid", dtype=dtype, use_bias=bias,
                   kernel_initializer=conv_init(), bias_initializer="zeros", name=name)
+
+
+def conv_transpose(filters, kernel, name, dtype, bias=True):
+    """A 'valid' stride-2 transposed convolution, with a bias unless bias=False, and the reference's
+    initialization."""
+    return keras.layers.Conv2DTranspose(filters, kernel, strides=2, padding="valid", use_bias=bias,
+                                        kernel_initializer=conv_init(), bias_initializer="zeros",
+                                        name=name, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- generator
@@ -131,103 +218,116 @@ def conv(filters, kernel, stride=1, name=None, dtype=None):
 # dk a 3x3 Convolution-InstanceNorm-ReLU with k filters, stride 2; Rk a residual block of two 3x3
 # convolutions with k filters; uk a 3x3 fractional-strided Convolution-InstanceNorm-ReLU with k
 # filters, stride 1/2. Each function applies one stage to x; every layer is named after its stage.
+# The norm is --norm's (instance by default); convolutions before a norm have a bias only with
+# instance norm, as in the official networks.
 
-def c7s1(x, k, name, dtype, last=False):
-    """c7s1-k: reflect-pad 3, conv 7x7 with k filters, then IN and ReLU; the last stage ends in tanh
-    instead, computed in float32 so that under mixed precision the image leaves at full precision."""
+def c7s1(x, k, name, dtype, norm="instance", last=False):
+    """c7s1-k: reflect-pad 3, conv 7x7 with k filters, then the norm and ReLU; the last stage ends in
+    tanh instead (and its convolution always has a bias), computed in float32 so that under mixed
+    precision the image leaves at full precision."""
     x = ReflectionPad2D(3, name=f"{name}_pad", dtype=dtype)(x)
-    x = conv(k, 7, name=f"{name}_conv", dtype=dtype)(x)
+    x = conv(k, 7, name=f"{name}_conv", dtype=dtype, bias=last or has_bias(norm))(x)
     if last:
         return keras.layers.Activation("tanh", dtype="float32", name=f"{name}_tanh")(x)
-    x = InstanceNorm(name=f"{name}_norm", dtype=dtype)(x)
+    x = normalize(x, norm, f"{name}_norm", dtype)
     return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def dk(x, k, dtype):
-    """dk: zero-pad 1, conv 3x3 stride 2 with k filters, IN, ReLU (the reference pads downsampling
+def dk(x, k, dtype, norm="instance"):
+    """dk: zero-pad 1, conv 3x3 stride 2 with k filters, norm, ReLU (the reference pads downsampling
     convolutions with zeros)."""
     x = keras.layers.ZeroPadding2D(1, name=f"d{k}_pad", dtype=dtype)(x)
-    x = conv(k, 3, stride=2, name=f"d{k}_conv", dtype=dtype)(x)
-    x = InstanceNorm(name=f"d{k}_norm", dtype=dtype)(x)
+    x = conv(k, 3, stride=2, name=f"d{k}_conv", dtype=dtype, bias=has_bias(norm))(x)
+    x = normalize(x, norm, f"d{k}_norm", dtype)
     return keras.layers.ReLU(name=f"d{k}_relu", dtype=dtype)(x)
 
 
-def Rk(x, k, index, dtype):
-    """Rk, residual block `index` (1-based): x + [reflect-pad 1, conv 3x3, IN, ReLU, reflect-pad 1,
-    conv 3x3, IN](x), no ReLU after the sum (ResnetBlock)."""
+def Rk(x, k, index, dtype, norm="instance", dropout=False):
+    """Rk, residual block `index` (1-based): x + [reflect-pad 1, conv 3x3, norm, ReLU, (dropout 0.5),
+    reflect-pad 1, conv 3x3, norm](x), no ReLU after the sum (ResnetBlock)."""
     name = f"R{k}-{index}"
     y = ReflectionPad2D(1, name=f"{name}_pad1", dtype=dtype)(x)
-    y = conv(k, 3, name=f"{name}_conv1", dtype=dtype)(y)
-    y = InstanceNorm(name=f"{name}_norm1", dtype=dtype)(y)
+    y = conv(k, 3, name=f"{name}_conv1", dtype=dtype, bias=has_bias(norm))(y)
+    y = normalize(y, norm, f"{name}_norm1", dtype)
     y = keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(y)
+    if dropout:
+        y = keras.layers.Dropout(0.5, name=f"{name}_dropout", dtype=dtype)(y)
     y = ReflectionPad2D(1, name=f"{name}_pad2", dtype=dtype)(y)
-    y = conv(k, 3, name=f"{name}_conv2", dtype=dtype)(y)
-    y = InstanceNorm(name=f"{name}_norm2", dtype=dtype)(y)
+    y = conv(k, 3, name=f"{name}_conv2", dtype=dtype, bias=has_bias(norm))(y)
+    y = normalize(y, norm, f"{name}_norm2", dtype)
     return keras.layers.Add(name=f"{name}_add", dtype=dtype)([x, y])
 
 
-def uk(x, k, dtype):
-    """uk: PyTorch's ConvTranspose2d(3, stride 2, padding 1, output_padding 1), H -> 2H, then IN and
+def uk(x, k, dtype, norm="instance"):
+    """uk: PyTorch's ConvTranspose2d(3, stride 2, padding 1, output_padding 1), H -> 2H, then norm and
     ReLU. The 'valid' transposed conv gives 2H + 1 rows; padding=1 drops the first row and column,
     output_padding=1 keeps the last. Keras 'same' would drop the last (a one-pixel shift)."""
-    x = keras.layers.Conv2DTranspose(k, 3, strides=2, padding="valid", kernel_initializer=conv_init(),
-                                     bias_initializer="zeros", name=f"u{k}_convT", dtype=dtype)(x)
+    x = conv_transpose(k, 3, f"u{k}_convT", dtype, bias=has_bias(norm))(x)
     x = Crop2D(((1, 0), (1, 0)), name=f"u{k}_crop", dtype=dtype)(x)
-    x = InstanceNorm(name=f"u{k}_norm", dtype=dtype)(x)
+    x = normalize(x, norm, f"u{k}_norm", dtype)
     return keras.layers.ReLU(name=f"u{k}_relu", dtype=dtype)(x)
 
 
-def resnet_generator(ngf=64, n_blocks=9, channels=3, name="generator", dtype=None):
+def resnet_generator(ngf=64, n_blocks=9, in_channels=3, out_channels=None, norm="instance", dropout=False,
+                     name="generator", dtype=None):
     """The ResNet generator of Johnson et al. as CycleGAN uses it (the reference's ResnetGenerator):
 
-        c7s1-ngf, d(2 ngf), d(4 ngf), R(4 ngf) x n_blocks, u(2 ngf), u(ngf), c7s1-channels, tanh
+        c7s1-ngf, d(2 ngf), d(4 ngf), R(4 ngf) x n_blocks, u(2 ngf), u(ngf), c7s1-out_channels, tanh
 
-    n_blocks is 9 for 256 px and 6 for 128 px. Takes images (batch, H, W, channels) in [-1, 1] with
-    H and W multiples of 4 (at least 8); returns the same shape. dtype: a Keras dtype policy for
-    every layer but the last (e.g. "mixed_bfloat16"). The last stage is named c7s1-channels-out.
+    n_blocks is 9 for 256 px and 6 for 128 px. Takes images (batch, H, W, in_channels) in [-1, 1] with
+    H and W multiples of 4 (at least 8); returns (batch, H, W, out_channels) (default: in_channels).
+    norm: "instance" (the paper's), "batch" or "none"; dropout: 0.5 in each residual block (the
+    official default outside CycleGAN). dtype: a Keras dtype policy for every layer but the last
+    (e.g. "mixed_bfloat16"). The last stage is named c7s1-{out_channels}-out.
     """
-    x = inputs = keras.Input((None, None, channels), name="image")
-    x = c7s1(x, ngf, f"c7s1-{ngf}", dtype)
-    x = dk(x, 2 * ngf, dtype)
-    x = dk(x, 4 * ngf, dtype)
+    out_channels = out_channels or in_channels
+    x = inputs = keras.Input((None, None, in_channels), name="image")
+    x = c7s1(x, ngf, f"c7s1-{ngf}", dtype, norm)
+    x = dk(x, 2 * ngf, dtype, norm)
+    x = dk(x, 4 * ngf, dtype, norm)
     for i in range(1, n_blocks + 1):
-        x = Rk(x, 4 * ngf, i, dtype)
-    x = uk(x, 2 * ngf, dtype)
-    x = uk(x, ngf, dtype)
-    outputs = c7s1(x, channels, f"c7s1-{channels}-out", dtype, last=True)
+        x = Rk(x, 4 * ngf, i, dtype, norm, dropout)
+    x = uk(x, 2 * ngf, dtype, norm)
+    x = uk(x, ngf, dtype, norm)
+    outputs = c7s1(x, out_channels, f"c7s1-{out_channels}-out", dtype, last=True)
     return keras.Model(inputs, outputs, name=name)
 
 
-def unet_generator(ngf=64, num_downs=8, channels=3, name="generator", dtype=None):
-    """The official UnetGenerator (--netG unet_256: num_downs 8, unet_128: 7) with instance norm and
-    no dropout: num_downs levels, each halving the image with a 4x4 stride-2 convolution (zero pad
-    1; LeakyReLU(0.2) before, IN after, but not at the outermost level and not after the innermost
-    convolution), widths ngf, 2 ngf, 4 ngf, then 8 ngf; back up, each level a ReLU, a 4x4 stride-2
-    transposed convolution (PyTorch's padding 1) and IN, and its input concatenated before its
-    output (skip connections); the outermost ends in tanh. Sides must be multiples of 2^num_downs.
+def unet_generator(ngf=64, num_downs=8, in_channels=3, out_channels=None, norm="instance", dropout=False,
+                   name="generator", dtype=None):
+    """The official UnetGenerator (--netG unet_256: num_downs 8, unet_128: 7): num_downs levels, each
+    halving the image with a 4x4 stride-2 convolution (zero pad 1; LeakyReLU(0.2) before, the norm
+    after, but not at the outermost level and not after the innermost convolution), widths ngf,
+    2 ngf, 4 ngf, then 8 ngf; back up, each level a ReLU, a 4x4 stride-2 transposed convolution
+    (PyTorch's padding 1) and the norm (dropout 0.5 after it at the 8 ngf levels between the
+    innermost and the 4 ngf one, if dropout), and its input concatenated before its output (skip
+    connections); the outermost ends in tanh. Biases as the official: only the outermost transposed
+    convolution has one unless norm is "instance". Sides must be multiples of 2^num_downs.
     Layers are named down{i}/up{i}, i = 0 the outermost level."""
+    out_channels = out_channels or in_channels
     widths = [min(ngf * 2 ** i, 8 * ngf) for i in range(num_downs)]
-    x = inputs = keras.Input((None, None, channels), name="image")
+    x = inputs = keras.Input((None, None, in_channels), name="image")
     skips = []
     for i, width in enumerate(widths):
         skips.append(x)
         if i > 0:
             x = keras.layers.LeakyReLU(0.2, name=f"down{i}_lrelu", dtype=dtype)(x)
         x = keras.layers.ZeroPadding2D(1, name=f"down{i}_pad", dtype=dtype)(x)
-        x = conv(width, 4, stride=2, name=f"down{i}_conv", dtype=dtype)(x)
+        x = conv(width, 4, stride=2, name=f"down{i}_conv", dtype=dtype, bias=has_bias(norm))(x)
         if 0 < i < num_downs - 1:
-            x = InstanceNorm(name=f"down{i}_norm", dtype=dtype)(x)
+            x = normalize(x, norm, f"down{i}_norm", dtype)
     for i in reversed(range(num_downs)):
         x = keras.layers.ReLU(name=f"up{i}_relu", dtype=dtype)(x)
         # 'valid' gives 2H + 2 rows; PyTorch's padding 1 drops one on each side.
-        x = keras.layers.Conv2DTranspose(widths[i - 1] if i else channels, 4, strides=2, padding="valid",
-                                         kernel_initializer=conv_init(), bias_initializer="zeros",
-                                         name=f"up{i}_convT", dtype=dtype)(x)
+        x = conv_transpose(widths[i - 1] if i else out_channels, 4, f"up{i}_convT", dtype,
+                           bias=i == 0 or has_bias(norm))(x)
         x = Crop2D(((1, 1), (1, 1)), name=f"up{i}_crop", dtype=dtype)(x)
         if i == 0:
             x = keras.layers.Activation("tanh", dtype="float32", name="up0_tanh")(x)
         else:
-            x = InstanceNorm(name=f"up{i}_norm", dtype=dtype)(x)
+            x = normalize(x, norm, f"up{i}_norm", dtype)
+            if dropout and 4 <= i < num_downs - 1:
+                x = keras.layers.Dropout(0.5, name=f"up{i}_dropout", dtype=dtype)(x)
             x = keras.layers.Concatenate(name=f"up{i}_skip", dtype=dtype)([skips[i], x])
     return keras.Model(inputs, x, name=name)
 
@@ -266,11 +366,12 @@ def patch_map_size(size, n_layers=3):
     return size
 
 
-def patch_discriminator(ndf=64, n_layers=3, channels=3, name="discriminator", dtype=None):
+def patch_discriminator(ndf=64, n_layers=3, channels=3, norm="instance", name="discriminator", dtype=None):
     """The 70x70 PatchGAN discriminator (NLayerDiscriminator with n_layers=3): C64-C128-C256-C512,
-    where Ck is a 4x4 Convolution-InstanceNorm-LeakyReLU(0.2) with k filters (stride 2 for the
-    first n_layers, then 1; widths capped at 8 ndf; no norm on the first), then a 4x4 convolution
-    to one channel. Zero padding 1 before every convolution.
+    where Ck is a 4x4 Convolution-Norm-LeakyReLU(0.2) with k filters (stride 2 for the first
+    n_layers, then 1; widths capped at 8 ndf; no norm on the first), then a 4x4 convolution to one
+    channel. Zero padding 1 before every convolution. The first and last convolutions have a bias,
+    the others only with instance norm (as the official).
 
     Takes (batch, H, W, channels) images in [-1, 1]; returns raw scores (no sigmoid, the LSGAN
     loss wants them), (batch, h, w, 1): 30x30 for 256x256, in float32 whatever dtype's policy.
@@ -279,9 +380,10 @@ def patch_discriminator(ndf=64, n_layers=3, channels=3, name="discriminator", dt
     widths = [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
     for i, width in enumerate(widths):
         x = keras.layers.ZeroPadding2D(1, name=f"conv{i}_pad", dtype=dtype)(x)
-        x = conv(width, 4, stride=2 if i < n_layers else 1, name=f"conv{i}", dtype=dtype)(x)
+        x = conv(width, 4, stride=2 if i < n_layers else 1, name=f"conv{i}", dtype=dtype,
+                 bias=i == 0 or has_bias(norm))(x)
         if i > 0:
-            x = InstanceNorm(name=f"conv{i}_norm", dtype=dtype)(x)
+            x = normalize(x, norm, f"conv{i}_norm", dtype)
         x = keras.layers.LeakyReLU(0.2, name=f"conv{i}_lrelu", dtype=dtype)(x)
     x = keras.layers.ZeroPadding2D(1, name="score_pad", dtype=dtype)(x)
     x = conv(1, 4, name="score_conv", dtype=dtype)(x)
@@ -289,18 +391,18 @@ def patch_discriminator(ndf=64, n_layers=3, channels=3, name="discriminator", dt
     return keras.Model(inputs, outputs, name=name)
 
 
-def pixel_discriminator(ndf=64, channels=3, name="discriminator", dtype=None):
+def pixel_discriminator(ndf=64, channels=3, norm="instance", name="discriminator", dtype=None):
     """The 1x1 PatchGAN (the official PixelDiscriminator, --netD pixel): a score per pixel from 1x1
     convolutions (no neighbourhood; only the norm's statistics span the image), C(ndf) and
-    LeakyReLU(0.2), C(2 ndf), IN and LeakyReLU(0.2), then one channel
-    (biases everywhere, as the official code has with instance norm). Returns raw scores
-    (batch, H, W, 1), float32 whatever dtype's policy."""
+    LeakyReLU(0.2), C(2 ndf), norm and LeakyReLU(0.2), then one channel (biases on the last two
+    only with instance norm, as the official code has it). Returns raw scores (batch, H, W, 1),
+    float32 whatever dtype's policy."""
     x = inputs = keras.Input((None, None, channels), name="image")
     x = conv(ndf, 1, name="conv0", dtype=dtype)(x)
     x = keras.layers.LeakyReLU(0.2, name="conv0_lrelu", dtype=dtype)(x)
-    x = conv(2 * ndf, 1, name="conv1", dtype=dtype)(x)
-    x = InstanceNorm(name="conv1_norm", dtype=dtype)(x)
+    x = conv(2 * ndf, 1, name="conv1", dtype=dtype, bias=has_bias(norm))(x)
+    x = normalize(x, norm, "conv1_norm", dtype)
     x = keras.layers.LeakyReLU(0.2, name="conv1_lrelu", dtype=dtype)(x)
-    x = conv(1, 1, name="score_conv", dtype=dtype)(x)
+    x = conv(1, 1, name="score_conv", dtype=dtype, bias=has_bias(norm))(x)
     outputs = keras.layers.Activation("linear", dtype="float32", name="score")(x)
     return keras.Model(inputs, outputs, name=name)
