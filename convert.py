@@ -113,7 +113,7 @@ class Converter:
         kind = classify(path)
         try:
             if kind == "image":
-                rgb = utils.read_image(path)
+                rgb = utils.read_image(path, self.fwd.channels)
                 if rgb.shape[0] * rgb.shape[1] > self.args.tile_size ** 2:
                     self.write_still(path, rgb, self.fwd.translate_image(rgb, self.args.tile_size))
                 else:
@@ -123,7 +123,7 @@ class Converter:
                         self.flush(rgb.shape[:2])
             elif kind == "animation":
                 frames, durations, loop = utils.read_animation(path)
-                fakes = [f for chunk in self.chunks(frames) for f in self.translate_batch(chunk)]
+                fakes = [utils.as_rgb8(f) for chunk in self.chunks(frames) for f in self.translate_batch(chunk)]
                 utils.write_animation(self.out_path(path), fakes, durations, loop)
                 self.converted.append(path)
             else:
@@ -140,10 +140,12 @@ class Converter:
             yield frames[i:i + self.args.batch_size]
 
     def translate_batch(self, images, translator=None):
-        batch = np.stack(images)
+        """Translations of images of one size (RGB frames are made gray for a 1-channel model)."""
+        translator = translator or self.fwd
+        batch = np.stack([utils.with_channels(im, translator.channels) for im in images])
         if batch.shape[1] * batch.shape[2] > self.args.tile_size ** 2:
-            return [(translator or self.fwd).translate_image(im, self.args.tile_size) for im in images]
-        return list(np.asarray((translator or self.fwd).translate(batch)))
+            return [translator.translate_image(im, self.args.tile_size) for im in batch]
+        return list(np.asarray(translator.translate(batch)))
 
     def convert_video(self, path):
         cap, fps = utils.open_video(path)
@@ -154,7 +156,7 @@ class Converter:
                 chunk = [f for _, f in zip(range(self.args.batch_size), frames)]
                 if not chunk:
                     break
-                for fake in self.translate_batch(chunk):
+                for fake in map(utils.as_rgb8, self.translate_batch(chunk)):
                     if writer is None:
                         writer = utils.VideoWriter(self.out_path(path), fps, fake.shape[:2])
                     writer.write(fake)
@@ -185,7 +187,8 @@ class Converter:
         if self.back is not None:
             rec = self.translate_batch([fake], self.back)[0]
             utils.write_image(self.out_path(path, CYCLE_DIRS[0]), rec, quality)
-            utils.write_image(self.out_path(path, CYCLE_DIRS[1]), np.concatenate([rgb, fake, rec], axis=1), quality)
+            side_by_side = np.concatenate([utils.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
+            utils.write_image(self.out_path(path, CYCLE_DIRS[1]), side_by_side, quality)
         self.converted.append(path)
 
 

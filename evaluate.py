@@ -42,9 +42,10 @@ def build_parser():
     return p
 
 
-def read_folder(folder):
-    """The readable images of a folder (unreadable ones skipped with a warning): (paths, images)."""
-    paths, images = utils.read_images(utils.list_images(folder))
+def read_folder(folder, channels=3):
+    """The readable images of a folder, with `channels` channels (unreadable ones skipped with a
+    warning): (paths, images)."""
+    paths, images = utils.read_images(utils.list_images(folder), channels=channels)
     if not paths:
         raise utils.UserError(f"{folder}: none of its images could be read")
     return paths, images
@@ -76,12 +77,12 @@ def evaluate(args):
         if not args.img_dir:
             raise utils.UserError("--model_filepath needs --img_dir (the images to translate)")
         net = metrics.inception_model(args.inception_weights) if args.real_dir else None
-        paths, images = read_folder(args.img_dir)
         translators, _ = export.load_translators(args.model_filepath, list(model.DIRECTIONS))
+        paths, images = read_folder(args.img_dir, translators[args.conversion_direction].channels)
         scores, fakes, recs = metrics.translation_scores(translators, args.conversion_direction, paths, images, args.truth_dir)
         result.update(scores)
         if args.grid:
-            write_grid(args.grid, images, fakes, recs, args.grid_rows)
+            write_grid(args.grid, *([utils.as_rgb8(im) for im in ims] for ims in (images, fakes, recs)), args.grid_rows)
         if args.real_dir:
             result.update(distribution_scores(net, read_folder(args.real_dir)[1], fakes, args))
     elif args.real_dir and args.fake_dir:

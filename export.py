@@ -39,9 +39,10 @@ def _translation(G, output_key="images"):
     """The translation graph of G as a tf.function of uint8 images of any batch and size, returning
     {output_key: images} (or the images alone if output_key is None)."""
     translator = model.Translator(G)
+    spec = model.image_spec(translator.channels)
     if output_key is None:
-        return tf.function(translator.translate, input_signature=[model.UINT8_IMAGES])
-    return tf.function(lambda images: {output_key: translator.translate(images)}, input_signature=[model.UINT8_IMAGES])
+        return tf.function(translator.translate, input_signature=[spec])
+    return tf.function(lambda images: {output_key: translator.translate(images)}, input_signature=[spec])
 
 
 def write(generators, export_dir, export_format="savedmodel", quantize="none"):
@@ -102,7 +103,7 @@ def _onnx(G, path):
         raise utils.UserError("--export_format onnx needs tf2onnx (pip install -r requirements.txt)") from None
     with kernels.portable():
         # One output, not a dict: tf2onnx cannot name an output as its input ("images").
-        tf2onnx.convert.from_function(_translation(G, None), input_signature=[model.UINT8_IMAGES],
+        tf2onnx.convert.from_function(_translation(G, None), input_signature=[model.image_spec(G.input_shape[-1])],
                                       opset=ONNX_OPSET, output_path=path)
 
 
@@ -113,6 +114,7 @@ class SavedModelTranslator:
 
     def __init__(self, loaded, direction):
         self.signature = loaded.signatures[direction]
+        self.channels = self.signature.structured_input_signature[1]["images"].shape[-1]
 
     def translate(self, images):
         return np.asarray(self.signature(images=tf.convert_to_tensor(images, tf.uint8))["images"])
@@ -129,6 +131,7 @@ class TFLiteTranslator:
             warnings.simplefilter("ignore", UserWarning)
             self.interpreter = tf.lite.Interpreter(model_path=path)
         self.input = self.interpreter.get_input_details()[0]["index"]
+        self.channels = int(self.interpreter.get_input_details()[0]["shape"][-1])
         self.output = self.interpreter.get_output_details()[0]["index"]
         self.shape = None
 
@@ -157,6 +160,7 @@ class OnnxTranslator:
                                   f"(pip install -r requirements.txt)") from None
         self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.channels = self.session.get_inputs()[0].shape[-1]
 
     def translate(self, images):
         return self.session.run(None, {self.input: np.asarray(images, np.uint8)})[0]

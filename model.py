@@ -532,8 +532,10 @@ def mixed_precision_policy():
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
-# uint8 RGB batches of any size: what the exports take.
-UINT8_IMAGES = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+def image_spec(channels, batch=None, dtype=tf.uint8):
+    """Batches of images of any height and width with `channels` channels (the exports': uint8)."""
+    return tf.TensorSpec([batch, None, None, channels], dtype, name="images")
+
 # Side of the windows large images are convolved in. TensorFlow's CPU convolutions take scratch
 # memory in proportion to the input area, so small windows bound the memory (README, "Large
 # images"); larger ones do not run faster.
@@ -541,11 +543,14 @@ WINDOW = 256
 
 
 class Translator:
-    """Translates uint8 RGB images at their own size with one generator.
+    """Translates images at their own size with one generator.
 
         t = Translator(gan.G_A2B)
         fakes = t.translate(batch)            # uint8 (N, H, W, 3) -> uint8 (N, H, W, 3)
         fake = t.translate_image(rgb, 1024)   # one image, tiled if larger than 1024 x 1024
+
+    Images have the generator's input channels (t.channels: 3, or 1 with --input_nc/--output_nc 1)
+    and leave with its output channels, in the input's depth: uint8, or uint16 (16-bit scans).
 
     `translate` is one graph: reflect-pad to multiples of 4 (at least 8; 2^num_downs for a U-Net), G,
     crop, round.
@@ -559,17 +564,18 @@ class Translator:
         self.G = G
         self.jit_compile = jit_compile
         self.multiple = module.size_multiple(G)  # 4 for the ResNet, 2^num_downs for a U-Net
-        self._graphs = {}  # batch size (None: any) -> tf.function of _translate
+        self.channels = G.input_shape[-1]
+        self._graphs = {}  # (batch size (None: any), dtype) -> tf.function of _translate
         self._runs = {}  # tf.functions of the layer runs, for tiled translation
 
     def translate(self, images):
-        """uint8 images (N, H, W, 3) -> their translations, uint8 (N, H, W, 3)."""
-        n = images.shape[0]
-        if n not in self._graphs:
-            spec = tf.TensorSpec([n, None, None, 3], tf.uint8, name="images")
-            self._graphs[n] = tf.function(self._translate, input_signature=[spec],
-                                          jit_compile=self.jit_compile or None)
-        return self._graphs[n](images)
+        """uint8 or uint16 images (N, H, W, channels) -> their translations, (N, H, W, output channels)
+        of the same dtype."""
+        key = images.shape[0], tf.as_dtype(images.dtype)
+        if key not in self._graphs:
+            self._graphs[key] = tf.function(self._translate, input_signature=[image_spec(self.channels, *key)],
+                                            jit_compile=self.jit_compile or None)
+        return self._graphs[key](images)
 
     def _translate(self, images):
         n = images.shape[0]
@@ -583,10 +589,11 @@ class Translator:
     def _translate_all(self, images):
         h, w = tf.shape(images)[1], tf.shape(images)[2]
         x = utils.pad_to_multiple(utils.to_float(images), self.multiple)
-        return utils.to_uint8(self.G(x, training=False)[:, :h, :w])
+        return utils.to_pixels(self.G(x, training=False)[:, :h, :w], images.dtype)
 
     def translate_image(self, rgb, tile_size=2048, window=WINDOW):
-        """Translates one uint8 RGB image (H, W, 3); returns uint8 (H, W, 3).
+        """Translates one image (H, W, channels), uint8 or uint16; returns (H, W, output channels),
+        the same dtype.
 
         An image of more than tile_size^2 pixels is translated in tiles: each run of layers that
         look at a small neighbourhood (padding, convolutions, ReLUs) on windows of `window` pixels,
@@ -613,7 +620,7 @@ class Translator:
             return _Run(inputs, (layer,))
 
         y = self._whole(module.run_layers(self.G, x, apply), window)
-        return utils.to_uint8(y[0, :h, :w]).numpy()
+        return utils.to_pixels(y[0, :h, :w], rgb.dtype).numpy()
 
     def _whole(self, value, window):
         """A whole map: value itself, or a pending _Run computed tile by tile (a new array)."""

@@ -178,11 +178,12 @@ def restore(ckpt, path, model_dir):
                               f"use another --model_dir than {model_dir}") from None
 
 
-def load_validation(folder):
-    """(paths, images) of a validation folder; unreadable files are skipped with a warning."""
+def load_validation(folder, channels):
+    """(paths, images) of a validation folder, with `channels` channels; unreadable files are
+    skipped with a warning."""
     if not folder:
         return [], []
-    return utils.read_images(utils.list_images(folder))
+    return utils.read_images(utils.list_images(folder), channels=channels)
 
 
 def preview_grid(gan, rgb, direction):
@@ -190,7 +191,7 @@ def preview_grid(gan, rgb, direction):
     back = "B2A" if direction == "A2B" else "A2B"
     fake = gan.translators[direction].translate_image(rgb)
     rec = gan.translators[back].translate_image(fake)
-    return np.concatenate([rgb, fake, rec], axis=1)
+    return np.concatenate([utils.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
 
 
 class LossLog:
@@ -276,7 +277,7 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
         for path, fake in zip(paths[:args.progress_images], fakes):
             name = os.path.splitext(os.path.basename(path))[0] + ".gif"
             utils.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
-                                         utils.label(fake, f"epoch {epoch}"), 300)
+                                         utils.label(utils.as_rgb8(fake), f"epoch {epoch}"), 300)
     return scores
 
 
@@ -303,13 +304,14 @@ def load_data(args):
     for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
         if not paths:
             raise utils.UserError(f"{folder}: none of its images could be read")
-    val = {"A2B": load_validation(args.validation_A_dir), "B2A": load_validation(args.validation_B_dir)}
+    val = {"A2B": load_validation(args.validation_A_dir, args.input_nc),
+           "B2A": load_validation(args.validation_B_dir, args.output_nc)}
     if args.validation_truth_dir and not os.path.isdir(args.validation_truth_dir):
         raise utils.UserError(f"{args.validation_truth_dir}: no such folder")
     inception = None
     if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
-    preview = {"A2B": utils.read_image(paths_A[0]), "B2A": utils.read_image(paths_B[0])}
+    preview = {"A2B": utils.read_image(paths_A[0], args.input_nc), "B2A": utils.read_image(paths_B[0], args.output_nc)}
     preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
     return paths_A, paths_B, val, inception, preview, cache
 
@@ -397,7 +399,7 @@ def epoch_data(run, epoch, done):
     a = run.args
     make = lambda shard: utils.make_dataset(run.paths_A, run.paths_B, epoch, a.random_seed, a.load_size, a.crop_size,
                                             not a.no_flip, a.batch_size, skip_steps=done, replicas=run.replicas,
-                                            shard=shard)[0]
+                                            shard=shard, channels=(a.input_nc, a.output_nc))[0]
     if run.strategy is None:
         return make((0, 1))
     return run.strategy.distribute_datasets_from_function(lambda ctx: make((ctx.input_pipeline_id, ctx.num_input_pipelines)))

@@ -157,10 +157,9 @@ def list_images(folder):
 
 def to_rgb8(image, path="image"):
     """Converts a decoded OpenCV array (gray, BGR, BGRA; 8 or 16 bit) to uint8 RGB (H, W, 3)."""
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif image.dtype != np.uint8:
+    if image.dtype not in (np.uint8, np.uint16):
         raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
+    image = to_8bit(image)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.shape[2] == 1:
@@ -181,8 +180,20 @@ def _read_bytes(path):
     return data
 
 
-def read_image(path):
-    """Reads an image file as uint8 RGB (H, W, 3). Raises ImageError naming the file and why."""
+def to_gray(image, path="image"):
+    """Converts a decoded OpenCV array (gray, BGR, BGRA; 8 or 16 bit) to one channel (H, W, 1) of
+    the same depth, uint8 or uint16: a 16-bit scan keeps its range. Colour by ITU-R 601 luma, as
+    PIL's convert("L") that the official Grayscale transform uses."""
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] > 1:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(image.reshape(image.shape[0], image.shape[1], 1))
+
+
+def read_image(path, channels=3):
+    """Reads an image file as uint8 RGB (H, W, 3), or with channels=1 as one channel (H, W, 1),
+    uint16 if the file is 16-bit. Raises ImageError naming the file and why."""
     data = _read_bytes(path)
     try:
         image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -190,7 +201,30 @@ def read_image(path):
         raise ImageError(f"{path}: not decodable ({_cv_reason(e)})") from None
     if image is None or image.size == 0:
         raise ImageError(f"{path}: not a decodable image (corrupt, truncated or unsupported)")
-    return to_rgb8(image, path)
+    return to_gray(image, path) if channels == 1 else to_rgb8(image, path)
+
+
+def with_channels(image, channels):
+    """An image (..., C) with 1 or 3 channels as `channels` channels: RGB to luma (ITU-R 601, rounded,
+    same dtype) or gray repeated into RGB."""
+    if image.shape[-1] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    luma = np.asarray(image, np.float64) @ np.array([0.299, 0.587, 0.114])
+    return np.round(luma)[..., None].astype(image.dtype)
+
+
+def to_8bit(image):
+    """uint16 levels to uint8 (rounded); uint8 as it is."""
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return image
+
+
+def as_rgb8(image):
+    """A uint8 or uint16 image of 1 or 3 channels as uint8 RGB (for pictures, GIFs and videos)."""
+    return with_channels(to_8bit(np.asarray(image)), 3)
 
 
 def _cv_reason(e):
@@ -347,13 +381,18 @@ class VideoWriter:
 
 
 def write_image(path, rgb, jpeg_quality=JPEG_QUALITY):
-    """Writes uint8 RGB to `path` in the format its extension names, through a temporary
-    file renamed into place, so an interrupted write never leaves half an image."""
+    """Writes an image to `path` in the format its extension names, through a temporary file
+    renamed into place, so an interrupted write never leaves half an image. rgb: uint8 RGB
+    (H, W, 3), or one channel (H, W, 1) written as a grayscale file; uint16 stays 16-bit in a PNG
+    (the other formats hold 8 bits)."""
     ext = os.path.splitext(path)[1].lower()
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else []
     if ext == ".webp":
         params = [cv2.IMWRITE_WEBP_QUALITY, jpeg_quality]
-    ok, encoded = cv2.imencode(ext, cv2.cvtColor(np.asarray(rgb, np.uint8), cv2.COLOR_RGB2BGR), params)
+    image = np.asarray(rgb)
+    image = image if image.dtype == np.uint16 and ext == ".png" else to_8bit(image).astype(np.uint8)
+    image = image[..., 0] if image.shape[-1] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(ext, image, params)
     if not ok:
         raise ImageError(f"{path}: cannot encode as {ext}")
     atomic_write_bytes(path, encoded.tobytes())
@@ -436,15 +475,26 @@ def disk_full_path(error):
 
 
 def to_float(images):
-    """uint8 [0, 255] -> float32 [-1, 1]; NumPy arrays or tensors (in a graph too)."""
+    """Pixels -> float32 [-1, 1]: uint8 [0, 255] (and floats on that scale), uint16 [0, 65535];
+    NumPy arrays or tensors (in a graph too)."""
     import tensorflow as tf
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
+    images = tf.convert_to_tensor(images)
+    top = 65535.0 if images.dtype == tf.uint16 else 255.0
+    return tf.cast(images, tf.float32) / (top / 2) - 1.0
+
+
+def to_pixels(images, dtype):
+    """float [-1, 1] -> uint8 [0, 255] or uint16 [0, 65535] (dtype), rounded (half to even) and
+    clipped; returns a tensor."""
+    import tensorflow as tf
+    top = float(tf.as_dtype(dtype).max)
+    return tf.cast(tf.clip_by_value(tf.round((tf.cast(images, tf.float32) + 1.0) * (top / 2)), 0, top), dtype)
 
 
 def to_uint8(images):
     """float [-1, 1] -> uint8 [0, 255], rounded (half to even) and clipped; returns a tensor."""
     import tensorflow as tf
-    return tf.cast(tf.clip_by_value(tf.round((tf.cast(images, tf.float32) + 1.0) * 127.5), 0, 255), tf.uint8)
+    return to_pixels(images, tf.uint8)
 
 
 def padded_size(n, multiple=4, min_size=8):
@@ -478,9 +528,10 @@ def pad_to_multiple(images, multiple=4, min_size=8):
 
 
 def resize_square(image, size):
-    """Resizes uint8 RGB to size x size (area for shrinking, cubic for growing)."""
+    """Resizes an image (H, W, C) to size x size (area for shrinking, cubic for growing)."""
     shrink = image.shape[0] >= size and image.shape[1] >= size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    return resized.reshape(size, size, image.shape[2])
 
 
 def setup_devices(cpu_kernels=None):
@@ -500,14 +551,14 @@ def setup_devices(cpu_kernels=None):
         raise UserError(str(e)) from None
 
 
-def _decode_all(paths, keep):
+def _decode_all(paths, keep, channels=3):
     """[(image or True, None) or (None, error)] for each path, decoded in threads (OpenCV decodes
     without holding the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def read(path):
         try:
-            image = read_image(path)
+            image = read_image(path, channels)
             return image if keep else True, None
         except ImageError as e:
             return None, str(e)
@@ -516,12 +567,12 @@ def _decode_all(paths, keep):
         return list(pool.map(read, paths))
 
 
-def read_images(paths, keep=True):
+def read_images(paths, keep=True, channels=3):
     """Decodes every file once; warns (one line each) about those that fail. Returns the readable
-    paths and, if keep, their uint8 RGB images (else None, so a large training set is not held in
-    memory)."""
+    paths and, if keep, their images (read_image(path, channels); else None, so a large training
+    set is not held in memory)."""
     kept, images = [], []
-    for path, (image, error) in zip(paths, _decode_all(paths, keep)):
+    for path, (image, error) in zip(paths, _decode_all(paths, keep, channels)):
         if error is None:
             kept.append(path)
             images.append(image)
@@ -576,10 +627,15 @@ def epoch_order(n_A, n_B, epoch, random_seed):
     return idx_A, idx_B, seeds
 
 
-def _decode(path):
+def _decode(path, channels):
+    """An image file as float32 (H, W, channels) on the 0-255 scale (a 16-bit file keeps its levels)."""
     import tensorflow as tf
-    image = tf.numpy_function(lambda p: read_image(p.decode()), [path], tf.uint8, stateful=False)
-    image.set_shape([None, None, 3])
+
+    def read(p):
+        image = read_image(p.decode(), channels)
+        return image.astype(np.float32) * np.float32(255 / np.iinfo(image.dtype).max)
+    image = tf.numpy_function(read, [path], tf.float32, stateful=False)
+    image.set_shape([None, None, channels])
     return image
 
 
@@ -590,16 +646,16 @@ def augment(image, seed, load_size, crop_size, flip):
     size = max(load_size, crop_size)
     image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bicubic", antialias=True)
     image = tf.clip_by_value(image, 0.0, 255.0)
-    image = tf.image.stateless_random_crop(image, [crop_size, crop_size, 3], seed=seed)
+    image = tf.image.stateless_random_crop(image, [crop_size, crop_size, image.shape[2]], seed=seed)
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, seed=seed[::-1])
     return to_float(image)
 
 
 def make_dataset(paths_A, paths_B, epoch, random_seed, load_size, crop_size, flip=True,
-                 batch_size=1, skip_steps=0, replicas=1, shard=(0, 1)):
+                 batch_size=1, skip_steps=0, replicas=1, shard=(0, 1), channels=(3, 3)):
     """The training batches of one epoch: a tf.data.Dataset of (real_A, real_B) float32
-    batches (batch_size, crop, crop, 3) in [-1, 1], and the number of steps in the epoch.
+    batches (batch_size, crop, crop, channels of A or B) in [-1, 1], and the number of steps in the epoch.
 
     A step consumes batch_size x replicas pairs (the global batch); the last incomplete global
     batch is dropped so every step has the same shape; `skip_steps` resumes in the middle of
@@ -616,8 +672,8 @@ def make_dataset(paths_A, paths_B, epoch, random_seed, load_size, crop_size, fli
     files_B = np.asarray(paths_B, dtype=object)[idx_B[keep]].astype(str)
 
     def load(fa, fb, seed):
-        return (augment(_decode(fa), seed[0], load_size, crop_size, flip),
-                augment(_decode(fb), seed[1], load_size, crop_size, flip))
+        return (augment(_decode(fa, channels[0]), seed[0], load_size, crop_size, flip),
+                augment(_decode(fb, channels[1]), seed[1], load_size, crop_size, flip))
 
     ds = tf.data.Dataset.from_tensor_slices((files_A, files_B, seeds[keep]))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -283,7 +283,7 @@ def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_g
     images = np.stack([make_image(rng, 40, 24) for _ in range(3)])
     batched = t.translate(images).numpy().astype(int)
     one_by_one = np.stack([t.translate(image[None]).numpy()[0] for image in images]).astype(int)
-    general = tf.function(t.translate, input_signature=[model.UINT8_IMAGES])(images).numpy().astype(int)
+    general = tf.function(t.translate, input_signature=[model.image_spec(3)])(images).numpy().astype(int)
     for other in (one_by_one, general):
         assert np.abs(batched - other).max() <= 1
     t.translate(np.stack([make_image(rng, 17, 33) for _ in range(3)]))
