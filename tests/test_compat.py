@@ -21,7 +21,7 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "
 
 def test_old_training_checkpoint_restores_every_variable():
     config = utils.load_json(os.path.join(FIXTURE, "config.json"))
-    gan = model.CycleGAN(**config["architecture"])
+    gan = model.CycleGAN(**model.saved_architecture(config))
     checkpoint, _ = model.find_checkpoint(FIXTURE)
     gan.checkpoint().restore(checkpoint).assert_existing_objects_matched()
     assert int(gan.step.numpy()) == 3 and int(gan.epoch.numpy()) == 1

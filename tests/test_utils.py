@@ -59,7 +59,8 @@ def test_check_images_remembers_each_file_and_checks_changed_and_new_ones(tmp_pa
     (tmp_path / "broken.png").write_bytes(b"not a png")
     decoded = []
     real_read = utils.read_image
-    monkeypatch.setattr(utils, "read_image", lambda path: decoded.append(os.path.basename(path)) or real_read(path))
+    monkeypatch.setattr(utils, "read_image",
+                        lambda path, *rest: decoded.append(os.path.basename(path)) or real_read(path, *rest))
     cache = {}
     assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 0)
     assert sorted(decoded) == ["broken.png", "img000.png", "img001.png", "img002.png"]
