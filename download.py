@@ -275,14 +275,7 @@ def fetch(name, args):
     if is_complete(dest) and not args.force:
         print(f"{name}: already in {dest}, skipping (--force to fetch again)", file=sys.stderr)
         return
-    zip_path = os.path.join(args.download_dir, f"{name}.zip")
-    if os.path.exists(zip_path) and args.force:
-        os.remove(zip_path)
-    if os.path.exists(zip_path):
-        print(f"{name}: using {zip_path}", file=sys.stderr)
-    else:
-        download(_url(args.base_url or BASE_URL, f"{name}.zip"), zip_path, args.retries, args.retry_wait,
-                 args.timeout, name=name)
+    zip_path, _ = _fetch_file(name, f"{name}.zip", args.base_url or BASE_URL, args)
     try:
         check_zip(zip_path, dest)
     except NoRoomError:
@@ -298,20 +291,26 @@ def _url(base, file):
     return urllib.parse.urljoin(base if base.endswith("/") else base + "/", file)
 
 
+def _fetch_file(name, file, base_url, args):
+    """DOWNLOAD_DIR/file, downloaded from base_url unless already there (--force: fetched again).
+    Returns (path, url)."""
+    path, url = os.path.join(args.download_dir, file), _url(base_url, file)
+    if os.path.exists(path) and args.force:
+        os.remove(path)
+    if os.path.exists(path):
+        print(f"{name}: using {path}", file=sys.stderr)
+    else:
+        download(url, path, args.retries, args.retry_wait, args.timeout, name=name)
+    return path, url
+
+
 def fetch_pretrained(name, args):
     """Downloads (unless present) the official NAME.pth and imports it as MODEL_DIR/NAME_pretrained/."""
     run_dir = os.path.join(args.model_dir, f"{name}_pretrained")
     if os.path.isdir(run_dir) and not args.force:
         print(f"{name}: already in {run_dir}, skipping (--force to fetch again)", file=sys.stderr)
         return
-    path = os.path.join(args.download_dir, f"{name}.pth")
-    if os.path.exists(path) and args.force:
-        os.remove(path)
-    url = _url(args.base_url or pretrained.PRETRAINED_URL, f"{name}.pth")
-    if os.path.exists(path):
-        print(f"{name}: using {path}", file=sys.stderr)
-    else:
-        download(url, path, args.retries, args.retry_wait, args.timeout, name=name)
+    path, url = _fetch_file(name, f"{name}.pth", args.base_url or pretrained.PRETRAINED_URL, args)
     try:
         pretrained.write_run(path, run_dir, source=url)
     except pretrained.PthError:
