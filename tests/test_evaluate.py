@@ -44,6 +44,14 @@ def test_matrix_square_root_and_fid_closed_form():
     assert rotated == pytest.approx(want, rel=1e-7)
 
 
+@pytest.mark.parametrize("n1,n2,d", [(7, 5, 16), (30, 40, 8)])
+def test_fid_from_the_features_equals_the_covariance_formula(n1, n2, d):
+    rng = np.random.default_rng(n1)
+    f1, f2 = rng.normal(size=(n1, d)), rng.normal(0.3, 1.5, size=(n2, d))
+    want = metrics.frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert metrics.fid(f1, f2) == pytest.approx(want, rel=1e-6)
+
+
 def test_fid_and_kid_on_features_behave(net, pictures):
     f = metrics.features(net, pictures, batch_size=8)
     assert f.shape == (24, 2048)
