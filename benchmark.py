@@ -283,7 +283,8 @@ def main(argv=None):
             dirs = [synthetic_folder(tmp, s, n, args.load_size, i) for i, s in enumerate("AB")]
         paths = [utils.list_images(d) for d in dirs]
         # Input pipeline alone: decode, resize, crop, flip.
-        ds, steps = utils.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size)
+        ds, steps = utils.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size,
+                                       channels=(args.input_nc, args.output_nc))
         batches = list(ds.take(2))
         start = time.perf_counter()
         count = sum(1 for _ in ds) * 2 * args.batch_size
