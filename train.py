@@ -312,7 +312,7 @@ def load_data(args):
     if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
     preview = {"A2B": utils.read_image(paths_A[0], args.input_nc), "B2A": utils.read_image(paths_B[0], args.output_nc)}
-    preview = {d: utils.resize_square(img, args.crop_size) for d, img in preview.items()}
+    preview = {d: utils.resize_to(img, args.crop_size, args.crop_size) for d, img in preview.items()}
     return paths_A, paths_B, val, inception, preview, cache
 
 

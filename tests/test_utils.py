@@ -167,6 +167,71 @@ def test_small_images_are_resized_up_to_the_crop(tmp_path):
     assert a.shape == (1, 32, 32, 3)
 
 
+def first_image(paths, **kwargs):
+    """The first A image of epoch 1 of a one-folder dataset, unflipped, as uint8."""
+    ds, _ = utils.make_dataset(paths, paths, 1, 0, flip=False, **kwargs)
+    return utils.to_uint8(next(iter(ds))[0][0]).numpy()
+
+
+def windows_equal_to(image, part):
+    """The (y, x) where `part` is found exactly in `image`."""
+    h, w = part.shape[:2]
+    return [(y, x) for y in range(image.shape[0] - h + 1) for x in range(image.shape[1] - w + 1)
+            if np.array_equal(image[y:y + h, x:x + w], part)]
+
+
+def test_scale_width_keeps_a_2_to_1_image_in_proportion_and_can_crop_it(tmp_path):
+    import tensorflow as tf
+    paths = write_images(str(tmp_path), 1, seed=6, sizes=((40, 80),))
+    rgb = utils.read_image(paths[0])
+    size = utils.training_size(paths, utils.image_sizes(paths, {}), "scale_width", 48, 16)
+    assert size == (24, 48)
+    scaled = first_image(paths, load_size=48, crop_size=16, preprocess="scale_width", size=size)
+    assert scaled.shape == (24, 48, 3)  # the whole picture at half size, not a square of it
+    assert np.abs(scaled.astype(int) - cv2.resize(rgb, (48, 24), interpolation=cv2.INTER_AREA)).mean() < 3
+    cropped = first_image(paths, load_size=48, crop_size=16, preprocess="scale_width_and_crop")
+    assert cropped.shape == (16, 16, 3) and windows_equal_to(scaled, cropped)
+    # The official __scale_width: the height is at least the crop, so a small load_size changes the shape.
+    assert [int(v) for v in utils.resized_size(40, 80, "scale_width", 16, 16)] == [16, 16]
+    assert tf.is_tensor(utils.resized_size(tf.constant(40), tf.constant(80), "scale_width_and_crop", 48, 16)[0])
+
+
+def test_crop_cuts_the_image_at_its_own_size(tmp_path):
+    paths = write_images(str(tmp_path), 1, seed=7, sizes=((40, 48),))
+    cut = first_image(paths, load_size=64, crop_size=32, preprocess="crop")
+    assert cut.shape == (32, 32, 3) and len(windows_equal_to(utils.read_image(paths[0]), cut)) == 1
+
+
+def test_preprocessed_sizes_that_cannot_train_are_one_line_naming_the_file(tmp_path):
+    paths = write_images(str(tmp_path), 3, seed=8, sizes=((40, 80), (20, 40), (40, 40)))
+    sizes = utils.image_sizes(paths, {})
+    assert utils.training_size(paths[:2], sizes[:2], "scale_width", 32, 16) == (16, 32)
+    with pytest.raises(utils.UserError) as e:
+        utils.training_size(paths, sizes, "scale_width", 32, 16)
+    assert str(e.value).startswith(paths[2] + ": --preprocess scale_width makes it 32x32 (height x width) but "
+                                   + paths[0] + " 16x32") and "\n" not in str(e.value)
+    with pytest.raises(utils.UserError, match=f"{paths[1]}: 20x40 .* smaller than --crop_size 32"):
+        utils.training_size(paths, sizes, "crop", 286, 32)
+    # none: each side to the nearest multiple of 4, half to even as Python's round.
+    assert utils.training_size(paths[:1], [(42, 50)], "none", 286, 256) == (40, 48)
+    assert utils.training_size(paths[:1], [(46, 54)], "none", 286, 256) == (48, 56)
+
+
+def test_serial_batches_pair_the_sorted_images_in_order(tmp_path):
+    paths_A = write_images(str(tmp_path / "A"), 3, seed=9, sizes=((40, 48),))
+    paths_B = write_images(str(tmp_path / "B"), 2, seed=10, sizes=((40, 48),))
+    idx_A, idx_B, seeds = utils.epoch_order(3, 2, epoch=1, random_seed=0, serial=True)
+    assert list(idx_A) == [0, 1, 2] and list(idx_B) == [0, 1, 0]
+    np.testing.assert_array_equal(seeds, utils.epoch_order(3, 2, epoch=1, random_seed=0)[2])
+    ds, steps = utils.make_dataset(paths_A, paths_B, 1, 0, 286, 256, flip=False, preprocess="none",
+                                   size=(40, 48), serial=True)
+    got = [(utils.to_uint8(a[0]).numpy(), utils.to_uint8(b[0]).numpy()) for a, b in ds]
+    assert steps == 3 and len(got) == 3
+    for (a, b), i, j in zip(got, [0, 1, 2], [0, 1, 0]):  # none keeps a 40x48 image as it is
+        np.testing.assert_array_equal(a, utils.read_image(paths_A[i]))
+        np.testing.assert_array_equal(b, utils.read_image(paths_B[j]))
+
+
 def test_requirements_state_a_floor_that_the_installed_packages_meet():
     import importlib.metadata
     import re
