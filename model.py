@@ -23,7 +23,7 @@ import module
 import utils
 
 # Architecture settings: they fix every variable's shape, so a checkpoint only
-# restores into a model built with the same values.
+# restores into a model built with the same values (with "train_size", see architecture()).
 ARCHITECTURE_KEYS = ("netG", "ngf", "ndf", "n_blocks", "n_layers_D", "netD", "norm", "dropout", "input_nc", "output_nc",
                      "crop_size", "pool_size")
 # What runs written before a key existed were built with.
@@ -81,8 +81,11 @@ def add_model_flags(parser):
                         "xavier, kaiming (fan in), orthogonal; biases 0")
     g.add_argument("--init_gain", type=float, default=0.02, help="scale of --init_type normal, xavier and orthogonal")
     g.add_argument("--pool_size", type=int, default=50, help="image pool of generated images (0: off)")
-    g.add_argument("--load_size", type=int, default=286, help="training images are resized to this square first")
-    g.add_argument("--crop_size", type=int, default=256, help="then randomly cropped to this (multiple of 4)")
+    g.add_argument("--load_size", type=int, default=286,
+                   help="training images are resized to this square first (to this width with train.py's "
+                        "--preprocess scale_width*)")
+    g.add_argument("--crop_size", type=int, default=256,
+                   help="then randomly cropped to this square (multiple of 4); see train.py's --preprocess")
     g = parser.add_argument_group("objective and optimiser")
     g.add_argument("--lr", type=float, default=2e-4, help="initial Adam learning rate")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
@@ -126,24 +129,35 @@ def check_model_flags(args):
     for name in ("n_blocks", "pool_size"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
-    multiple = 2 ** UNET_DOWNS.get(args.netG, 2)
-    if args.netG in UNET_DOWNS and args.crop_size % multiple:
-        raise utils.UserError(f"--netG {args.netG} needs --crop_size a multiple of {multiple} (its "
-                              f"{UNET_DOWNS[args.netG]} stride-2 levels), not {args.crop_size}")
     if args.input_nc != args.output_nc and args.lambda_identity > 0:
         raise utils.UserError(f"--input_nc {args.input_nc} and --output_nc {args.output_nc} differ, so there is no "
                               f"identity loss (G_A2B cannot take domain A's images): add --lambda_identity 0")
-    if args.crop_size % 4 or args.crop_size < 8:
-        raise utils.UserError(f"--crop_size {args.crop_size}: must be a multiple of 4 and at least 8")
-    if args.netD != "pixel" and module.patch_map_size(args.crop_size, args.n_layers_D) < 1:
-        raise utils.UserError(f"--crop_size {args.crop_size} is too small for a discriminator "
+    check_train_size(args, (args.crop_size, args.crop_size), "--crop_size", str(args.crop_size))
+
+
+def check_train_size(args, size, name, value):
+    """One-line errors (utils.UserError) unless training images of size (height, width) suit the
+    networks that parsed model flags describe: sides multiples of 4 (2^levels for a U-Net), at least
+    8, and a discriminator's score map of at least 1 x 1. name and value say in the message where the
+    size comes from ("--crop_size", "32")."""
+    multiple = 2 ** UNET_DOWNS.get(args.netG, 2)
+    if args.netG in UNET_DOWNS and any(side % multiple for side in size):
+        raise utils.UserError(f"--netG {args.netG} needs {name} a multiple of {multiple} (its "
+                              f"{UNET_DOWNS[args.netG]} stride-2 levels), not {value}")
+    if any(side % 4 or side < 8 for side in size):
+        raise utils.UserError(f"{name} {value}: must be a multiple of 4 and at least 8")
+    if args.netD != "pixel" and min(module.patch_map_size(side, args.n_layers_D) for side in size) < 1:
+        raise utils.UserError(f"{name} {value} is too small for a discriminator "
                               f"with --n_layers_D {args.n_layers_D}")
 
 
-def architecture(args):
+def architecture(args, train_size=None):
     """The settings of parsed model flags that fix the networks and variable shapes (ARCHITECTURE_KEYS).
-    netG is "resnet" (with n_blocks; --netG resnet_6blocks means n_blocks 6), "unet_128" or "unet_256"."""
+    netG is "resnet" (with n_blocks; --netG resnet_6blocks means n_blocks 6), "unet_128" or "unet_256".
+    train_size is [height, width] of the training images (the pools' and the step's shape; default
+    the crop_size square; train.py's --preprocess may give another)."""
     settings = {k: getattr(args, k) for k in ARCHITECTURE_KEYS if k != "netG"}
+    settings["train_size"] = list(train_size or (args.crop_size, args.crop_size))
     netG = args.netG or "resnet"
     if netG.startswith("resnet_"):
         netG, settings["n_blocks"] = "resnet", int(netG[len("resnet_"):-len("blocks")])
@@ -165,11 +179,13 @@ def generator(architecture, direction, dtype=None):
 def saved_architecture(config):
     """The architecture recorded in a run's config.json, with ARCHITECTURE_DEFAULTS for the keys
     that did not exist when the run was written (runs and imports before --input_nc/--output_nc
-    recorded one "channels" for both)."""
+    recorded one "channels" for both; runs before "train_size" trained on crop_size squares)."""
     saved = dict(config.get("architecture", {}))
     if "channels" in saved:
         saved.setdefault("input_nc", saved["channels"])
         saved.setdefault("output_nc", saved.pop("channels"))
+    if "crop_size" in saved:
+        saved.setdefault("train_size", [saved["crop_size"]] * 2)
     return {**ARCHITECTURE_DEFAULTS, **saved}
 
 
@@ -181,9 +197,10 @@ def discriminator(netD, ndf, n_layers_D, channels, norm, name, dtype=None):
     return module.patch_discriminator(ndf, n_layers_D, channels, norm, name=name, dtype=dtype)
 
 
-def build(args, **kwargs):
-    """A CycleGAN from parsed model flags (add_model_flags); kwargs add or override arguments."""
-    settings = dict(architecture(args), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+def build(args, train_size=None, **kwargs):
+    """A CycleGAN from parsed model flags (add_model_flags) for training images of train_size
+    (see architecture()); kwargs add or override arguments."""
+    settings = dict(architecture(args, train_size), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
                     lr=args.lr, beta1=args.beta1, batch_size=args.batch_size, jit_compile=args.jit_compile,
                     gan_mode=args.gan_mode, lr_policy=args.lr_policy, lr_decay_iters=args.lr_decay_iters,
                     init_type=args.init_type, init_gain=args.init_gain,
@@ -306,12 +323,13 @@ class CycleGAN:
     """The CycleGAN model: networks, optimizers, pools, counters and the training step.
 
     Architecture (netG, ngf, ndf, n_blocks, n_layers_D, netD, norm, dropout, input_nc: domain A's
-    channels, output_nc: domain B's) and the training crop size are fixed at construction; the loss
-    weights and Adam settings default to the paper's.
+    channels, output_nc: domain B's) and the training images' size, train_size (height, width; by
+    default crop_size square), are fixed at construction; the loss weights and Adam settings default
+    to the paper's.
     """
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", norm="instance",
-                 dropout=False, input_nc=3, output_nc=3, crop_size=256,
+                 dropout=False, input_nc=3, output_nc=3, crop_size=256, train_size=None,
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
                  gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="normal", init_gain=0.02,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
@@ -329,10 +347,11 @@ class CycleGAN:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.policy = mixed_precision_policy() if mixed_precision else None
+        self.train_size = tuple(train_size or (crop_size, crop_size))
         with self.strategy.scope():
             self._build(dict(netG=netG, ngf=ngf, n_blocks=n_blocks, norm=norm, dropout=dropout, input_nc=input_nc,
-                             output_nc=output_nc), ndf, n_layers_D, crop_size, pool_size, beta1, beta2, random_seed)
-        specs = [tf.TensorSpec([batch_size, crop_size, crop_size, c], tf.float32) for c in (input_nc, output_nc)]
+                             output_nc=output_nc), ndf, n_layers_D, pool_size, beta1, beta2, random_seed)
+        specs = [tf.TensorSpec([batch_size, *self.train_size, c], tf.float32) for c in (input_nc, output_nc)]
         if self.replicas == 1 and not self.strategy.extended._in_multi_worker_mode():
             self.train_step = tf.function(self._train_step, input_signature=specs,
                                           jit_compile=jit_compile or None)
@@ -340,7 +359,7 @@ class CycleGAN:
             self.train_step = tf.function(self._train_step, jit_compile=jit_compile or None)
         self.translators = {d: Translator(self.generator(d), jit_compile) for d in DIRECTIONS}
 
-    def _build(self, architecture, ndf, n_layers_D, crop_size, pool_size, beta1, beta2, random_seed):
+    def _build(self, architecture, ndf, n_layers_D, pool_size, beta1, beta2, random_seed):
         p = self.policy
         self.G_A2B = generator(architecture, "A2B", p)
         self.G_B2A = generator(architecture, "B2A", p)
@@ -363,8 +382,8 @@ class CycleGAN:
         # Built now, not at the first step, so a checkpoint restores every slot.
         self.optimizer_G.build(self.G_vars)
         self.optimizer_D.build(self.D_vars)
-        self.pool_A = ImagePool(pool_size, (crop_size, crop_size, channels_A), "pool_A")
-        self.pool_B = ImagePool(pool_size, (crop_size, crop_size, channels_B), "pool_B")
+        self.pool_A = ImagePool(pool_size, (*self.train_size, channels_A), "pool_A")
+        self.pool_B = ImagePool(pool_size, (*self.train_size, channels_B), "pool_B")
         self.rng = tf.random.Generator.from_seed(random_seed)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_step")
@@ -749,6 +768,9 @@ def load_run_generators(model_filepath, directions):
                               f"{', '.join(missing)}{why}")
     generators = load_generators(checkpoint, saved_architecture(config), directions)
     print(f"model: {checkpoint}", file=sys.stderr)
+    if config.get("direction") == "BtoA":  # train.py --direction: its domain A is the folders named B
+        print("the run was trained with --direction BtoA: A2B translates images like those of its folders named B "
+              "(trainB) into those named A, B2A the other way", file=sys.stderr)
     return generators
 
 

@@ -44,7 +44,8 @@ def full_run(dataset_dirs, tmp_path_factory):
 def test_run_folder_describes_itself(full_run, dataset_dirs):
     import utils
     config = utils.load_json(str(full_run / "config.json"))
-    assert config["architecture"] == {**TINY, "netG": "resnet", "n_layers_D": 3, "netD": "basic", "norm": "instance", "dropout": False, "input_nc": 3, "output_nc": 3, "pool_size": 3}
+    assert config["architecture"] == {**TINY, "netG": "resnet", "n_layers_D": 3, "netD": "basic", "norm": "instance", "dropout": False, "input_nc": 3, "output_nc": 3, "pool_size": 3,
+                                      "train_size": [32, 32]}
     assert config["steps_per_epoch"] == 6 and config["lambda_cycle"] == 10.0
     assert tf.train.latest_checkpoint(str(full_run)).endswith("cyclegan.ckpt-12")
     assert glob.glob(str(full_run / "logs" / "events.out.tfevents.*"))
