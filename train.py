@@ -34,6 +34,8 @@ import model
 LOSSES_FILE = "losses.csv"
 # Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
 CHECK_CACHE_FILE = "image_check.json"
+# --direction: which folders are the model's domain A (AtoB: those named A).
+DIRECTIONS = ("AtoB", "BtoA")
 
 
 def build_parser():
@@ -49,6 +51,21 @@ def build_parser():
                    help="true translations of the validation A images, same names (default with --dataset: "
                         "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
+    g.add_argument("--preprocess", choices=utils.PREPROCESS_MODES, default="resize_and_crop",
+                   help="as the official option: resize_and_crop (to --load_size square, then a random --crop_size "
+                        "square), crop (a random --crop_size square of the image at its own size), scale_width (width "
+                        "--load_size, height in proportion, at least --crop_size), scale_width_and_crop (then a random "
+                        "--crop_size square), none (sides rounded to multiples of 4). Without a crop every image "
+                        "must come out the same size (the training step has one shape)")
+    g.add_argument("--max_dataset_size", type=int,
+                   help="use only the first N images (in sorted order) of each training folder; default all")
+    g.add_argument("--serial_batches", action="store_true",
+                   help="pair the images in order (A i with B i, each folder sorted, wrapping round) instead of A "
+                        "shuffled with a random B")
+    g.add_argument("--direction", choices=DIRECTIONS, default="AtoB",
+                   help="BtoA: the folders named B (trainB, testB, --img_B_dir, --validation_B_dir) are the model's "
+                        "domain A and those named A its domain B, as the official option; G_A2B then translates "
+                        "B-folder images into A-folder ones (saved in config.json)")
     g = p.add_argument_group("run folder")
     g.add_argument("--model_dir", help="run folder: config, checkpoints, logs (default: model/DATASET or model/cyclegan)")
     g.add_argument("--model_name", default=model.CHECKPOINT_NAME, help="checkpoint file prefix inside --model_dir")
@@ -68,6 +85,10 @@ def build_parser():
     g = p.add_argument_group("schedule")
     g.add_argument("--n_epochs", type=int, default=100, help="epochs at the initial learning rate")
     g.add_argument("--n_epochs_decay", type=int, default=100, help="epochs of linear decay of the learning rate to 0")
+    g.add_argument("--epoch_count", type=int, default=1,
+                   help="the number of the first epoch, as the official option: a new run starts there (earlier "
+                        "epochs and their learning rates skipped); a resumed run goes on where it stopped and accepts "
+                        "only its recorded value or the epoch it resumes at")
     g.add_argument("--random_seed", type=int, default=0, help="seeds weights, data order, augmentation and the pools")
     g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multiworker"),
                    help="none: one device; mirrored: every GPU of this machine (tf.distribute.MirroredStrategy); "
@@ -125,6 +146,9 @@ def check_args(args):
     for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every", "progress_images"):
         if getattr(args, name) < 0:
             raise utils.UserError(f"--{name} must not be negative")
+    for name in ("max_dataset_size", "epoch_count"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise utils.UserError(f"--{name} must be at least 1")
     if args.validation_every < 1:
         raise utils.UserError("--validation_every must be at least 1")
     if args.n_epochs + args.n_epochs_decay < 1:
@@ -133,12 +157,16 @@ def check_args(args):
         raise utils.UserError("--keep_checkpoints must be at least 1")
 
 
-def check_resumable(args, config_path):
-    """Refuses a run folder whose checkpoints were made for another architecture."""
+def check_resumable(args, config_path, train_size=None):
+    """Refuses a run folder whose checkpoints were made for another architecture, or for training
+    images of another size than train_size (see model.architecture; None: not compared, as before the
+    images are checked)."""
     if not os.path.exists(config_path):
         return
     saved = model.saved_architecture(utils.load_json(config_path))
-    wanted = model.architecture(args)
+    wanted = model.architecture(args, train_size)
+    if train_size is None:
+        del wanted["train_size"]
     diff = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in wanted if saved.get(k) != wanted[k]]
     if diff:
         raise utils.UserError(f"{args.model_dir}: its checkpoint was made with another architecture "
@@ -156,9 +184,7 @@ def record_config(path, config, counters):
         return
     saved = utils.load_json(path)
     history = saved.setdefault("history", [])
-    current = {k: v for k, v in saved.items() if k != "history"}
-    for entry in history:
-        current.update({k: new for k, (_, new) in entry["changes"].items()})
+    current = recorded_config(saved)
     changes = {k: [current.get(k), v] for k, v in config.items() if current.get(k) != v}
     if not changes:
         return
@@ -169,6 +195,15 @@ def record_config(path, config, counters):
           + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()), file=sys.stderr)
 
 
+def recorded_config(saved):
+    """The settings a run has now, from its config.json (see record_config): the first configuration
+    with each change of its history applied."""
+    current = {k: v for k, v in saved.items() if k != "history"}
+    for entry in saved.get("history", []):
+        current.update({k: new for k, (_, new) in entry["changes"].items()})
+    return current
+
+
 def restore(ckpt, path, model_dir):
     """Restores every variable or fails with one line; never half-loads a checkpoint."""
     try:
@@ -176,6 +211,19 @@ def restore(ckpt, path, model_dir):
     except (ValueError, AssertionError, tf.errors.OpError) as e:
         raise utils.UserError(f"{path}: does not match this model ({utils.first_line(e, 300)}); "
                               f"use another --model_dir than {model_dir}") from None
+
+
+def domains(args):
+    """The model's domains as {"A": (training folder, validation folder), "B": ...}: the folders named
+    A and B, swapped by --direction BtoA (--input_nc stays domain A's channels, as in the official code)."""
+    named = {"A": (args.img_A_dir, args.validation_A_dir), "B": (args.img_B_dir, args.validation_B_dir)}
+    return named if args.direction == "AtoB" else {"A": named["B"], "B": named["A"]}
+
+
+def truth_direction(args):
+    """The direction --validation_truth_dir scores: that of the validation images named A (A2B, or
+    B2A when --direction BtoA makes them the model's domain B)."""
+    return "A2B" if args.direction == "AtoB" else "B2A"
 
 
 def load_validation(folder, channels):
@@ -234,14 +282,14 @@ class LossLog:
             utils.plot_curves(path, epochs, series, title="mean losses per epoch")
 
 
-def eval_fields(val, truth_dir, fid):
-    """The score columns --eval_every will fill."""
+def eval_fields(val, truth_dir, fid, truth_for="A2B"):
+    """The score columns --eval_every will fill (truth_dir scores the direction truth_for)."""
     fields = []
     for direction, (paths, _) in val.items():
         if paths:
             fields.append(f"{direction}_cycle_l1")
-            if direction == "A2B" and truth_dir:
-                fields += ["A2B_psnr", "A2B_ssim", "A2B_psnr_input", "A2B_ssim_input"]
+            if direction == truth_for and truth_dir:
+                fields += [f"{direction}_{k}" for k in ("psnr", "ssim", "psnr_input", "ssim_input")]
             if fid:
                 fields += [f"{direction}_fid", f"{direction}_kid"]
     return fields
@@ -257,7 +305,7 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
     for direction, (paths, images) in val.items():
         if not paths:
             continue
-        truth = args.validation_truth_dir if direction == "A2B" else None
+        truth = args.validation_truth_dir if direction == truth_direction(args) else None
         if evaluate_now:
             found, fakes, _ = metrics.translation_scores(gan.translators, direction, paths, images, truth)
             found.pop("images")
@@ -291,29 +339,45 @@ def progress_bar(epoch, total, steps):
 
 
 def load_data(args):
-    """The training images (each checked once, or found unchanged in the run folder's cache), the validation images, InceptionV3 for FID/KID if
-    --eval_every can have it, and the two preview images; one-line errors for what cannot work."""
+    """The training images (each checked once, or found unchanged in the run folder's cache) and their
+    size after --preprocess, the validation images, InceptionV3 for FID/KID if --eval_every can have it,
+    and the two preview images; one-line errors for what cannot work. Paths and images are the model's
+    domains' (see domains())."""
     cache = load_check_cache(args.model_dir)
-    listed = utils.list_images(args.img_A_dir), utils.list_images(args.img_B_dir)
+    folders = domains(args)
+    listed = tuple(utils.list_images(folders[d][0])[:args.max_dataset_size] for d in "AB")
     (paths_A, cached_A), (paths_B, cached_B) = (utils.check_images(paths, cache) for paths in listed)
     if cached_A + cached_B:
         print(f"training images: {cached_A + cached_B} unchanged since the last start, not decoded again "
               f"({CHECK_CACHE_FILE})", file=sys.stderr)
     # Files no longer in the folders leave the cache.
     cache = {k: cache[k] for k in (os.path.abspath(p) for p in listed[0] + listed[1]) if k in cache}
-    for folder, paths in ((args.img_A_dir, paths_A), (args.img_B_dir, paths_B)):
+    for d, paths in (("A", paths_A), ("B", paths_B)):
         if not paths:
-            raise utils.UserError(f"{folder}: none of its images could be read")
-    val = {"A2B": load_validation(args.validation_A_dir, args.input_nc),
-           "B2A": load_validation(args.validation_B_dir, args.output_nc)}
+            raise utils.UserError(f"{folders[d][0]}: none of its images could be read")
+    train_size = preprocessed_size(args, paths_A + paths_B, cache)
+    val = {"A2B": load_validation(folders["A"][1], args.input_nc),
+           "B2A": load_validation(folders["B"][1], args.output_nc)}
     if args.validation_truth_dir and not os.path.isdir(args.validation_truth_dir):
         raise utils.UserError(f"{args.validation_truth_dir}: no such folder")
     inception = None
     if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
     preview = {"A2B": utils.read_image(paths_A[0], args.input_nc), "B2A": utils.read_image(paths_B[0], args.output_nc)}
-    preview = {d: utils.resize_to(img, args.crop_size, args.crop_size) for d, img in preview.items()}
-    return paths_A, paths_B, val, inception, preview, cache
+    preview = {d: utils.resize_to(img, *train_size) for d, img in preview.items()}
+    return paths_A, paths_B, val, inception, preview, cache, train_size
+
+
+def preprocessed_size(args, paths, cache):
+    """(height, width) of the training images after --preprocess (see utils.training_size), checked to
+    suit the networks; the images' own sizes matter only where they are not all resized to one square."""
+    if args.preprocess == "resize_and_crop":
+        return args.crop_size, args.crop_size
+    size = utils.training_size(paths, utils.image_sizes(paths, cache), args.preprocess, args.load_size,
+                               args.crop_size)
+    model.check_train_size(args, size, f"the training size that --preprocess {args.preprocess} gives",
+                           f"{size[0]}x{size[1]} (height x width)")
+    return size
 
 
 def load_check_cache(model_dir):
@@ -333,8 +397,9 @@ def setup(args):
     resolve_paths(args)
     check_args(args)
     config_path = os.path.join(args.model_dir, model.CONFIG_FILE)
-    check_resumable(args, config_path)
-    paths_A, paths_B, val, inception, preview, check_cache = load_data(args)
+    check_resumable(args, config_path)  # before the images are checked: the flags alone
+    paths_A, paths_B, val, inception, preview, check_cache, train_size = load_data(args)
+    check_resumable(args, config_path, train_size)
     utils.setup_devices(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)
@@ -344,7 +409,7 @@ def setup(args):
         raise utils.UserError(f"the global batch ({global_batch}) is larger than the training set")
 
     tf.keras.utils.set_random_seed(args.random_seed)
-    gan = model.build(args, random_seed=args.random_seed, strategy=strategy)
+    gan = model.build(args, train_size, random_seed=args.random_seed, strategy=strategy)
     ckpt = gan.checkpoint()
     # Every worker saves (TensorFlow's convention for multi-worker runs); all but the chief
     # into a scratch folder they then delete. All restore from the chief's run folder.
@@ -356,6 +421,7 @@ def setup(args):
         restore(ckpt, latest, args.model_dir)
         epochs, steps_done, _ = gan.counters()
         print(f"resuming from {latest} (epoch {epochs} done, {steps_done} steps into the next)", file=sys.stderr)
+    apply_epoch_count(args, gan, config_path, resumed=latest is not None)
 
     steps = max(len(paths_A), len(paths_B)) // global_batch
     lr_rule = "not scaled with the global batch (the reference's rate is for batch 1; GANs do not follow the linear rule)"
@@ -363,18 +429,40 @@ def setup(args):
           f"{steps} steps per epoch; learning rate {args.lr:g}, {lr_rule}", file=sys.stderr)
     log, writer = None, tf.summary.create_noop_writer()
     if chief:
-        config = dict(vars(args), architecture=model.architecture(args), images_A=len(paths_A),
+        config = dict(vars(args), architecture=model.architecture(args, train_size), images_A=len(paths_A),
                       images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
         record_config(config_path, config, gan.counters())
         utils.save_json(os.path.join(args.model_dir, CHECK_CACHE_FILE), check_cache)
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
-                      eval_fields(val, args.validation_truth_dir, inception is not None) if args.eval_every else ())
+                      eval_fields(val, args.validation_truth_dir, inception is not None, truth_direction(args))
+                      if args.eval_every else ())
         writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
     return types.SimpleNamespace(args=args, paths_A=paths_A, paths_B=paths_B, val=val, inception=inception,
                                  strategy=strategy, chief=chief, replicas=replicas, steps=steps, gan=gan,
                                  manager=manager, save_dir=save_dir, log=log, writer=writer, preview=preview,
                                  total_epochs=args.n_epochs + args.n_epochs_decay, traced=False)
+
+
+def apply_epoch_count(args, gan, config_path, resumed):
+    """--epoch_count N, the official number of the first epoch. A new run starts at epoch N: the
+    epochs before it are counted as done, so the loop and the learning-rate rule go on from N, as an
+    official run started with it. A resumed run goes on where it stopped; N must then be the value the
+    run recorded (so the same command resumes) or the epoch it resumes at (an official
+    restart by hand, --continue_train --epoch_count N); any other is refused in one line."""
+    total = args.n_epochs + args.n_epochs_decay
+    if not resumed:
+        if args.epoch_count > total:
+            raise utils.UserError(f"--epoch_count {args.epoch_count} is past the last epoch ({total}: --n_epochs "
+                                  f"plus --n_epochs_decay)")
+        gan.epoch.assign(args.epoch_count - 1)
+        return
+    saved = recorded_config(utils.load_json(config_path)) if os.path.exists(config_path) else {}
+    started = saved.get("epoch_count", 1)
+    resumes_at = gan.counters()[0] + 1
+    if args.epoch_count not in (started, resumes_at):
+        raise utils.UserError(f"--epoch_count {args.epoch_count}: {args.model_dir} resumes at epoch {resumes_at} "
+                              f"(its --epoch_count is {started}); give one of those")
 
 
 class Diverged(Exception):
@@ -399,7 +487,8 @@ def epoch_data(run, epoch, done):
     a = run.args
     make = lambda shard: utils.make_dataset(run.paths_A, run.paths_B, epoch, a.random_seed, a.load_size, a.crop_size,
                                             not a.no_flip, a.batch_size, skip_steps=done, replicas=run.replicas,
-                                            shard=shard, channels=(a.input_nc, a.output_nc))[0]
+                                            shard=shard, channels=(a.input_nc, a.output_nc), preprocess=a.preprocess,
+                                            size=run.gan.train_size, serial=a.serial_batches)[0]
     if run.strategy is None:
         return make((0, 1))
     return run.strategy.distribute_datasets_from_function(lambda ctx: make((ctx.input_pipeline_id, ctx.num_input_pipelines)))

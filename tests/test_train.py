@@ -205,6 +205,19 @@ def test_dataset_shortcut(dataset_dirs, tmp_path):
     assert args.model_dir == os.path.join("model", "toy")
 
 
+def test_direction_BtoA_makes_the_folders_named_B_domain_A(dataset_dirs):
+    args = train.build_parser().parse_args(["--dataset", "toy", "--data_dir", str(dataset_dirs.parent),
+                                            "--direction", "BtoA"])
+    train.resolve_paths(args)
+    assert train.domains(args) == {"A": (str(dataset_dirs / "trainB"), str(dataset_dirs / "testB")),
+                                   "B": (str(dataset_dirs / "trainA"), str(dataset_dirs / "testA"))}
+    # The true translations of the validation images named A score the model's B2A.
+    assert train.truth_direction(args) == "B2A"
+    val = {"A2B": (["b.png"], None), "B2A": (["a.png"], None)}
+    assert train.eval_fields(val, "truth", False, "B2A") == [
+        "A2B_cycle_l1", "B2A_cycle_l1", "B2A_psnr", "B2A_ssim", "B2A_psnr_input", "B2A_ssim_input"]
+
+
 def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     import utils
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
@@ -291,3 +304,49 @@ def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(datase
     weights = final_weights(run)  # every tensor of it reads back
     assert len(weights) > 50 and all(np.all(np.isfinite(v)) for v in weights.values() if v.dtype.kind == "f")
     assert not [f for f in os.listdir(run) if f.endswith("_temp") or f.startswith(".tmp")]
+
+
+def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
+    import convert
+    import utils
+    from conftest import SMALLEST_FLAGS, write_images
+    # 2:1 pictures: --preprocess scale_width trains on the whole of them, 32x64.
+    data = tmp_path / "data"
+    write_images(str(data / "trainA"), 2, seed=11, sizes=((32, 64), (40, 80)))
+    write_images(str(data / "trainB"), 5, seed=12, sizes=((48, 96),))
+    write_images(str(data / "testB"), 1, seed=13, sizes=((20, 28),))
+    run = tmp_path / "run"
+    argv = ["--dataset", "x", "--data_dir", str(tmp_path), "--model_dir", str(run), *SMALLEST_FLAGS,
+            "--load_size", "64", "--pool_size", "2", "--preprocess", "scale_width", "--direction", "BtoA",
+            "--max_dataset_size", "4", "--serial_batches", "--epoch_count", "2", "--n_epochs", "1",
+            "--n_epochs_decay", "1", "--progress_images", "1"]
+    os.rename(data, tmp_path / "x")
+    assert train.main(argv) == 0
+    config = utils.load_json(str(run / "config.json"))
+    # BtoA: the model's domain A is trainB (4 of its 5 images: --max_dataset_size), B is trainA.
+    assert (config["images_A"], config["images_B"], config["steps_per_epoch"]) == (4, 2, 4)
+    assert config["architecture"]["train_size"] == [32, 64] and config["direction"] == "BtoA"
+    assert config["serial_batches"] and config["preprocess"] == "scale_width"
+    # --epoch_count 2: the run starts at epoch 2, the last, whose learning rate is 0.
+    with open(run / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["2"] and float(rows[0]["lr"]) == 0.0
+    assert tf.train.load_checkpoint(str(run)).get_tensor(
+        "pool_A_images/.ATTRIBUTES/VARIABLE_VALUE").shape == (2, 32, 64, 3)
+    # testB is the model's A: its validation images translate A2B, at their own size.
+    assert utils.read_image(str(run / "validation/epoch_002/A2B/img000.png")).shape == (20, 28, 3)
+    assert os.listdir(run / "progress") == ["A2B"]
+    capsys.readouterr()
+    # Resuming with another size of training images, or another --epoch_count, is refused in one line.
+    for extra, message in ((["--preprocess", "scale_width_and_crop"], "train_size [32, 64] -> [32, 32]"),
+                           (["--epoch_count", "1"], "--epoch_count 1: " + str(run) + " resumes at epoch 3")):
+        assert train.main(argv + extra) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    # convert.py says what A2B means for this run.
+    out = tmp_path / "out"
+    assert convert.main(["--model_filepath", str(run), "--img_dir", str(tmp_path / "x/testB"),
+                         "--output_dir", str(out)]) == 0
+    assert "trained with --direction BtoA: A2B translates images like those of its folders named B" in \
+        capsys.readouterr().err
