@@ -38,8 +38,9 @@ import utils
 MODES = ("auto", "fixed", "direct")
 ENV_VAR = "CYCLEGAN_CPU_KERNELS"
 
-# scope: None, "direct" or "portable"; told: whether "auto" has said that it is timing shapes
-_state = {"mode": None, "scope": None, "told": False}
+# scope: None, "direct" or "portable"; told: whether "auto" has said that it is timing shapes;
+# machine: machine_key(), once read
+_state = {"mode": None, "scope": None, "told": False, "machine": None}
 
 
 def default_mode():
@@ -97,18 +98,65 @@ def portable():
 
 # ---------------------------------------------------------------------------- instance norm
 
-def instance_norm(x, epsilon):
+def instance_norm(x, epsilon, training=False):
     """(x - mean) / sqrt(var + eps) per image and channel over height and width, biased variance.
 
-    For one image this is batch normalization in training mode, so it runs as TensorFlow's
-    FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU): one pass forward and one fused gradient
-    instead of separate ops and their automatic gradient. Statistics are float32 whatever x's
-    dtype. A batch whose size is known when traced goes image by image; one of unknown size is
-    laid out as one image with batch x channels channels. In portable() it is the formula itself.
+    Two ways, the same values and gradients up to float rounding (statistics in float32 whatever
+    x's dtype); in "auto" mode the faster on this machine for x's shape, as training uses it
+    (forward and gradient) or, training False, as conversion does (see norm_choice); otherwise
+    "fused":
+    - "fused": one image is batch normalization in training mode, so it runs as TensorFlow's
+      FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU): one pass forward and one fused gradient. A
+      batch whose size is known when traced goes image by image; one of unknown size is laid out
+      as one image with batch x channels channels.
+    - "moments": the formula, as mean and variance ops (what portable() always uses: TFLite and
+      ONNX have no FusedBatchNormV3). One op per step for the whole batch, where "fused" costs
+      one op per image: faster on small feature maps.
     """
-    if _state["scope"] == "portable":
-        mean, variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[1, 2], keepdims=True)
-        return tf.cast((tf.cast(x, tf.float32) - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    if _state["scope"] == "portable" or norm_choice(tuple(x.shape), x.dtype, training) == "moments":
+        return _moments_norm(x, epsilon)
+    return _fused_layout(x, epsilon)
+
+
+NORM_WAYS = ("fused", "moments")
+
+
+def norm_choice(shape, dtype, training):
+    """How instance_norm computes an input of this shape and dtype now: "fused" or "moments"
+    (timed once per shape in "auto" mode, see measured_choice; "fused" in the other modes)."""
+    if mode() != "auto" or shape[3] is None:
+        return "fused"
+    n, h, w, c = shape
+    key = f"instance norm {_dims(shape)} {tf.as_dtype(dtype).name} {'train' if training else 'convert'}"
+    spec = tf.TensorSpec(shape, dtype)
+    fns = {way: _norm_fn(way, spec, training) for way in NORM_WAYS}
+    if h is None or w is None:
+        h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
+    return measured_choice(key, fns, lambda: _random_inputs((n or 1, h, w, c), None, dtype)[:1])
+
+
+def _norm_fn(way, spec, training, epsilon=1e-5):
+    """instance_norm by `way` as a tf.function of x traced for `spec`: forward only, or, as in
+    training, forward and the gradient of x."""
+    norm = _moments_norm if way == "moments" else _fused_layout
+    if not training:
+        return tf.function(lambda x: norm(x, epsilon), input_signature=[spec])
+
+    @tf.function(input_signature=[spec])
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = norm(x, epsilon)
+        return y, tape.gradient(y, x, output_gradients=y)
+    return forward_backward
+
+
+def _moments_norm(x, epsilon):
+    mean, variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[1, 2], keepdims=True)
+    return tf.cast((tf.cast(x, tf.float32) - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+
+
+def _fused_layout(x, epsilon):
     n = x.shape[0]
     if n == 1:
         return _fused_norm(x, epsilon)
@@ -239,6 +287,12 @@ def cache_path():
 
 def machine_key():
     """What a timing depends on besides the shape: processor model, threads, TensorFlow version."""
+    if _state["machine"] is None:
+        _state["machine"] = _machine_key()
+    return _state["machine"]
+
+
+def _machine_key():
     processor = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -251,8 +305,12 @@ def machine_key():
 
 
 def _shape_key(k, stride, input_shape, filters, dtype, training):
-    n, h, w, c = (("any" if d is None else d) for d in input_shape)
-    return f"{k}x{k}/{stride} {c}->{filters} {n}x{h}x{w} {dtype} {'train' if training else 'convert'}"
+    c = input_shape[3]
+    return f"{k}x{k}/{stride} {c}->{filters} {_dims(input_shape[:3])} {dtype} {'train' if training else 'convert'}"
+
+
+def _dims(shape):
+    return "x".join("any" if d is None else str(d) for d in shape)
 
 
 def _read_cache(path):
@@ -275,40 +333,47 @@ def _write_cache(path, machine, key, entry):
 
 
 def tuned_choice(k, stride, input_shape, filters, dtype, training):
-    """The fastest of candidates() for this convolution, from this process's memory, the cache
-    file, or measured now (see fastest) and cached."""
-    key = _shape_key(k, stride, input_shape, filters, dtype, training)
-    if key in _tuned:
-        return _tuned[key]
+    """The fastest of candidates() for this convolution (None: the direct one), see measured_choice."""
     options = candidates(k, stride, input_shape, filters, dtype)
     if len(options) == 1:
         return None
+    key = _shape_key(k, stride, input_shape, filters, dtype, training)
+    n, h, w, c = input_shape
+    if h is None or w is None:
+        h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
+    choice = measured_choice(key, {o or "direct": _conv_fn(o, stride, training) for o in options},
+                             lambda: _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype))
+    return None if choice == "direct" else choice
+
+
+def measured_choice(key, fns, make_args):
+    """The name of the fastest of fns ({name: tf.function}) on make_args()'s tensors, for the shape
+    `key` describes: from this process's memory, the cache file (cache_path, per machine_key), or
+    timed now by fastest, with one line on stderr the first time, and cached."""
+    if key in _tuned:
+        return _tuned[key]
     path, machine = cache_path(), machine_key()
     entry = _read_cache(path).get(machine, {}).get(key)
-    if not (isinstance(entry, dict) and entry.get("choice", "") in [o or "direct" for o in options]):
+    if not (isinstance(entry, dict) and entry.get("choice") in fns):
         if not _state["told"]:
             _state["told"] = True
-            print(f"kernels: timing each new convolution shape on this CPU once (cached in {path}; "
+            print(f"kernels: timing each new convolution and norm shape on this CPU once (cached in {path}; "
                   f"--cpu_kernels fixed or direct to skip)", file=sys.stderr, flush=True)
-        n, h, w, c = input_shape
-        if h is None or w is None:
-            h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
         # Measured eagerly in a thread of its own: the graph being traced, its device and
         # distribution scopes and its paused gradient tapes are all per thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            times = pool.submit(lambda: fastest({o: _conv_fn(o, stride, training) for o in options},
-                                                _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype))).result()
-        entry = {"choice": min(times, key=times.get) or "direct",
-                 "seconds": {o or "direct": round(t, 6) for o, t in times.items()}}
+            times = pool.submit(lambda: fastest(fns, make_args())).result()
+        entry = {"choice": min(times, key=times.get), "seconds": {o: round(t, 6) for o, t in times.items()}}
         _write_cache(path, machine, key, entry)
-    _tuned[key] = None if entry["choice"] == "direct" else entry["choice"]
+    _tuned[key] = entry["choice"]
     return _tuned[key]
 
 
 def _random_inputs(x_shape, kernel_shape, dtype):
+    """Random x, and a kernel and bias unless kernel_shape is None."""
     rng = np.random.default_rng(0)
-    return [tf.cast(rng.standard_normal(shape).astype(np.float32) * scale, dtype)
-            for shape, scale in ((x_shape, 1.0), (kernel_shape, 0.02), (kernel_shape[-1:], 0.1))]
+    shapes = ((x_shape, 1.0),) + (((kernel_shape, 0.02), (kernel_shape[-1:], 0.1)) if kernel_shape else ())
+    return [tf.cast(rng.standard_normal(shape).astype(np.float32) * scale, dtype) for shape, scale in shapes]
 
 
 def _conv_fn(rewrite, stride, training):

@@ -559,6 +559,10 @@ def image_spec(channels, batch=None, dtype=tf.uint8):
 # memory in proportion to the input area, so small windows bound the memory (README, "Large
 # images"); larger ones do not run faster.
 WINDOW = 256
+# In kernels' "auto" mode, how many image sizes a Translator traces graphs for at their own size
+# (each costs a trace, and a timing of its new convolution and norm shapes once per machine);
+# others share the graph for any size.
+SIZED_GRAPHS = 4
 
 
 class Translator:
@@ -574,9 +578,12 @@ class Translator:
     `translate` is one graph: reflect-pad to multiples of 4 (at least 8; 2^num_downs for a U-Net), G,
     crop, round.
     The exports hold that same graph, traced without the CPU rewrites (export.py). The graph
-    is traced once per batch size (any height and width): with the batch size known, instance
-    norm runs image by image, its fastest layout, and on the CPU the two halves of a batch run
-    side by side; a batch of unknown size (as in the export) gets the general graph.
+    is traced once per batch size, for any height and width, except that in kernels' "auto"
+    mode the first SIZED_GRAPHS image sizes get graphs of their own, so that each convolution
+    and norm is computed the way timed fastest at its real size (on small images the ways
+    timed at a typical size can be much slower). With the batch size known, instance norm
+    takes its batch layout, and on the CPU the two halves of a batch run side by side; a batch
+    of unknown size (as in the export) gets the general graph.
     """
 
     def __init__(self, G, jit_compile=False):
@@ -590,9 +597,15 @@ class Translator:
     def translate(self, images):
         """uint8 or uint16 images (N, H, W, channels) -> their translations, (N, H, W, output channels)
         of the same dtype."""
-        key = images.shape[0], tf.as_dtype(images.dtype)
+        n, h, w = images.shape[:3]
+        dtype = tf.as_dtype(images.dtype)
+        key = n, h, w, dtype
+        if key not in self._graphs and not (
+                kernels.mode() == "auto" and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
+            key = n, None, None, dtype
         if key not in self._graphs:
-            self._graphs[key] = tf.function(self._translate, input_signature=[image_spec(self.channels, *key)],
+            spec = tf.TensorSpec([n, key[1], key[2], self.channels], dtype, name="images")
+            self._graphs[key] = tf.function(self._translate, input_signature=[spec],
                                             jit_compile=self.jit_compile or None)
         return self._graphs[key](images)
 

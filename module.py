@@ -110,8 +110,14 @@ class InstanceNorm(keras.layers.Layer):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
 
-    def call(self, x):
-        return kernels.instance_norm(x, self.epsilon)
+    def call(self, x, training=None):
+        # training: whether gradients will be taken, which kernels' "auto" mode times.
+        return kernels.instance_norm(x, self.epsilon, bool(training))
+
+    def compute_output_shape(self, shape):
+        # Keras builds models from this, instead of calling call() on symbolic inputs (which, in
+        # kernels' "auto" mode, would time a norm of a shape no graph has).
+        return shape
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
@@ -158,6 +164,9 @@ class BatchNorm(keras.layers.Layer):
             x = kernels.instance_norm(x, self.epsilon)
             scale, offset = self.gamma, self.beta
         return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
+
+    def compute_output_shape(self, shape):
+        return shape  # as InstanceNorm's
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}

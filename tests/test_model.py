@@ -1,4 +1,6 @@
 """The CycleGAN wiring: losses, pools, learning rate, the step and the checkpoint."""
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -287,11 +289,35 @@ def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_g
     for other in (one_by_one, general):
         assert np.abs(batched - other).max() <= 1
     t.translate(np.stack([make_image(rng, 17, 33) for _ in range(3)]))
-    assert sorted((n for n, _ in t._graphs), key=str) == [1, 3, None]
+    assert sorted((n for n, *_ in t._graphs), key=str) == [1, 3, None]
     # On the CPU a batch runs as two independent halves (two runs of G side by side).
-    convs = lambda n: sum(op.type == "Conv2D" for op in t._graphs[n, tf.uint8].get_concrete_function().graph.get_operations())
+    convs = lambda n: sum(op.type == "Conv2D" for op in t._graphs[n, None, None, tf.uint8].get_concrete_function().graph.get_operations())
     assert convs(3) == 2 * convs(1)
     assert all(g.experimental_get_tracing_count() == 1 for g in t._graphs.values())
+
+
+def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, monkeypatch, tmp_path):
+    # Each of the first SIZED_GRAPHS sizes is traced for its own height and width, so its
+    # convolutions and norms are timed at their real shapes; later sizes share the general graph.
+    # Every graph gives the pixels of the fixed rules' general graph.
+    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "TUNE_ROUNDS", 2)     # which way wins does not matter here
+    monkeypatch.setattr(model, "SIZED_GRAPHS", 2)
+    rng = np.random.default_rng(5)
+    batches = [np.stack([make_image(rng, h, w) for _ in range(2)]) for h, w in ((20, 24), (28, 16), (24, 20))]
+    want = [model.Translator(tiny_gan.G_A2B).translate(b).numpy().astype(int) for b in batches]
+    kernels.set_mode("auto")
+    try:
+        t = model.Translator(tiny_gan.G_A2B)
+        for b, w in zip(batches, want):
+            assert np.abs(t.translate(b).numpy().astype(int) - w).max() <= 1
+    finally:
+        kernels.set_mode(None)
+    assert set(t._graphs) == {(2, 20, 24, tf.uint8), (2, 28, 16, tf.uint8), (2, None, None, tf.uint8)}
+    timed = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    # The halves of the batch (one image each), at the first size, the stem's 7x7 input.
+    assert {"instance norm 1x20x24x8 float32 convert", "instance norm 1x28x16x8 float32 convert",
+            "instance norm 1xanyxanyx8 float32 convert"} <= set(timed)
 
 
 def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path, monkeypatch):
