@@ -116,9 +116,8 @@ def discriminator_flops(D, size):
 
 class MatmulPeak:
     """This machine's float32 peak: GFLOP/s of n x n matmuls (NumPy's BLAS, all cores), sampled
-    through the run. The clock of these cores drifts within a run (README, Speed), so each timed
-    iteration is also compared with the matmuls run right
-    before and right after it."""
+    through the run. The clock of these cores drifts within a run (README, Speed), so each run of
+    timed calls is also compared with the matmuls run right before and right after it."""
 
     def __init__(self, n=4096, settle=0.3):
         rng = np.random.default_rng(0)
@@ -135,15 +134,15 @@ class MatmulPeak:
         return best
 
     def time_against(self, fn, iters, flop):
-        """Times fn `iters` times with a peak measured before each call and after the last.
-        Returns (seconds per call, fraction of the adjacent peak per call): each call's GFLOP/s over
-        the higher of the two peaks measured around it."""
-        peaks, times = [self.measure()], []
-        for _ in range(iters):
-            times.append(_timed(fn))
-            peaks.append(self.measure())
-        fractions = [flop / t / 1e9 / max(p, q) for t, p, q in zip(times, peaks, peaks[1:])]
-        return times, fractions
+        """Times fn `iters` times back to back, with a peak measured before the first call and after
+        the last. Returns (seconds per call, fraction of the adjacent peak per call): each call's
+        GFLOP/s over the higher of the two peaks. Not between calls: after a matmul and the pause
+        that lets BLAS's threads settle, the next call starts on idle cores (a short call there
+        took 20% longer), and the PyTorch reference and convert.py run their calls back to back."""
+        peaks = [self.measure()]
+        times = [_timed(fn) for _ in range(iters)]
+        peaks.append(self.measure())
+        return times, [flop / t / 1e9 / max(peaks) for t in times]
 
 
 def profile_ops(fn, top=15):

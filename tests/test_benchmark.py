@@ -65,14 +65,14 @@ def test_tiny_benchmark_reports_everything(capsys):
         assert result[f"{part}_executed_fraction_of_peak"] == pytest.approx(result[f"{part}_fraction_of_peak"])
 
 
-def test_each_timed_call_is_compared_with_the_higher_peak_measured_around_it(monkeypatch):
+def test_timed_calls_run_back_to_back_against_the_higher_peak_around_them(monkeypatch):
     meter = benchmark.MatmulPeak(n=64, settle=0)
-    peaks, times = [100.0, 200.0, 50.0], [1.0, 2.0]
-    monkeypatch.setattr(meter, "measure", lambda: peaks.pop(0))
-    monkeypatch.setattr(benchmark, "_timed", lambda fn: times.pop(0))
-    # 100 GFLOP per call: 100 GFLOP/s against max(100, 200), then 50 GFLOP/s against max(200, 50).
+    peaks, times, order = [100.0, 200.0], [1.0, 2.0], []
+    monkeypatch.setattr(meter, "measure", lambda: order.append("peak") or peaks.pop(0))
+    monkeypatch.setattr(benchmark, "_timed", lambda fn: order.append("call") or times.pop(0))
+    # 100 GFLOP per call: 100 then 50 GFLOP/s, each against max(100, 200).
     assert meter.time_against(None, 2, 100e9) == ([1.0, 2.0], [0.5, 0.25])
-    assert peaks == [] and times == []
+    assert order == ["peak", "call", "call", "peak"]
 
 
 def test_deploy_mode_times_every_export_format(capsys):
