@@ -559,9 +559,9 @@ def image_spec(channels, batch=None, dtype=tf.uint8):
 # memory in proportion to the input area, so small windows bound the memory (README, "Large
 # images"); larger ones do not run faster.
 WINDOW = 256
-# In kernels' "auto" mode, how many image sizes a Translator traces graphs for at their own size
-# (each costs a trace, and a timing of its new convolution and norm shapes once per machine);
-# others share the graph for any size.
+# In kernels' "auto" mode, how many image sizes met a second time a Translator traces graphs for
+# at their own size (each costs a trace, and a timing of its new convolution and norm shapes once
+# per machine); others share the graph for any size.
 SIZED_GRAPHS = 4
 
 
@@ -579,9 +579,10 @@ class Translator:
     crop, round.
     The exports hold that same graph, traced without the CPU rewrites (export.py). The graph
     is traced once per batch size, for any height and width, except that in kernels' "auto"
-    mode the first SIZED_GRAPHS image sizes get graphs of their own, so that each convolution
-    and norm is computed the way timed fastest at its real size (on small images the ways
-    timed at a typical size can be much slower). With the batch size known, instance norm
+    mode the first SIZED_GRAPHS image sizes met a second time get graphs of their own, so that
+    each convolution and norm is computed the way timed fastest at its real size (on small
+    images the ways timed at a typical size can be much slower); a size met once (a folder of
+    photos of all sizes) is not worth a trace. With the batch size known, instance norm
     takes its batch layout, and on the CPU the two halves of a batch run side by side; a batch
     of unknown size (as in the export) gets the general graph.
     """
@@ -591,7 +592,8 @@ class Translator:
         self.jit_compile = jit_compile
         self.multiple = module.size_multiple(G)  # 4 for the ResNet, 2^num_downs for a U-Net
         self.channels = G.input_shape[-1]
-        self._graphs = {}  # (batch size (None: any), dtype) -> tf.function of _translate
+        self._graphs = {}  # (batch size, height, width (each None: any), dtype) -> tf.function of _translate
+        self._met = {}     # (batch size, height, width, dtype) -> batches met before it had a graph
         self._runs = {}  # tf.functions of the layer runs, for tiled translation
 
     def translate(self, images):
@@ -600,12 +602,15 @@ class Translator:
         n, h, w = images.shape[:3]
         dtype = tf.as_dtype(images.dtype)
         key = n, h, w, dtype
-        if key not in self._graphs and not (
-                kernels.mode() == "auto" and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
-            key = n, None, None, dtype
+        if key not in self._graphs:
+            self._met[key] = self._met.get(key, 0) + 1
+            if not (self._met[key] > 1 and kernels.mode() == "auto"
+                    and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
+                key = n, None, None, dtype
         if key not in self._graphs:
             spec = tf.TensorSpec([n, key[1], key[2], self.channels], dtype, name="images")
-            self._graphs[key] = tf.function(self._translate, input_signature=[spec],
+            # A function of its own per graph: TensorFlow warns when one function is traced often.
+            self._graphs[key] = tf.function(lambda images: self._translate(images), input_signature=[spec],
                                             jit_compile=self.jit_compile or None)
         return self._graphs[key](images)
 

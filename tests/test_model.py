@@ -297,8 +297,9 @@ def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_g
 
 
 def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, monkeypatch, tmp_path):
-    # Each of the first SIZED_GRAPHS sizes is traced for its own height and width, so its
-    # convolutions and norms are timed at their real shapes; later sizes share the general graph.
+    # Each of the first SIZED_GRAPHS sizes met a second time is traced for its own height and
+    # width, so its convolutions and norms are timed at their real shapes; others share the
+    # general graph.
     # Every graph gives the pixels of the fixed rules' general graph.
     monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(kernels, "TUNE_ROUNDS", 2)     # which way wins does not matter here
@@ -309,6 +310,9 @@ def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, mo
     kernels.set_mode("auto")
     try:
         t = model.Translator(tiny_gan.G_A2B)
+        for b, w in zip(batches, want):
+            assert np.abs(t.translate(b).numpy().astype(int) - w).max() <= 1
+        assert set(t._graphs) == {(2, None, None, tf.uint8)}   # each size met once: not worth a trace
         for b, w in zip(batches, want):
             assert np.abs(t.translate(b).numpy().astype(int) - w).max() <= 1
     finally:
