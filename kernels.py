@@ -12,8 +12,9 @@ rounding. The mode is read when a graph is traced, never inside it:
 - "auto" (the default on a CPU-only machine): for each convolution shape a graph meets, the
   direct convolution and every rewrite that applies are timed once on this machine, as training
   uses them (forward and both gradients) or as conversion does (forward), and the fastest is
-  kept; likewise the two ways of computing instance norm (see instance_norm). The choices are cached on disk per processor, thread count and TensorFlow version (see
-  cache_path), so the measuring is paid once per machine, while a graph is first traced.
+  kept; likewise the two ways of computing instance norm (see instance_norm). The choices are
+  cached on disk per processor, thread count and TensorFlow version (see cache_path), so the
+  measuring is paid once per machine, while a graph is first traced.
 - "fixed": the rewrites by fixed rules (see conv_rewrite), measured on one kind of processor;
   instance norm by the fused kernel.
 - "direct": keras.layers.Conv2D as it is. What GPUs always get (cuDNN has none of these gaps and
