@@ -64,7 +64,7 @@ def set_mode(mode):
 
 def mode():
     """The mode graphs are traced in now ("direct" inside direct() and portable())."""
-    if _state["scope"]:
+    if _state["scope"] in ("direct", "portable"):
         return "direct"
     if _state["mode"] is None:
         set_mode(None)
@@ -90,6 +90,13 @@ def direct():
     """A context in which graphs are traced in "direct" mode, whatever the mode: Keras'
     convolution, nothing compiled with XLA. SavedModel exports are traced so."""
     return _scope("direct")
+
+
+def direct_convolutions():
+    """A context in which graphs are traced with Keras' own convolutions but the mode's other CPU
+    choices (instance norm's way, model.Translator's split batches): the graph model.Translator
+    times against the tuned one."""
+    return _scope("direct convolutions")
 
 
 def portable():
@@ -131,10 +138,10 @@ def norm_choice(shape, dtype, training):
     n, h, w, c = shape
     key = f"instance norm {_dims(shape)} {tf.as_dtype(dtype).name} {'train' if training else 'convert'}"
     spec = tf.TensorSpec(shape, dtype)
-    fns = {way: _norm_fn(way, spec, training) for way in NORM_WAYS}
     if h is None or w is None:
         h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
-    return measured_choice(key, fns, lambda: _random_inputs((n or 1, h, w, c), None, dtype)[:1])
+    return measured_choice(key, NORM_WAYS, lambda: {way: _norm_fn(way, spec, training) for way in NORM_WAYS},
+                           lambda: _random_inputs((n or 1, h, w, c), None, dtype)[:1])
 
 
 def _norm_fn(way, spec, training, epsilon=1e-5):
@@ -212,7 +219,7 @@ def conv_rewrite(layer, input_shape, dtype, training=False):
 
     Only for 'valid' padding with a bias and no activation, square kernels and strides, channels last.
     """
-    if not cpu_rewrites() or not (
+    if not cpu_rewrites() or _state["scope"] == "direct convolutions" or not (
             layer.padding == "valid" and layer.use_bias and layer.dilation_rate == (1, 1)
             and layer.data_format == "channels_last" and layer.activation is keras.activations.linear
             and layer.kernel_size[0] == layer.kernel_size[1] and layer.strides[0] == layer.strides[1]):
@@ -343,24 +350,27 @@ def tuned_choice(k, stride, input_shape, filters, dtype, training):
     n, h, w, c = input_shape
     if h is None or w is None:
         h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
-    choice = measured_choice(key, {o or "direct": _conv_fn(o, stride, training) for o in options},
+    choice = measured_choice(key, [o or "direct" for o in options],
+                             lambda: {o or "direct": _conv_fn(o, stride, training) for o in options},
                              lambda: _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype))
     return None if choice == "direct" else choice
 
 
-def measured_choice(key, fns, make_args):
-    """The name of the fastest of fns ({name: tf.function}) on make_args()'s tensors, for the shape
-    `key` describes: from this process's memory, the cache file (cache_path, per machine_key), or
-    timed now by fastest, with one line on stderr the first time, and cached."""
+def measured_choice(key, names, make_fns, make_args):
+    """Which of `names` is fastest for the shape `key` describes: from this process's memory, the
+    cache file (cache_path, per machine_key), or timed now by fastest (make_fns() gives
+    {name: tf.function}, make_args() their arguments), with one line on stderr the first time,
+    and cached."""
     if key in _tuned:
         return _tuned[key]
     path, machine = cache_path(), machine_key()
     entry = _read_cache(path).get(machine, {}).get(key)
-    if not (isinstance(entry, dict) and entry.get("choice") in fns):
+    if not (isinstance(entry, dict) and entry.get("choice") in names):
         if not _state["told"]:
             _state["told"] = True
-            print(f"kernels: timing each new convolution and norm shape on this CPU once (cached in {path}; "
-                  f"--cpu_kernels fixed or direct to skip)", file=sys.stderr, flush=True)
+            print(f"kernels: timing each new shape of convolution, norm and translation on this CPU once "
+                  f"(cached in {path}; --cpu_kernels fixed or direct to skip)", file=sys.stderr, flush=True)
+        fns = make_fns()
         # Measured eagerly in a thread of its own: the graph being traced, its device and
         # distribution scopes and its paused gradient tapes are all per thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -8,6 +8,7 @@ the image pools, the learning-rate schedule, one training step and the checkpoin
 
 Names follow the paper: G_A2B maps domain A to B, D_B tells real B from fake B.
 """
+import contextlib
 import glob
 import itertools
 import math
@@ -608,11 +609,34 @@ class Translator:
                     and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
                 key = n, None, None, dtype
         if key not in self._graphs:
-            spec = tf.TensorSpec([n, key[1], key[2], self.channels], dtype, name="images")
-            # A function of its own per graph: TensorFlow warns when one function is traced often.
-            self._graphs[key] = tf.function(lambda images: self._translate(images), input_signature=[spec],
-                                            jit_compile=self.jit_compile or None)
+            self._graphs[key] = self._graph(tf.TensorSpec([n, key[1], key[2], self.channels], dtype, name="images"),
+                                            images)
         return self._graphs[key](images)
+
+    def _graph(self, spec, images):
+        """The tf.function of _translate for `spec`. For a size of its own in kernels' "auto" mode,
+        run eagerly, the graph is also traced with Keras' own convolutions and the faster on
+        `images` kept (timed once per machine and cached, see kernels.measured_choice): each
+        convolution's way is timed alone, and on small maps a way that wins alone by a few percent
+        can lose by more inside the graph (Winograd lost 17% at 64 px, the direct convolution
+        winning alone by 2%)."""
+        def traced(direct_convolutions=False):
+            # A function of its own per graph: TensorFlow warns when one function is traced often.
+            fn = tf.function(lambda images: self._translate(images), input_signature=[spec],
+                             jit_compile=self.jit_compile or None)
+            with kernels.direct_convolutions() if direct_convolutions else contextlib.nullcontext():
+                fn.get_concrete_function()
+            return fn
+
+        if spec.shape[1] is None or self.jit_compile or kernels.mode() != "auto" or not tf.executing_eagerly():
+            return traced()
+        n, h, w, c = spec.shape
+        key = (f"translation by {len(self.G.layers)} layers, {self.G.count_params()} weights "
+               f"{n}x{h}x{w}x{c} {spec.dtype.name}")
+        ways, made = ("tuned", "direct convolutions"), {}
+        choice = kernels.measured_choice(key, ways, lambda: made.update({w: traced(w != "tuned") for w in ways}) or made,
+                                         lambda: [tf.convert_to_tensor(images)])
+        return made.get(choice) or traced(choice != "tuned")
 
     def _translate(self, images):
         n = images.shape[0]

@@ -324,6 +324,32 @@ def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, mo
             "instance norm 1xanyxanyx8 float32 convert"} <= set(timed)
 
 
+def test_a_sized_translation_slower_than_with_direct_convolutions_is_not_kept(tiny_gan, monkeypatch, tmp_path):
+    # Every 3x3 convolution chosen as Winograd, made really slow (30 times the work): the graph
+    # with Keras' own convolutions wins the graph's timing and is the one kept, and cached.
+    from test_kernels import slow
+    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "_tuned", {})
+    monkeypatch.setattr(kernels, "winograd_conv", slow(kernels.winograd_conv))
+    monkeypatch.setattr(kernels, "tuned_choice", lambda k, stride, *rest: "winograd" if (k, stride) == (3, 1) else None)
+    rng = np.random.default_rng(6)
+    images = np.stack([make_image(rng, 20, 24) for _ in range(2)])
+    want = model.Translator(tiny_gan.G_A2B).translate(images).numpy().astype(int)
+    kernels.set_mode("auto")
+    try:
+        t = model.Translator(tiny_gan.G_A2B)
+        for _ in range(2):
+            assert np.abs(t.translate(images).numpy().astype(int) - want).max() <= 1
+    finally:
+        kernels.set_mode(None)
+    kept = t._graphs[2, 20, 24, tf.uint8].get_concrete_function().graph
+    assert not any(op.type == "BatchMatMulV2" for op in kept.get_operations())      # Winograd's products
+    timed = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    (key, entry), = ((k, v) for k, v in timed.items() if k.startswith("translation"))
+    assert key.endswith("2x20x24x3 uint8") and entry["choice"] == "direct convolutions"
+    assert entry["seconds"]["tuned"] > entry["seconds"]["direct convolutions"]
+
+
 def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path, monkeypatch):
     import train
     from conftest import TINY_FLAGS
