@@ -282,6 +282,13 @@ CACHE_ENV_VAR = "CYCLEGAN_CACHE_DIR"
 # and channel count: a 256x256 image's feature maps at every depth (64x64 at 256 channels).
 ANY_SIZE_ELEMENTS = 64 * 64 * 256
 TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop early past this time
+# A rewrite is kept only if it beats the direct convolution by this fraction of the direct one's
+# time when timed alone: inside a graph its extra ops and buffers cost more than alone (at 64 px,
+# Winograd on 2 x 16 x 16 x 128 maps tied or won by 2% alone and lost 6% of the training step and
+# 17% of the conversion).
+REWRITE_MARGIN = 0.1
+# Part of the cache's key: bumped when the way choices are made changes, so that they are made again.
+CHOICE_RULES = 2
 
 _tuned = {}             # shape key -> choice, this process
 
@@ -310,7 +317,8 @@ def _machine_key():
         pass
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     intra = tf.config.threading.get_intra_op_parallelism_threads()
-    return f"{processor} | {threads} cores{f', {intra} threads' if intra else ''} | TensorFlow {tf.__version__}"
+    return (f"{processor} | {threads} cores{f', {intra} threads' if intra else ''} | TensorFlow {tf.__version__}"
+            f" | rules {CHOICE_RULES}")
 
 
 def _shape_key(k, stride, input_shape, filters, dtype, training):
@@ -352,15 +360,17 @@ def tuned_choice(k, stride, input_shape, filters, dtype, training):
         h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
     choice = measured_choice(key, [o or "direct" for o in options],
                              lambda: {o or "direct": _conv_fn(o, stride, training) for o in options},
-                             lambda: _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype))
+                             lambda: _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype),
+                             default="direct", margin=REWRITE_MARGIN)
     return None if choice == "direct" else choice
 
 
-def measured_choice(key, names, make_fns, make_args):
+def measured_choice(key, names, make_fns, make_args, default=None, margin=0.0):
     """Which of `names` is fastest for the shape `key` describes: from this process's memory, the
     cache file (cache_path, per machine_key), or timed now by fastest (make_fns() gives
     {name: tf.function}, make_args() their arguments), with one line on stderr the first time,
-    and cached."""
+    and cached. With a `default`, another name is chosen only if faster than it by `margin` of
+    its time."""
     if key in _tuned:
         return _tuned[key]
     path, machine = cache_path(), machine_key()
@@ -375,7 +385,10 @@ def measured_choice(key, names, make_fns, make_args):
         # distribution scopes and its paused gradient tapes are all per thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             times = pool.submit(lambda: fastest(fns, make_args())).result()
-        entry = {"choice": min(times, key=times.get), "seconds": {o: round(t, 6) for o, t in times.items()}}
+        choice = min(times, key=times.get)
+        if default is not None and times[choice] > (1.0 - margin) * times[default]:
+            choice = default
+        entry = {"choice": choice, "seconds": {o: round(t, 6) for o, t in times.items()}}
         _write_cache(path, machine, key, entry)
     _tuned[key] = entry["choice"]
     return _tuned[key]

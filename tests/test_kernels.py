@@ -137,6 +137,20 @@ def test_both_norm_ways_agree_in_values_and_gradients(training):
             np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
+@pytest.mark.parametrize("seconds,kept", [({"direct": 1.0, "winograd": 0.95}, "direct"),
+                                          ({"direct": 1.0, "winograd": 0.85}, "winograd"),
+                                          ({"direct": 0.9, "winograd": 1.0}, "direct")])
+def test_a_rewrite_must_beat_the_direct_convolution_by_the_margin(seconds, kept, monkeypatch, tmp_path):
+    # The rule on given times (the timing itself is tested above on real slow paths).
+    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(kernels, "_tuned", {})
+    monkeypatch.setattr(kernels, "fastest", lambda fns, args: dict(seconds))
+    choice = kernels.measured_choice("a shape", list(seconds), lambda: {}, lambda: [], default="direct",
+                                     margin=kernels.REWRITE_MARGIN)
+    assert choice == kept and kernels.REWRITE_MARGIN == 0.1
+    assert json.load(open(kernels.cache_path()))[kernels.machine_key()]["a shape"]["choice"] == kept
+
+
 TUNE = ("import kernels; kernels.set_mode('auto'); "
         "print(kernels.tuned_choice(3, 1, (1, 18, 18, 16), 16, 'float32', True))")
 
