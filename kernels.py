@@ -20,6 +20,8 @@ rounding. The mode is read when a graph is traced, never inside it:
 - "direct": keras.layers.Conv2D as it is. What GPUs always get (cuDNN has none of these gaps and
   picks Winograd itself) and what `--cpu_kernels direct` asks for, to debug or compare.
 - direct(): a context that traces in "direct" mode whatever the mode (SavedModel exports).
+- direct_convolutions(): Keras' own convolutions, the mode's other choices kept (the graph
+  model.Translator times a graph of one image size against).
 - portable(): direct(), and instance norm as mean and variance ops instead of the fused batch-norm
   kernel, for exports to runtimes without TensorFlow's training kernels (TFLite, ONNX).
 """

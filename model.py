@@ -618,8 +618,7 @@ class Translator:
         run eagerly, the graph is also traced with Keras' own convolutions and the faster on
         `images` kept (timed once per machine and cached, see kernels.measured_choice): each
         convolution's way is timed alone, and on small maps a way that wins alone by a few percent
-        can lose by more inside the graph (Winograd lost 17% at 64 px, the direct convolution
-        winning alone by 2%)."""
+        can lose by more inside the graph (at 64 px Winograd, tied or 2% ahead alone, lost 17%)."""
         def traced(direct_convolutions=False):
             # A function of its own per graph: TensorFlow warns when one function is traced often.
             fn = tf.function(lambda images: self._translate(images), input_signature=[spec],
@@ -634,8 +633,11 @@ class Translator:
         key = (f"translation by {len(self.G.layers)} layers, {self.G.count_params()} weights "
                f"{n}x{h}x{w}x{c} {spec.dtype.name}")
         ways, made = ("tuned", "direct convolutions"), {}
-        choice = kernels.measured_choice(key, ways, lambda: made.update({w: traced(w != "tuned") for w in ways}) or made,
-                                         lambda: [tf.convert_to_tensor(images)])
+
+        def make():  # only when not cached: both graphs, kept for the one chosen
+            made.update((way, traced(way != "tuned")) for way in ways)
+            return made
+        choice = kernels.measured_choice(key, ways, make, lambda: [tf.convert_to_tensor(images)])
         return made.get(choice) or traced(choice != "tuned")
 
     def _translate(self, images):
