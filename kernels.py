@@ -42,7 +42,8 @@ import utils
 MODES = ("auto", "fixed", "direct")
 ENV_VAR = "CYCLEGAN_CPU_KERNELS"
 
-# scope: None, "direct" or "portable"; told: whether "auto" has said that it is timing shapes;
+# scope: None, "direct", "direct convolutions" or "portable"; told: whether "auto" has said that it
+# is timing shapes;
 # machine: machine_key(), once read
 _state = {"mode": None, "scope": None, "told": False, "machine": None}
 
@@ -140,10 +141,8 @@ def norm_choice(shape, dtype, training):
     n, h, w, c = shape
     key = f"instance norm {_dims(shape)} {tf.as_dtype(dtype).name} {'train' if training else 'convert'}"
     spec = tf.TensorSpec(shape, dtype)
-    if h is None or w is None:
-        h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
     return measured_choice(key, NORM_WAYS, lambda: {way: _norm_fn(way, spec, training) for way in NORM_WAYS},
-                           lambda: _random_inputs((n or 1, h, w, c), None, dtype)[:1])
+                           lambda: _random_inputs(_timed_shape(shape), None, dtype))
 
 
 def _norm_fn(way, spec, training, epsilon=1e-5):
@@ -304,7 +303,8 @@ def cache_path():
 
 
 def machine_key():
-    """What a timing depends on besides the shape: processor model, threads, TensorFlow version."""
+    """What a timing depends on besides the shape: processor model, threads, TensorFlow version,
+    and the version of the rules that turn timings into choices (CHOICE_RULES)."""
     if _state["machine"] is None:
         _state["machine"] = _machine_key()
     return _state["machine"]
@@ -357,12 +357,10 @@ def tuned_choice(k, stride, input_shape, filters, dtype, training):
     if len(options) == 1:
         return None
     key = _shape_key(k, stride, input_shape, filters, dtype, training)
-    n, h, w, c = input_shape
-    if h is None or w is None:
-        h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
+    c = input_shape[3]
     choice = measured_choice(key, [o or "direct" for o in options],
                              lambda: {o or "direct": _conv_fn(o, stride, training) for o in options},
-                             lambda: _random_inputs((n or 1, h, w, c), (k, k, c, filters), dtype),
+                             lambda: _random_inputs(_timed_shape(input_shape), (k, k, c, filters), dtype),
                              default="direct", margin=REWRITE_MARGIN)
     return None if choice == "direct" else choice
 
@@ -394,6 +392,15 @@ def measured_choice(key, names, make_fns, make_args, default=None, margin=0.0):
         _write_cache(path, machine, key, entry)
     _tuned[key] = entry["choice"]
     return _tuned[key]
+
+
+def _timed_shape(shape):
+    """The input (N, H, W, C) a shape is timed at: one image if N is unknown, and sides unknown
+    when traced at ANY_SIZE_ELEMENTS per channel."""
+    n, h, w, c = shape
+    if h is None or w is None:
+        h = w = max(8, int((ANY_SIZE_ELEMENTS / c) ** 0.5))
+    return n or 1, h, w, c
 
 
 def _random_inputs(x_shape, kernel_shape, dtype):

@@ -552,9 +552,10 @@ def mixed_precision_policy():
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
-def image_spec(channels, batch=None, dtype=tf.uint8):
-    """Batches of images of any height and width with `channels` channels (the exports': uint8)."""
-    return tf.TensorSpec([batch, None, None, channels], dtype, name="images")
+def image_spec(channels, batch=None, dtype=tf.uint8, height=None, width=None):
+    """Batches of images with `channels` channels, of any height and width unless given (the
+    exports': uint8, any size)."""
+    return tf.TensorSpec([batch, height, width, channels], dtype, name="images")
 
 # Side of the windows large images are convolved in. TensorFlow's CPU convolutions take scratch
 # memory in proportion to the input area, so small windows bound the memory (README, "Large
@@ -609,8 +610,7 @@ class Translator:
                     and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
                 key = n, None, None, dtype
         if key not in self._graphs:
-            self._graphs[key] = self._graph(tf.TensorSpec([n, key[1], key[2], self.channels], dtype, name="images"),
-                                            images)
+            self._graphs[key] = self._graph(image_spec(self.channels, n, dtype, key[1], key[2]), images)
         return self._graphs[key](images)
 
     def _graph(self, spec, images):
