@@ -289,7 +289,7 @@ TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop e
 # 17% of the conversion).
 REWRITE_MARGIN = 0.1
 # Part of the cache's key: bumped when the way choices are made changes, so that they are made again.
-CHOICE_RULES = 2
+CHOICE_RULES = 3
 
 _tuned = {}             # shape key -> choice, this process
 
@@ -365,12 +365,15 @@ def tuned_choice(k, stride, input_shape, filters, dtype, training):
     return None if choice == "direct" else choice
 
 
-def measured_choice(key, names, make_fns, make_args, default=None, margin=0.0):
+def measured_choice(key, names, make_fns, make_args, default=None, margin=0.0, side_by_side=True,
+                    rounds=TUNE_ROUNDS):
     """Which of `names` is fastest for the shape `key` describes: from this process's memory, the
     cache file (cache_path, per machine_key), or timed now by fastest (make_fns() gives
     {name: tf.function}, make_args() their arguments), with one line on stderr the first time,
     and cached. With a `default`, another name is chosen only if faster than it by `margin` of
-    its time."""
+    its time. side_by_side: timed as two independent calls at once, the way the graphs run a
+    layer (see fastest); False for a function that already runs its work side by side. rounds:
+    at most this many timed rounds (within TUNE_SECONDS)."""
     if key in _tuned:
         return _tuned[key]
     path, machine = cache_path(), machine_key()
@@ -384,7 +387,7 @@ def measured_choice(key, names, make_fns, make_args, default=None, margin=0.0):
         # Measured eagerly in a thread of its own: the graph being traced, its device and
         # distribution scopes and its paused gradient tapes are all per thread.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            times = pool.submit(lambda: fastest(fns, make_args())).result()
+            times = pool.submit(lambda: fastest(fns, make_args, side_by_side, rounds)).result()
         choice = min(times, key=times.get)
         if default is not None and times[choice] > (1.0 - margin) * times[default]:
             choice = default
@@ -425,15 +428,27 @@ def _conv_fn(rewrite, stride, training):
     return forward_backward
 
 
-def fastest(fns, args):
-    """Times each of fns ({name: tf.function}) on args: one untimed call each (tracing, XLA), then
-    rounds in which every function runs once in turn, so that a load on the machine falls on all
-    alike, until TUNE_ROUNDS rounds or TUNE_SECONDS. Returns {name: fastest time in seconds}."""
+def fastest(fns, make_args, side_by_side=True, rounds=TUNE_ROUNDS):
+    """Times each of fns ({name: tf.function}) on make_args(): one untimed call each (tracing, XLA),
+    then rounds in which every function runs once in turn, so that a load on the machine falls on
+    all alike, until `rounds` rounds or TUNE_SECONDS. Returns {name: fastest time in seconds}.
+
+    side_by_side: each call is two calls at once on two sets of arguments, in one graph. That is
+    how the graphs run a layer: training runs the two generators' (and discriminators') layers at
+    the same time, conversion the two halves of a batch. A way that cannot use the whole machine
+    alone can look slow timed alone and be the fastest beside another copy of itself, and the
+    other way round (at 64 px the generator's last layer, 7x7 from 32 channels to 3, took 1.7 ms
+    directly and 1.4 ms by space_to_depth alone, and 3.0 and 2.1 ms two at a time)."""
+    if side_by_side:
+        fns = {name: _two_at_once(fn) for name, fn in fns.items()}
+        args = make_args() + make_args()
+    else:
+        args = make_args()
     for fn in fns.values():
         _run(fn, args)
     best = {name: float("inf") for name in fns}
     start = time.perf_counter()
-    for _ in range(TUNE_ROUNDS):
+    for _ in range(rounds):
         for name, fn in fns.items():
             t = time.perf_counter()
             _run(fn, args)
@@ -441,6 +456,14 @@ def fastest(fns, args):
         if time.perf_counter() - start > TUNE_SECONDS:
             break
     return best
+
+
+def _two_at_once(fn):
+    """fn as a tf.function of two sets of fn's arguments, run as two independent calls."""
+    def two(*args):
+        half = len(args) // 2
+        return fn(*args[:half]), fn(*args[half:])
+    return tf.function(two)
 
 
 def _run(fn, args):

@@ -565,6 +565,7 @@ WINDOW = 256
 # at their own size (each costs a trace, and a timing of its new convolution and norm shapes once
 # per machine); others share the graph for any size.
 SIZED_GRAPHS = 4
+TRANSLATION_ROUNDS = 25  # timed rounds of the translation check, at most (see Translator._graph)
 
 
 class Translator:
@@ -637,7 +638,10 @@ class Translator:
         def make():  # only when not cached: both graphs, kept for the one chosen
             made.update((way, traced(way != "tuned")) for way in ways)
             return made
-        choice = kernels.measured_choice(key, ways, make, lambda: [tf.convert_to_tensor(images)])
+        # Timed alone (a translation already runs its two halves side by side), in more rounds
+        # than a layer: the two graphs differ by a few percent, about a small batch's noise.
+        choice = kernels.measured_choice(key, ways, make, lambda: [tf.convert_to_tensor(images)],
+                                         side_by_side=False, rounds=TRANSLATION_ROUNDS)
         return made.get(choice) or traced(choice != "tuned")
 
     def _translate(self, images):

@@ -79,13 +79,28 @@ def slow(fn, repeats=30):
     return lambda x, kernel, bias, *rest: tf.add_n([fn(x * (1.0 + 1e-3 * i), kernel, bias, *rest) for i in range(repeats)]) / repeats
 
 
-def test_fastest_picks_the_path_that_is_really_faster():
-    args = kernels._random_inputs((1, 18, 18, 16), (3, 3, 16, 16), "float32")
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_fastest_picks_the_path_that_is_really_faster(side_by_side):
+    make_args = lambda: kernels._random_inputs((1, 18, 18, 16), (3, 3, 16, 16), "float32")
     fast_fn = tf.function(lambda x, k, b: kernels.apply(None, x, k, b, 1))
     slow_fn = tf.function(slow(lambda x, k, b: kernels.apply(None, x, k, b, 1)))
     for first, second in ((fast_fn, slow_fn), (slow_fn, fast_fn)):
-        times = kernels.fastest({"first": first, "second": second}, args)
+        times = kernels.fastest({"first": first, "second": second}, make_args, side_by_side)
         assert min(times, key=times.get) == ("first" if first is fast_fn else "second")
+
+
+def test_side_by_side_timing_runs_two_independent_calls_in_one_graph():
+    fn = tf.function(lambda x, k, b: kernels.apply(None, x, k, b, 1))
+    a = kernels._random_inputs((1, 10, 10, 4), (3, 3, 4, 8), "float32")
+    b = [t * 2.0 for t in a]
+    two = kernels._two_at_once(fn)
+    ya, yb = two(*a, *b)
+    np.testing.assert_allclose(ya, fn(*a), rtol=1e-6)
+    np.testing.assert_allclose(yb, fn(*b), rtol=1e-6)
+    graph = two.get_concrete_function(*a, *b).graph
+    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    inputs = [{t.ref() for t in call.inputs} for call in calls]
+    assert len(calls) == 2 and not inputs[0] & inputs[1]  # neither call waits for the other
 
 
 def test_tuning_avoids_a_slow_rewrite_and_caches_every_time(restore_mode, monkeypatch, tmp_path, capsys):
@@ -144,7 +159,7 @@ def test_a_rewrite_must_beat_the_direct_convolution_by_the_margin(seconds, kept,
     # The rule on given times (the timing itself is tested above on real slow paths).
     monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setattr(kernels, "fastest", lambda fns, args: dict(seconds))
+    monkeypatch.setattr(kernels, "fastest", lambda *args: dict(seconds))
     choice = kernels.measured_choice("a shape", list(seconds), lambda: {}, lambda: [], default="direct",
                                      margin=kernels.REWRITE_MARGIN)
     assert choice == kept and kernels.REWRITE_MARGIN == 0.1
