@@ -199,12 +199,13 @@ def _fused_norm(x, epsilon):
 
 # ---------------------------------------------------------------------------- convolution
 
-def conv_rewrite(layer, input_shape, dtype, training=False):
+def conv_rewrite(layer, input_shape, dtype, training=False, pad=0):
     """Which way a keras.layers.Conv2D computes an input of this shape and dtype in the current
-    mode: "winograd", "space_to_depth", "banded" or None (Keras' own convolution). In "auto" mode,
-    the fastest of candidates() as measured on this machine for training (forward and both
-    gradients) or, training False, for conversion (forward); see tuned_choice. In "fixed" mode the
-    first rule that applies is taken:
+    mode: "winograd", "winograd_gather", "space_to_depth", "banded" or None (Keras' own
+    convolution). pad: the input is a map reflect-padded by this many pixels a side (see conv2d).
+    In "auto" mode, the fastest of candidates() as measured on this machine for training (forward
+    and both gradients) or, training False, for conversion (forward); see tuned_choice. In "fixed"
+    mode the first rule that applies is taken:
 
     - "winograd": 3x3, stride 1, float32, at least WINOGRAD_MIN_CHANNELS channels in and out
       (the residual blocks' convolutions from ngf 32 up, most of the generator's multiply-adds):
@@ -227,7 +228,8 @@ def conv_rewrite(layer, input_shape, dtype, training=False):
         return None
     k, stride = layer.kernel_size[0], layer.strides[0]
     if mode() == "auto":
-        return tuned_choice(k, stride, tuple(input_shape), layer.filters, tf.as_dtype(dtype).name, bool(training))
+        return tuned_choice(k, stride, tuple(input_shape), layer.filters, tf.as_dtype(dtype).name, bool(training),
+                            pad)
     if winograd_applies(k, stride, input_shape, layer.filters, dtype):
         return "winograd"
     if layer.filters <= 4 and stride == 1 and k % 2 and k > 1:
@@ -247,7 +249,7 @@ def candidates(k, stride, input_shape, filters, dtype):
     h, w = input_shape[1], input_shape[2]
     found = [None]
     if k == 3 and stride == 1 and tf.as_dtype(dtype) == tf.float32 and (h is None or h > 2) and (w is None or w > 2):
-        found.append("winograd")
+        found += ["winograd", "winograd_gather"]
     if filters <= 16 and stride == 1 and k % 2 and k > 1:
         found.append("space_to_depth")
     if _banded_applies(k, stride, input_shape):
@@ -258,15 +260,38 @@ def candidates(k, stride, input_shape, filters, dtype):
 def conv2d(layer, x, training=False):
     """layer(x) for a keras.layers.Conv2D through its rewrite (see conv_rewrite), or None when
     Keras' own convolution applies. training: whether gradients will be taken (what "auto"
-    mode measures)."""
-    rewrite = conv_rewrite(layer, x.shape, x.dtype, training)
+    mode measures). When x is, in the graph being traced, a reflect padding of a map (a
+    ReflectionPad2D before the convolution), "winograd_gather" reads the map itself: the
+    padding is folded into its gather, and the pad op, then unused, is pruned from the graph."""
+    source, pad = reflect_padded(x)
+    rewrite = conv_rewrite(layer, x.shape, x.dtype, training, pad)
     if rewrite is None:
         return None
-    return apply(rewrite, x, tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias), layer.strides[0])
+    kernel, bias = tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias)
+    if rewrite == "winograd_gather":
+        return winograd_gather_conv(source, kernel, bias, pad)
+    return apply(rewrite, x, kernel, bias, layer.strides[0])
 
 
-def apply(rewrite, x, kernel, bias, stride):
-    """conv2d(x, kernel, stride, 'VALID') + bias computed by `rewrite` (None: the direct convolution)."""
+def reflect_padded(x):
+    """(map, p) when x is a graph tensor made by reflect-padding the height and width of `map`
+    by p pixels on every side (ReflectionPad2D's op); else (x, 0)."""
+    op = getattr(x, "op", None) if not tf.executing_eagerly() else None
+    if op is None or op.type != "MirrorPad" or op.get_attr("mode") != b"REFLECT":
+        return x, 0
+    paddings = tf.get_static_value(op.inputs[1])
+    if paddings is None or np.any(paddings[[0, 3]]) or len(set(paddings[1:3].ravel())) != 1:
+        return x, 0
+    return op.inputs[0], int(paddings[1, 0])
+
+
+def apply(rewrite, x, kernel, bias, stride, pad=0):
+    """conv2d(x', kernel, stride, 'VALID') + bias computed by `rewrite` (None: the direct
+    convolution), where x' is x reflect-padded by `pad` pixels a side."""
+    if rewrite == "winograd_gather":
+        return winograd_gather_conv(x, kernel, bias, pad)
+    if pad:
+        x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     if rewrite == "winograd":
         return winograd_conv(x, kernel, bias)
     if rewrite == "space_to_depth":
@@ -289,7 +314,7 @@ TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop e
 # 17% of the conversion).
 REWRITE_MARGIN = 0.1
 # Part of the cache's key: bumped when the way choices are made changes, so that they are made again.
-CHOICE_RULES = 3
+CHOICE_RULES = 4
 
 _tuned = {}             # shape key -> choice, this process
 
@@ -323,9 +348,11 @@ def _machine_key():
             f" | rules {CHOICE_RULES}")
 
 
-def _shape_key(k, stride, input_shape, filters, dtype, training):
+def _shape_key(k, stride, input_shape, filters, dtype, training, pad=0):
     c = input_shape[3]
-    return f"{k}x{k}/{stride} {c}->{filters} {_dims(input_shape[:3])} {dtype} {'train' if training else 'convert'}"
+    padded = f" after reflect pad {pad}" if pad else ""
+    return (f"{k}x{k}/{stride} {c}->{filters} {_dims(input_shape[:3])} {dtype} "
+            f"{'train' if training else 'convert'}{padded}")
 
 
 def _dims(shape):
@@ -351,16 +378,18 @@ def _write_cache(path, machine, key, entry):
         pass
 
 
-def tuned_choice(k, stride, input_shape, filters, dtype, training):
-    """The fastest of candidates() for this convolution (None: the direct one), see measured_choice."""
+def tuned_choice(k, stride, input_shape, filters, dtype, training, pad=0):
+    """The fastest of candidates() for this convolution (None: the direct one), see measured_choice.
+    pad: the input is a map reflect-padded by this many pixels a side, timed with the padding
+    (which "winograd_gather" folds into its gather, see conv2d)."""
     options = candidates(k, stride, input_shape, filters, dtype)
     if len(options) == 1:
         return None
-    key = _shape_key(k, stride, input_shape, filters, dtype, training)
-    c = input_shape[3]
+    key = _shape_key(k, stride, input_shape, filters, dtype, training, pad)
+    n, h, w, c = _timed_shape(input_shape)
     choice = measured_choice(key, [o or "direct" for o in options],
-                             lambda: {o or "direct": _conv_fn(o, stride, training) for o in options},
-                             lambda: _random_inputs(_timed_shape(input_shape), (k, k, c, filters), dtype),
+                             lambda: {o or "direct": _conv_fn(o, stride, training, pad) for o in options},
+                             lambda: _random_inputs((n, h - 2 * pad, w - 2 * pad, c), (k, k, c, filters), dtype),
                              default="direct", margin=REWRITE_MARGIN)
     return None if choice == "direct" else choice
 
@@ -413,17 +442,17 @@ def _random_inputs(x_shape, kernel_shape, dtype):
     return [tf.cast(rng.standard_normal(shape).astype(np.float32) * scale, dtype) for shape, scale in shapes]
 
 
-def _conv_fn(rewrite, stride, training):
-    """The convolution by `rewrite` as a tf.function of (x, kernel, bias): forward only, or, as in
-    training, forward and the gradients of x, kernel and bias."""
+def _conv_fn(rewrite, stride, training, pad=0):
+    """The convolution by `rewrite` of x reflect-padded by `pad` as a tf.function of (x, kernel,
+    bias): forward only, or, as in training, forward and the gradients of x, kernel and bias."""
     if not training:
-        return tf.function(lambda x, kernel, bias: apply(rewrite, x, kernel, bias, stride))
+        return tf.function(lambda x, kernel, bias: apply(rewrite, x, kernel, bias, stride, pad))
 
     @tf.function
     def forward_backward(x, kernel, bias):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel, bias])
-            y = apply(rewrite, x, kernel, bias, stride)
+            y = apply(rewrite, x, kernel, bias, stride, pad)
         return tape.gradient(y, [x, kernel, bias], output_gradients=tf.ones_like(y))
     return forward_backward
 
@@ -694,3 +723,50 @@ def winograd_conv(x, kernel, bias):
     cropped.set_shape([x.shape[0], None if isinstance(h, tf.Tensor) else h - 2,
                        None if isinstance(w, tf.Tensor) else w - 2, k])
     return cropped
+
+
+# The same F(4x4, 3x3) with each 2-D transform as one matmul by a Kronecker product (B^T d B of a
+# 6x6 tile d, as a vector of 36, is kron(B^T, B^T) d) and the tiles cut by one gather, which can
+# also reflect-pad: no XLA, no hand-written gradient (TensorFlow's gradients of gather, matmul
+# and transpose). On the small maps of a 64 px model it costs fewer ops than winograd_conv.
+_WINOGRAD_BT2 = np.kron(_WINOGRAD_BT, _WINOGRAD_BT)    # 36 x 36
+_WINOGRAD_AT2 = np.kron(_WINOGRAD_AT, _WINOGRAD_AT)    # 16 x 36
+
+
+def _tile_taps(side, pad, tiles):
+    """Where the taps of `tiles` 6-tap tiles (at 0, 4, 8, ...) along a side of `side` pixels,
+    reflect-padded by `pad`, read: (6, tiles) indices into the side, and whether each is inside
+    the padded side (taps past its end read zeros)."""
+    position = WINOGRAD_TILE * tf.range(tiles)[None, :] + tf.range(_TAPS)[:, None] - pad
+    source = tf.abs(position)                                          # reflected at the start
+    source = tf.where(source >= side, 2 * (side - 1) - source, source)  # and at the end
+    return source, position < side + pad
+
+
+def winograd_gather_conv(x, kernel, bias, pad=0):
+    """conv2d(x', kernel, 1, 'VALID') + bias for a 3x3 kernel by F(4x4, 3x3), where x' is x
+    (N, H, W, C) reflect-padded by `pad` pixels a side (as ReflectionPad2D does). The map is laid
+    out as rows of (N, C) per pixel, with a row of zeros after them; one gather takes each output
+    tile's 6x6 taps (reflected indices for the padding, the zero row past the end), then three
+    matmuls: the input transform (36 x 36), the 36 products over channels, the output transform
+    (16 x 36)."""
+    n, height, width = _dim(x, 0), _dim(x, 1), _dim(x, 2)
+    c, k = kernel.shape[2], kernel.shape[3]
+    out_h, out_w = height + 2 * pad - 2, width + 2 * pad - 2
+    tiles_h, tiles_w = -(-out_h // WINOGRAD_TILE), -(-out_w // WINOGRAD_TILE)
+    u = tf.reshape(tf.matmul(_WINOGRAD_GG, tf.reshape(kernel, [9, c * k])), [_TAPS * _TAPS, c, k])
+    pixels = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [height * width, -1])          # (H W, N C)
+    pixels = tf.concat([pixels, tf.zeros_like(pixels[:1])], 0)
+    rows, rows_in = _tile_taps(height, pad, tiles_h)
+    cols, cols_in = _tile_taps(width, pad, tiles_w)
+    index = tf.where(rows_in[:, None, :, None] & cols_in[None, :, None, :],
+                     rows[:, None, :, None] * width + cols[None, :, None, :], height * width)
+    d = tf.reshape(tf.gather(pixels, tf.reshape(index, [-1])), [_TAPS * _TAPS, -1])   # (36, tiles N C)
+    v = tf.reshape(tf.matmul(_WINOGRAD_BT2, d), [_TAPS * _TAPS, -1, c])               # (36, tiles N, C)
+    m = tf.reshape(tf.matmul(v, u), [_TAPS * _TAPS, -1])                                # (36, tiles N K)
+    y = tf.reshape(tf.matmul(_WINOGRAD_AT2, m), [WINOGRAD_TILE, WINOGRAD_TILE, tiles_h, tiles_w, n, k])
+    y = tf.reshape(tf.transpose(y, [4, 2, 0, 3, 1, 5]), [n, WINOGRAD_TILE * tiles_h, WINOGRAD_TILE * tiles_w, k])
+    if not (isinstance(out_h, int) and isinstance(out_w, int) and out_h % WINOGRAD_TILE == out_w % WINOGRAD_TILE == 0):
+        y = y[:, :out_h, :out_w]
+    return tf.nn.bias_add(y, bias)
+

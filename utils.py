@@ -509,6 +509,9 @@ def pad_to_multiple(images, multiple=4, min_size=8):
     (a 1-pixel side is repeated)."""
     import tensorflow as tf
     images = tf.convert_to_tensor(images)
+    sides = images.shape[1:3]
+    if all(side is not None and side >= min_size and side % multiple == 0 for side in sides):
+        return images   # known when traced, nothing to add: no pad ops at all
     shape = tf.shape(images)
     target = [tf.maximum(min_size, (shape[i] + multiple - 1) // multiple * multiple) for i in (1, 2)]
     # Reflection adds at most side - 1 pixels at a time: 1 -> 2 (edge), 2 -> 3 -> 5 -> 9.

@@ -179,7 +179,7 @@ def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path, mon
     data = json.loads(path.read_text())
     (machine, entries), = data.items()
     key = "3x3/1 16->16 1x18x18 float32 train"
-    assert set(entries[key]["seconds"]) == {"direct", "winograd", "space_to_depth", "banded"}
+    assert set(entries[key]["seconds"]) == {"direct", "winograd", "winograd_gather", "space_to_depth", "banded"}
     # A second process takes the cached choice, whatever it is, without timing anything.
     entries[key]["choice"] = "space_to_depth" if first.stdout.strip() == "banded" else "banded"
     path.write_text(json.dumps(data))
@@ -196,19 +196,49 @@ def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path, mon
     assert len(json.loads(path.read_text())) == 2
 
 
-@pytest.mark.parametrize("filters,k,stride,shape", [(5, 3, 1, (1, 14, 10, 6)), (4, 7, 1, (1, 15, 12, 3)),
-                                                     (6, 4, 2, (1, 17, 12, 5))])
-def test_every_candidate_gives_the_direct_convolution(filters, k, stride, shape):
+@pytest.mark.parametrize("filters,k,stride,shape,pad", [(5, 3, 1, (1, 14, 10, 6), 0), (5, 3, 1, (2, 13, 9, 6), 1),
+                                                         (4, 7, 1, (1, 15, 12, 3), 0), (4, 7, 1, (1, 9, 12, 3), 3),
+                                                         (6, 4, 2, (1, 17, 12, 5), 0)])
+def test_every_candidate_gives_the_direct_convolution(filters, k, stride, shape, pad):
+    # pad: x is reflect-padded first, as in the generator (folded into winograd_gather's gather).
     x, kernel, bias = kernels._random_inputs(shape, (k, k, shape[3], filters), "float32")
-    options = kernels.candidates(k, stride, shape, filters, tf.float32)
-    assert len(options) >= 2
+    padded = (shape[0], shape[1] + 2 * pad, shape[2] + 2 * pad, shape[3])
+    options = kernels.candidates(k, stride, padded, filters, tf.float32)
+    assert len(options) >= 2 and ("winograd_gather" in options) == (k == 3)
     for o in options:
-        want = kernels._conv_fn(None, stride, True)(x, kernel, bias)
-        for got, ref in zip(kernels._conv_fn(o, stride, True)(x, kernel, bias), want):
+        want = kernels._conv_fn(None, stride, True, pad)(x, kernel, bias)
+        for got, ref in zip(kernels._conv_fn(o, stride, True, pad)(x, kernel, bias), want):
             # Rounding relative to the values' scale (the kernel's gradient sums large terms).
             np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, float(np.abs(ref).max())), err_msg=f"{o}")
-        np.testing.assert_allclose(kernels._conv_fn(o, stride, False)(x, kernel, bias),
-                                   kernels._conv_fn(None, stride, False)(x, kernel, bias), rtol=2e-5, atol=2e-5, err_msg=f"{o}")
+        np.testing.assert_allclose(kernels._conv_fn(o, stride, False, pad)(x, kernel, bias),
+                                   kernels._conv_fn(None, stride, False, pad)(x, kernel, bias), rtol=2e-5, atol=2e-5, err_msg=f"{o}")
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_winograd_gather_reads_through_the_reflect_padding(static, restore_mode, monkeypatch):
+    # The layers as the residual block has them; the choice is given (timing is tested above).
+    monkeypatch.setattr(kernels, "tuned_choice", lambda k, stride, *rest: "winograd_gather")
+    kernels.set_mode("auto")
+    pad, conv = module.ReflectionPad2D(1), module.Conv2D(5, 3, bias_initializer="random_normal")
+    reference = keras.layers.Conv2D(5, 3)
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 10, 7, 4)), tf.float32)
+    conv.build((2, 12, 9, 4)), reference.build((2, 12, 9, 4))
+    reference.set_weights(conv.get_weights())
+    spec = tf.TensorSpec([2, 10, 7, 4] if static else [None, None, None, 4])
+    graph = tf.function(lambda x: conv(pad(x)), input_signature=[spec]).get_concrete_function().graph
+    mirror_pads = [op for op in graph.get_operations() if op.type == "MirrorPad"]
+    assert mirror_pads and not any(op.outputs[0].consumers() for op in mirror_pads)   # left unused, pruned
+    assert "GatherV2" in [op.type for op in graph.get_operations()]
+    for layer in (conv, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.function(lambda x: layer(pad(x)), input_signature=[spec])(x)
+            loss = tf.reduce_sum(y * tf.sin(tf.reshape(tf.range(tf.size(y), dtype=tf.float32), tf.shape(y))))
+        got = [y] + tape.gradient(loss, [x, *layer.trainable_weights])
+        if layer is conv:
+            ours = got
+    for a, b in zip(ours, got):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, monkeypatch, tmp_path):
@@ -239,3 +269,5 @@ def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, 
         np.testing.assert_allclose(a, d, atol=1e-4 * scale)
     tuned = json.load(open(kernels.cache_path()))[kernels.machine_key()]
     assert any(k.endswith("train") for k in tuned) and any(k.endswith("convert") for k in tuned)
+    # Convolutions after a reflect padding are timed with it (residual blocks 1, c7s1 layers 3).
+    assert {"after reflect pad 1", "after reflect pad 3"} <= {k[k.find("after"):] for k in tuned}
