@@ -508,18 +508,23 @@ def _space_to_depth_kernel(kernel):
     order (row in block, column in block, ci) and output channels in depth_to_space's.
 
     Output pixel (2i + a, 2j + b) reads input rows 2i + a .. 2i + a + k - 1, that is rows
-    2 bi + r of blocks i + bi, with tap row 2 bi + r - a of the kernel (zero outside 0..k-1)."""
+    2 bi + r of blocks i + bi, with tap row 2 bi + r - a of the kernel (zero outside 0..k-1).
+    One gather from the kernel's (tap, ci) rows and a row of zeros: it runs on every call (the
+    kernel is a variable), where slices and transposes cost a few ops each."""
     k, ci, co = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    rows = tf.reshape(kernel, [k * k * ci, co])
+    rows = tf.concat([rows, tf.zeros_like(rows[:1])], 0)
+    return tf.reshape(tf.gather(rows, _space_to_depth_rows(k, ci)), [(k + 1) // 2, (k + 1) // 2, 4 * ci, 4 * co])
+
+
+def _space_to_depth_rows(k, ci):
+    """For _space_to_depth_kernel: the row of (kernel rows, then zeros) at each place of the
+    blocked kernel, (K, K, r, s, ci, a, b) flattened."""
     K = (k + 1) // 2
-    # padded[t + 1] is tap t; rows -1 and k .. 2K - 1 are zero.
-    padded = tf.pad(kernel, [[1, 2 * K - k], [1, 2 * K - k], [0, 0], [0, 0]])
-    parts = []
-    for a in range(2):
-        for b in range(2):
-            taps = padded[1 - a:1 - a + 2 * K, 1 - b:1 - b + 2 * K]          # (2K, 2K, ci, co)
-            taps = tf.transpose(tf.reshape(taps, [K, 2, K, 2, ci, co]), [0, 2, 1, 3, 4, 5])
-            parts.append(tf.reshape(taps, [K, K, 4 * ci, co]))
-    return tf.concat(parts, 3)
+    bi, bj, r, s, c, a, b = np.meshgrid(*map(np.arange, (K, K, 2, 2, ci, 2, 2)), indexing="ij")
+    tap_row, tap_col = 2 * bi + r - a, 2 * bj + s - b
+    inside = (tap_row >= 0) & (tap_row < k) & (tap_col >= 0) & (tap_col < k)
+    return np.where(inside, (tap_row * k + tap_col) * ci + c, k * k * ci).reshape(-1).astype(np.int32)
 
 
 def space_to_depth_conv(x, kernel, bias):
