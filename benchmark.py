@@ -73,13 +73,14 @@ def conv_flops(layer, input_shape, output_shape):
 
 def executed_conv_flops(layer, input_shape, output_shape, dtype):
     """(FLOPs per image, FLOPs per call) that a convolution layer executes: for a Winograd
-    F(4x4, 3x3) layer (kernels.winograd_conv or winograd_gather_conv) its 36 matmuls over the 4x4 output tiles per image (a
-    side not a multiple of 4 is padded to one, and the padding's outputs count too) and the
-    kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by a batch); for
-    the others conv_flops. The transforms of the input and output (additions and scalings) are
-    not counted, as norms and activations are not."""
-    if isinstance(layer, module.Conv2D) and kernels.conv_rewrite(layer, input_shape, dtype) in ("winograd",
-                                                                                               "winograd_gather"):
+    F(4x4, 3x3) layer (kernels.winograd_conv or winograd_gather_conv) its 36 matmuls over the 4x4
+    output tiles per image (a side not a multiple of 4 is padded to one, and the padding's outputs
+    count too) and the kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by
+    a batch); for the others conv_flops. The transforms of the input and output (additions and
+    scalings, or winograd_gather_conv's matmuls by constant matrices) are not counted, as norms
+    and activations are not."""
+    rewrite = kernels.conv_rewrite(layer, input_shape, dtype) if isinstance(layer, module.Conv2D) else None
+    if rewrite in ("winograd", "winograd_gather"):
         tiles = -(-output_shape[1] // kernels.WINOGRAD_TILE) * -(-output_shape[2] // kernels.WINOGRAD_TILE)
         cin, cout = input_shape[3], layer.filters
         return 2 * 36 * tiles * cin * cout, 2 * 36 * 9 * cin * cout
