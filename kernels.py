@@ -43,8 +43,7 @@ MODES = ("auto", "fixed", "direct")
 ENV_VAR = "CYCLEGAN_CPU_KERNELS"
 
 # scope: None, "direct", "direct convolutions" or "portable"; told: whether "auto" has said that it
-# is timing shapes;
-# machine: machine_key(), once read
+# is timing shapes; machine: machine_key(), once read
 _state = {"mode": None, "scope": None, "told": False, "machine": None}
 
 
@@ -138,7 +137,6 @@ def norm_choice(shape, dtype, training):
     (timed once per shape in "auto" mode, see measured_choice; "fused" in the other modes)."""
     if mode() != "auto" or shape[3] is None:
         return "fused"
-    n, h, w, c = shape
     key = f"instance norm {_dims(shape)} {tf.as_dtype(dtype).name} {'train' if training else 'convert'}"
     spec = tf.TensorSpec(shape, dtype)
     return measured_choice(key, NORM_WAYS, lambda: {way: _norm_fn(way, spec, training) for way in NORM_WAYS},
@@ -261,16 +259,15 @@ def conv2d(layer, x, training=False):
     """layer(x) for a keras.layers.Conv2D through its rewrite (see conv_rewrite), or None when
     Keras' own convolution applies. training: whether gradients will be taken (what "auto"
     mode measures). When x is, in the graph being traced, a reflect padding of a map (a
-    ReflectionPad2D before the convolution), "winograd_gather" reads the map itself: the
-    padding is folded into its gather, and the pad op, then unused, is pruned from the graph."""
+    ReflectionPad2D before the convolution), the rewrite gets the map and the padding (see
+    apply): "winograd_gather" folds the padding into its gather, the others pad the map again;
+    the layer's pad op, then unused, is pruned from the graph."""
     source, pad = reflect_padded(x)
     rewrite = conv_rewrite(layer, x.shape, x.dtype, training, pad)
     if rewrite is None:
         return None
-    kernel, bias = tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias)
-    if rewrite == "winograd_gather":
-        return winograd_gather_conv(source, kernel, bias, pad)
-    return apply(rewrite, x, kernel, bias, layer.strides[0])
+    return apply(rewrite, source, tf.convert_to_tensor(layer.kernel), tf.convert_to_tensor(layer.bias),
+                 layer.strides[0], pad)
 
 
 def reflect_padded(x):
@@ -309,7 +306,7 @@ CACHE_ENV_VAR = "CYCLEGAN_CACHE_DIR"
 ANY_SIZE_ELEMENTS = 64 * 64 * 256
 TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop early past this time
 # A rewrite is kept only if it beats the direct convolution by this fraction of the direct one's
-# time when timed alone: inside a graph its extra ops and buffers cost more than alone (at 64 px,
+# time when timed apart from the graph: inside a graph its extra ops and buffers cost more (at 64 px,
 # Winograd on 2 x 16 x 16 x 128 maps tied or won by 2% alone and lost 6% of the training step and
 # 17% of the conversion).
 REWRITE_MARGIN = 0.1
