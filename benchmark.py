@@ -26,6 +26,8 @@ import tempfile
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+import data
+import image_io
 
 utils.start_tensorflow()
 
@@ -33,8 +35,9 @@ import numpy as np
 import tensorflow as tf
 
 import export
-import kernels
+import devices
 import model
+import translator
 import module
 
 
@@ -73,15 +76,18 @@ def conv_flops(layer, input_shape, output_shape):
 
 def executed_conv_flops(layer, input_shape, output_shape, dtype):
     """(FLOPs per image, FLOPs per call) that a convolution layer executes: for a Winograd
-    F(4x4, 3x3) layer (kernels.winograd_conv or winograd_gather_conv) its 36 matmuls over the 4x4
+    F(4x4, 3x3) layer (kernels' winograd_gather_conv) its 36 matmuls over the 4x4
     output tiles per image (a side not a multiple of 4 is padded to one, and the padding's outputs
     count too) and the kernel's transform per call (36 x 9 x C_in x C_out multiply-adds, shared by
     a batch); for the others conv_flops. The transforms of the input and output (additions and
     scalings, or winograd_gather_conv's matmuls by constant matrices) are not counted, as norms
     and activations are not."""
-    rewrite = kernels.conv_rewrite(layer, input_shape, dtype) if isinstance(layer, module.Conv2D) else None
-    if rewrite in ("winograd", "winograd_gather"):
-        tiles = -(-output_shape[1] // kernels.WINOGRAD_TILE) * -(-output_shape[2] // kernels.WINOGRAD_TILE)
+    rewrites = module.rewrites()
+    if rewrites is None or not isinstance(layer, module.Conv2D):
+        return conv_flops(layer, input_shape, output_shape), 0
+    from kernels import convolution, winograd  # installed rewrites: the package is there
+    if convolution.conv_rewrite(layer, input_shape, dtype, mode=rewrites.mode) == "winograd_gather":
+        tiles = -(-output_shape[1] // winograd.WINOGRAD_TILE) * -(-output_shape[2] // winograd.WINOGRAD_TILE)
         cin, cout = input_shape[3], layer.filters
         return 2 * 36 * tiles * cin * cout, 2 * 36 * 9 * cin * cout
     return conv_flops(layer, input_shape, output_shape), 0
@@ -231,20 +237,20 @@ def deploy_speed(args):
     G = module.resnet_generator(args.ngf, args.n_blocks, name="G_A2B")
     image = np.random.default_rng(0).integers(0, 256, (1, args.crop_size, args.crop_size, 3), dtype=np.uint8)
 
-    def timing(translator):
-        translator.translate(image)     # trace, allocate, warm up
-        return spread([_timed(lambda: np.asarray(translator.translate(image))) for _ in range(args.convert_iters)])
+    def timing(t):
+        t.translate(image)     # trace, allocate, warm up
+        return spread([_timed(lambda: np.asarray(t.translate(image))) for _ in range(args.convert_iters)])
 
-    result = {"convert.py (this machine's kernels)": {"seconds_per_image": timing(model.Translator(G))}}
+    result = {"convert.py (this machine's kernels)": {"seconds_per_image": timing(translator.Translator(G))}}
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, quantize in (("savedmodel", "none"), ("tflite", "none"), ("tflite", "float16"), ("onnx", "none")):
             folder = os.path.join(tmp, f"{fmt}_{quantize}")
             seconds = _timed(lambda: export.write({"A2B": G}, folder, fmt, quantize))
             size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files)
             path = folder if fmt == "savedmodel" else os.path.join(folder, f"A2B.{fmt}")
-            translator = export.exported_translators(path, ["A2B"])["A2B"]
+            exported = export.exported_translators(path, ["A2B"])["A2B"]
             name = fmt if quantize == "none" else f"{fmt} {quantize}"
-            result[name] = {"file_mb": size / 2 ** 20, "export_seconds": seconds, "seconds_per_image": timing(translator)}
+            result[name] = {"file_mb": size / 2 ** 20, "export_seconds": seconds, "seconds_per_image": timing(exported)}
     return result
 
 
@@ -252,7 +258,7 @@ def main(argv=None):
     """Runs the benchmark with `argv`; prints JSON on stdout and a summary on stderr."""
     args = build_parser().parse_args(argv)
     model.check_model_flags(args)
-    utils.setup_devices(args.cpu_kernels)
+    devices.setup(args.cpu_kernels)
     if args.deploy:
         result = {"config": vars(args), "tensorflow": tf.__version__, "deploy": deploy_speed(args)}
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -282,9 +288,9 @@ def main(argv=None):
         if not all(dirs):
             n = max(args.pipeline_images // 2, args.batch_size)
             dirs = [synthetic_folder(tmp, s, n, args.load_size, i) for i, s in enumerate("AB")]
-        paths = [utils.list_images(d) for d in dirs]
+        paths = [image_io.list_images(d) for d in dirs]
         # Input pipeline alone: decode, resize, crop, flip.
-        ds, steps = utils.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size,
+        ds, steps = data.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size,
                                        channels=(args.input_nc, args.output_nc))
         batches = list(ds.take(2))
         start = time.perf_counter()
@@ -306,18 +312,18 @@ def main(argv=None):
         result["profile_ms_by_op"] = profile_ops(lambda: gan.train_step(real_A, real_B).numpy())
 
     # Conversion: convert.py's path (uint8 in, pad, generator, crop, uint8 out).
-    translator = gan.translators["A2B"]
-    images = np.repeat(utils.to_uint8(real_A).numpy()[:1], args.convert_batch_size, axis=0)
+    t = gan.translators["A2B"]
+    images = np.repeat(image_io.to_uint8(real_A).numpy()[:1], args.convert_batch_size, axis=0)
     for _ in range(2):
-        translator.translate(images).numpy()
-    times, fractions = peak.time_against(lambda: translator.translate(images).numpy(), args.convert_iters,
+        t.translate(images).numpy()
+    times, fractions = peak.time_against(lambda: t.translate(images).numpy(), args.convert_iters,
                                          g_flops * args.convert_batch_size)
     result["convert_images_per_s"] = args.convert_batch_size / statistics.median(times)
     result["convert_gflops"] = g_flops * args.convert_batch_size / 1e9 / statistics.median(times)
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
     # Executed: each run of G transforms its Winograd kernels once; on the CPU a batch of
-    # more than one image is two runs side by side (model.Translator).
-    runs = 2 if args.convert_batch_size > 1 and kernels.cpu_rewrites() else 1
+    # more than one image is two runs side by side (translator.Translator).
+    runs = 2 if args.convert_batch_size > 1 and module.rewrites() is not None else 1
     result["convert_executed_gflops"] = ((g_image * args.convert_batch_size + runs * g_call) / 1e9
                                          / statistics.median(times))
     if args.ceiling:

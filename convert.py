@@ -16,6 +16,10 @@ import sys
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+import animation
+import files
+import image_io
+import progress
 
 utils.start_tensorflow()
 
@@ -23,6 +27,7 @@ import numpy as np
 import progressbar
 
 import export
+import devices
 import model
 
 CYCLE_DIRS = ("reconstructed", "real_fake_rec")
@@ -47,7 +52,7 @@ def build_parser():
     p.add_argument("--save_cycle", action="store_true",
                    help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | reconstruction "
                         "side by side (OUTPUT_DIR/real_fake_rec/) for each still image")
-    p.add_argument("--jpeg_quality", type=int, default=utils.JPEG_QUALITY,
+    p.add_argument("--jpeg_quality", type=int, default=image_io.JPEG_QUALITY,
                    help="quality of JPEG and WebP outputs (1-100)")
     p.add_argument("--tile_size", type=int, default=2048,
                    help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same result in "
@@ -69,11 +74,11 @@ def build_parser():
 
 def classify(path):
     ext = os.path.splitext(path)[1].lower()
-    if ext in utils.IMAGE_EXTENSIONS:
+    if ext in image_io.IMAGE_EXTENSIONS:
         return "image"
-    if ext in utils.ANIMATION_EXTENSIONS:
+    if ext in animation.ANIMATION_EXTENSIONS:
         return "animation"
-    if ext in utils.VIDEO_EXTENSIONS:
+    if ext in animation.VIDEO_EXTENSIONS:
         return "video"
     return None
 
@@ -113,7 +118,7 @@ class Converter:
         kind = classify(path)
         try:
             if kind == "image":
-                rgb = utils.read_image(path, self.fwd.channels)
+                rgb = image_io.read_image(path, self.fwd.channels)
                 if rgb.shape[0] * rgb.shape[1] > self.args.tile_size ** 2:
                     self.write_still(path, rgb, self.fwd.translate_image(rgb, self.args.tile_size))
                 else:
@@ -122,16 +127,16 @@ class Converter:
                     if len(batch) >= self.args.batch_size:
                         self.flush(rgb.shape[:2])
             elif kind == "animation":
-                frames, durations, loop = utils.read_animation(path)
-                fakes = [utils.as_rgb8(f) for chunk in self.chunks(frames) for f in self.translate_batch(chunk)]
-                utils.write_animation(self.out_path(path), fakes, durations, loop)
+                frames, durations, loop = animation.read_animation(path)
+                fakes = [image_io.as_rgb8(f) for chunk in self.chunks(frames) for f in self.translate_batch(chunk)]
+                animation.write_animation(self.out_path(path), fakes, durations, loop)
                 self.converted.append(path)
             else:
                 self.convert_video(path)
-        except utils.ImageError as e:
+        except image_io.ImageError as e:
             self.skip(path, str(e))
         except OSError as e:  # writing failed: permissions (a full disk ends the run: see convert())
-            if utils.disk_full_path(e):
+            if files.disk_full_path(e):
                 raise
             self.skip(path, f"{e.filename or self.out_path(path)}: cannot be written ({e.strerror or e})")
 
@@ -142,23 +147,23 @@ class Converter:
     def translate_batch(self, images, translator=None):
         """Translations of images of one size (RGB frames are made gray for a 1-channel model)."""
         translator = translator or self.fwd
-        batch = np.stack([utils.with_channels(im, translator.channels) for im in images])
+        batch = np.stack([image_io.with_channels(im, translator.channels) for im in images])
         if batch.shape[1] * batch.shape[2] > self.args.tile_size ** 2:
             return [translator.translate_image(im, self.args.tile_size) for im in batch]
         return list(np.asarray(translator.translate(batch)))
 
     def convert_video(self, path):
-        cap, fps = utils.open_video(path)
+        cap, fps = animation.open_video(path)
         writer, count = None, 0
         try:
-            frames = utils.video_frames(cap)
+            frames = animation.video_frames(cap)
             while True:
                 chunk = [f for _, f in zip(range(self.args.batch_size), frames)]
                 if not chunk:
                     break
-                for fake in map(utils.as_rgb8, self.translate_batch(chunk)):
+                for fake in map(image_io.as_rgb8, self.translate_batch(chunk)):
                     if writer is None:
-                        writer = utils.VideoWriter(self.out_path(path), fps, fake.shape[:2])
+                        writer = animation.VideoWriter(self.out_path(path), fps, fake.shape[:2])
                     writer.write(fake)
                     count += 1
         except BaseException:
@@ -168,7 +173,7 @@ class Converter:
         finally:
             cap.release()
         if writer is None:
-            raise utils.ImageError(f"{path}: no frame could be decoded")
+            raise image_io.ImageError(f"{path}: no frame could be decoded")
         writer.close()
         self.converted.append(path)
 
@@ -183,19 +188,19 @@ class Converter:
 
     def write_still(self, path, rgb, fake):
         quality = self.args.jpeg_quality
-        utils.write_image(self.out_path(path), fake, quality)
+        image_io.write_image(self.out_path(path), fake, quality)
         if self.back is not None:
             rec = self.translate_batch([fake], self.back)[0]
-            utils.write_image(self.out_path(path, CYCLE_DIRS[0]), rec, quality)
-            side_by_side = np.concatenate([utils.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
-            utils.write_image(self.out_path(path, CYCLE_DIRS[1]), side_by_side, quality)
+            image_io.write_image(self.out_path(path, CYCLE_DIRS[0]), rec, quality)
+            side_by_side = np.concatenate([image_io.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
+            image_io.write_image(self.out_path(path, CYCLE_DIRS[1]), side_by_side, quality)
         self.converted.append(path)
 
 
 def progress_bar(n):
     widgets = ["converting ", progressbar.Counter(), f"/{n} ", progressbar.Bar(), " ",
                progressbar.FileTransferSpeed(unit="img"), " ", progressbar.ETA()]
-    return utils.progress_bar(n, widgets)
+    return progress.progress_bar(n, widgets)
 
 
 def check_args(args):
@@ -218,7 +223,7 @@ def check_args(args):
 def convert(args):
     check_args(args)
     inputs = list_inputs(args.img_dir) if args.img_dir else []
-    utils.setup_devices(args.cpu_kernels)
+    devices.setup(args.cpu_kernels)
     directions = {args.conversion_direction}
     if args.save_cycle:
         directions = set(model.DIRECTIONS)
@@ -245,7 +250,7 @@ def convert(args):
         print(f"interrupted: {len(conv.converted)} converted into {args.output_dir}", file=sys.stderr)
         return 130
     except OSError as e:
-        where = utils.disk_full_path(e)
+        where = files.disk_full_path(e)
         if where is None:
             raise
         # Every output is written to a temporary name and renamed: the one that failed left nothing.

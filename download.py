@@ -30,6 +30,9 @@ import requests
 
 import pretrained
 import utils
+import files
+import image_io
+import progress
 
 # The reference implementation's server; any mirror with the same file names works (--base_url).
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/"
@@ -88,7 +91,7 @@ def build_parser():
 def _bar(total, name):
     widgets = [f"{name} ", progressbar.DataSize(), " ", progressbar.Bar(), " ",
                progressbar.FileTransferSpeed(), " ", progressbar.ETA()]
-    return utils.progress_bar(total or progressbar.UnknownLength, widgets)
+    return progress.progress_bar(total or progressbar.UnknownLength, widgets)
 
 
 def _open(url, offset, timeout):
@@ -244,7 +247,7 @@ def check_zip(path, target):
 def extract(zip_path, dest):
     """Extracts into a temporary folder beside `dest`, finds the folder holding the splits
     (the reference zips put everything under NAME/), and renames it to `dest`."""
-    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp-")
+    tmp = files.make_temp_dir(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp-")
     try:
         check_zip(zip_path, tmp)
         with zipfile.ZipFile(zip_path) as z:
@@ -256,7 +259,7 @@ def extract(zip_path, dest):
             entries = [e for e in os.listdir(root) if not e.startswith(("__MACOSX", "."))]
         if not any(os.path.isdir(os.path.join(root, s)) for s in SPLITS):
             raise DownloadError(f"{zip_path}: holds none of {', '.join(SPLITS)}")
-        utils.swap_into_place(root, dest)
+        files.swap_into_place(root, dest)
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DownloadError(f"{dest}: disk full while extracting") from None
@@ -366,7 +369,7 @@ def make_sample(dest, seed=0, n_train=250, n_test=25):
     scenes, trainB/testB are other random scenes under sample_transform, and testA_truth holds
     the true translation of every testA image. Sizes 64 to 128 px; the same seed gives the
     same files."""
-    tmp = utils.make_temp_dir(os.path.dirname(os.path.abspath(dest)), ".sample.tmp-")
+    tmp = files.make_temp_dir(os.path.dirname(os.path.abspath(dest)), ".sample.tmp-")
     try:
         for split, n, offset in (("train", n_train, 0), ("test", n_test, 1)):
             for side in "AB":
@@ -376,10 +379,10 @@ def make_sample(dest, seed=0, n_train=250, n_test=25):
                     h, w = (int(v) for v in rng.integers(64, 129, size=2))
                     scene = sample_scene(rng, h, w)
                     name = f"{i:04d}.png"
-                    utils.write_image(os.path.join(folder, name), scene if side == "A" else sample_transform(scene))
+                    image_io.write_image(os.path.join(folder, name), scene if side == "A" else sample_transform(scene))
                     if split == "test" and side == "A":
-                        utils.write_image(os.path.join(tmp, "testA_truth", name), sample_transform(scene))
-        utils.swap_into_place(tmp, dest)
+                        image_io.write_image(os.path.join(tmp, "testA_truth", name), sample_transform(scene))
+        files.swap_into_place(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -12,6 +12,8 @@ import json
 import sys
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+import data
+import image_io
 
 utils.start_tensorflow()
 
@@ -45,7 +47,7 @@ def build_parser():
 def read_folder(folder, channels=3):
     """The readable images of a folder, with `channels` channels (unreadable ones skipped with a
     warning): (paths, images)."""
-    paths, images = utils.read_images(utils.list_images(folder), channels=channels)
+    paths, images = data.read_images(image_io.list_images(folder), channels=channels)
     if not paths:
         raise utils.UserError(f"{folder}: none of its images could be read")
     return paths, images
@@ -68,7 +70,7 @@ def write_grid(path, images, fakes, recs, rows, height=128):
     lines = [np.concatenate([fit(a), fit(b), fit(c)], axis=1) for a, b, c in list(zip(images, fakes, recs))[:rows]]
     width = max(line.shape[1] for line in lines)
     lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
-    utils.write_image(path, np.concatenate(lines, axis=0))
+    image_io.write_image(path, np.concatenate(lines, axis=0))
 
 
 def evaluate(args):
@@ -82,7 +84,7 @@ def evaluate(args):
         scores, fakes, recs = metrics.translation_scores(translators, args.conversion_direction, paths, images, args.truth_dir)
         result.update(scores)
         if args.grid:
-            write_grid(args.grid, *([utils.as_rgb8(im) for im in ims] for ims in (images, fakes, recs)), args.grid_rows)
+            write_grid(args.grid, *([image_io.as_rgb8(im) for im in ims] for ims in (images, fakes, recs)), args.grid_rows)
         if args.real_dir:
             result.update(distribution_scores(net, read_folder(args.real_dir)[1], fakes, args))
     elif args.real_dir and args.fake_dir:

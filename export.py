@@ -5,10 +5,10 @@
     export.write(generators, "export/h2z", "onnx")                        # A2B.onnx, B2A.onnx
     translators, _ = export.load_translators("export/h2z/A2B.onnx", ["A2B"])   # or a run folder
 
-Every format holds the graph convert.py runs (model.Translator.translate): uint8 RGB images
+Every format holds the graph convert.py runs (translator.Translator.translate): uint8 RGB images
 (N, H, W, 3) of any size in, reflect-padded to multiples of 4 inside the graph, the generator,
 cropped back, uint8 of the same size out. It is traced with Keras' own convolution whatever the
-machine (kernels.direct(); TFLite and ONNX also with instance norm as plain ops, kernels.portable()),
+machine (module.plain(); TFLite and ONNX also with instance norm as plain ops, module.plain(portable=True)),
 so nothing CPU-specific or XLA-compiled is in the files.
 """
 import os
@@ -19,11 +19,12 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-import kernels
 import model
+import translator
 import module
 import pretrained
 import utils
+import files
 
 # What each --export_format writes into the export folder.
 FORMATS = {
@@ -38,11 +39,11 @@ ONNX_OPSET = 17
 def _translation(G, output_key="images"):
     """The translation graph of G as a tf.function of uint8 images of any batch and size, returning
     {output_key: images} (or the images alone if output_key is None)."""
-    translator = model.Translator(G)
-    spec = model.image_spec(translator.channels)
+    t = translator.Translator(G)
+    spec = translator.image_spec(t.channels)
     if output_key is None:
-        return tf.function(translator.translate, input_signature=[spec])
-    return tf.function(lambda images: {output_key: translator.translate(images)}, input_signature=[spec])
+        return tf.function(t.translate, input_signature=[spec])
+    return tf.function(lambda images: {output_key: t.translate(images)}, input_signature=[spec])
 
 
 def write(generators, export_dir, export_format="savedmodel", quantize="none"):
@@ -50,7 +51,7 @@ def write(generators, export_dir, export_format="savedmodel", quantize="none"):
     beside it renamed into place (an existing export_dir is replaced only once the new one is
     complete). quantize "float16" halves TFLite's weights."""
     parent = os.path.dirname(os.path.abspath(export_dir))
-    tmp = utils.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
+    tmp = files.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(export_dir))}.tmp-")
     try:
         if export_format == "savedmodel":
             _savedmodel(generators, tmp)
@@ -61,7 +62,7 @@ def write(generators, export_dir, export_format="savedmodel", quantize="none"):
                     _tflite(G, path, quantize)
                 else:
                     _onnx(G, path)
-        utils.swap_into_place(tmp, export_dir)
+        files.swap_into_place(tmp, export_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -69,7 +70,7 @@ def write(generators, export_dir, export_format="savedmodel", quantize="none"):
 def _savedmodel(generators, folder):
     root = tf.Module()
     signatures = {}
-    with kernels.direct():
+    with module.plain():
         for direction, G in generators.items():
             setattr(root, f"G_{direction}", G)
             signatures[direction] = _translation(G)
@@ -82,7 +83,7 @@ def _frozen(G):
     # TFLite's converter leaves Keras 3 variables as resource variables it never initialises;
     # freezing them first is what the converters themselves do for a graph (tf2onnx too).
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    with kernels.portable():
+    with module.plain(portable=True):
         return convert_variables_to_constants_v2(_translation(G).get_concrete_function())
 
 
@@ -101,16 +102,16 @@ def _onnx(G, path):
         import tf2onnx
     except ImportError:
         raise utils.UserError("--export_format onnx needs tf2onnx (pip install -r requirements.txt)") from None
-    with kernels.portable():
+    with module.plain(portable=True):
         # One output, not a dict: tf2onnx cannot name an output as its input ("images").
-        tf2onnx.convert.from_function(_translation(G, None), input_signature=[model.image_spec(G.input_shape[-1])],
+        tf2onnx.convert.from_function(_translation(G, None), input_signature=[translator.image_spec(G.input_shape[-1])],
                                       opset=ONNX_OPSET, output_path=path)
 
 
 # ---------------------------------------------------------------------------- running exports
 
 class SavedModelTranslator:
-    """The model.Translator interface over an exported SavedModel's signature (whole images only)."""
+    """The translator.Translator interface over an exported SavedModel's signature (whole images only)."""
 
     def __init__(self, loaded, direction):
         self.signature = loaded.signatures[direction]
@@ -124,7 +125,7 @@ class SavedModelTranslator:
 
 
 class TFLiteTranslator:
-    """The model.Translator interface over an exported .tflite file (input resized per image size)."""
+    """The translator.Translator interface over an exported .tflite file (input resized per image size)."""
 
     def __init__(self, path):
         with warnings.catch_warnings():  # its notice that LiteRT's interpreter will replace it
@@ -150,7 +151,7 @@ class TFLiteTranslator:
 
 
 class OnnxTranslator:
-    """The model.Translator interface over an exported .onnx file, run by onnxruntime on the CPU."""
+    """The translator.Translator interface over an exported .onnx file, run by onnxruntime on the CPU."""
 
     def __init__(self, path):
         try:
@@ -190,7 +191,7 @@ def load_translators(model_filepath, directions, jit_compile=False, running_stat
         generators = model.load_run_generators(model_filepath, directions)
     for G in generators.values():
         module.use_running_statistics(G, running_statistics)
-    return {d: model.Translator(G, jit_compile) for d, G in generators.items()}, generators
+    return {d: translator.Translator(G, jit_compile) for d, G in generators.items()}, generators
 
 
 def directions_held(model_filepath, asked):
@@ -222,12 +223,12 @@ def exported_translators(path, directions):
         if not os.path.isfile(path):
             raise utils.UserError(f"{path}: no such file")
         try:
-            translator = TFLiteTranslator(path) if ext == ".tflite" else OnnxTranslator(path)
+            exported = TFLiteTranslator(path) if ext == ".tflite" else OnnxTranslator(path)
         except utils.UserError:
             raise
         except Exception as e:  # noqa: BLE001 - each runtime raises its own types for a bad file
             raise utils.UserError(f"{path}: cannot load the {ext[1:]} model ({utils.first_line(e)})") from None
-        return {directions[0]: translator}
+        return {directions[0]: exported}
     if not is_export(path):
         return None
     try:

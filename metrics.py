@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import utils
+import image_io
 
 INCEPTION_SIZE = 299
 # Where Keras caches the ImageNet weights of the pooled InceptionV3 after its first download.
@@ -70,7 +71,7 @@ def kid(features1, features2, subsets=100, subset_size=1000, seed=0):
 def psnr(a, b):
     """Peak signal-to-noise ratio (dB) between two images, uint8 or uint16 (TensorFlow's tf.image.psnr,
     on the [-1, 1] scale both map to)."""
-    return float(tf.image.psnr(utils.to_float(a), utils.to_float(b), max_val=2.0))
+    return float(tf.image.psnr(image_io.to_float(a), image_io.to_float(b), max_val=2.0))
 
 
 def ssim(a, b):
@@ -114,9 +115,9 @@ def features(net, images, batch_size=32):
     and scaled to [-1, 1] as InceptionV3 expects; float64."""
     out = []
     for i in range(0, len(images), batch_size):
-        batch = [tf.image.resize(tf.cast(utils.as_rgb8(im), tf.float32), [INCEPTION_SIZE, INCEPTION_SIZE],
+        batch = [tf.image.resize(tf.cast(image_io.as_rgb8(im), tf.float32), [INCEPTION_SIZE, INCEPTION_SIZE],
                                  method="bilinear") for im in images[i:i + batch_size]]
-        out.append(np.asarray(net(utils.to_float(tf.stack(batch))), np.float64))
+        out.append(np.asarray(net(image_io.to_float(tf.stack(batch))), np.float64))
     return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
@@ -130,7 +131,7 @@ def translation_scores(translators, direction, paths, images, truth_dir=None):
     fakes = [translators[direction].translate_image(im) for im in images]
     recs = [translators[back].translate_image(f) for f in fakes]
     scores = {"images": len(images),
-              "cycle_l1": float(np.mean([tf.reduce_mean(tf.abs(utils.to_float(r) - utils.to_float(im)))
+              "cycle_l1": float(np.mean([tf.reduce_mean(tf.abs(image_io.to_float(r) - image_io.to_float(im)))
                                          for r, im in zip(recs, images)]))}
     if truth_dir:
         truth_paths = [os.path.join(truth_dir, os.path.basename(p)) for p in paths]
@@ -138,7 +139,7 @@ def translation_scores(translators, direction, paths, images, truth_dir=None):
         if missing:
             raise utils.UserError(f"{truth_dir}: no ground truth for {len(missing)} of {len(paths)} images "
                                   f"(first: {os.path.basename(missing[0])}); the folders do not match")
-        truths = [utils.read_image(p, fakes[0].shape[-1]) if fakes else None for p in truth_paths]
+        truths = [image_io.read_image(p, fakes[0].shape[-1]) if fakes else None for p in truth_paths]
         for t, im, p in zip(truths, images, truth_paths):
             if t.shape != im.shape:
                 raise utils.UserError(f"{p}: is {t.shape[1]}x{t.shape[0]}, its input {im.shape[1]}x{im.shape[0]}")

@@ -6,16 +6,49 @@
 
 Layers and builders only: shapes and widths are arguments, never globals. Every padding is
 explicit (reflect or zero, as the reference has it), because Keras 'same' padding puts the extra
-pixel on the other side and shifts the image. How the convolutions and norms are computed fast
-(CPU rewrites, fused kernels) lives in kernels.py, behind Conv2D, InstanceNorm and BatchNorm.
+pixel on the other side and shifts the image. The layers compute with TensorFlow's own ops (what
+GPUs and every export run); a CPU may have faster ways installed at start-up (see install()), which
+this file never imports.
 
 Every builder takes the official --norm (instance, batch or none) and, for the generators, the
 official dropout; the defaults are the paper's (instance norm, no dropout).
 """
+import contextlib
+
 import keras
 import tensorflow as tf
 
-import kernels
+# ---------------------------------------------------------------------------- how layers compute
+# None: TensorFlow's own ops. Else the object devices.setup() installs once at start-up for a CPU
+# (kernels.CpuRewrites, --cpu_kernels auto or fixed), asked when a graph is traced, never inside it:
+#   conv2d(layer, x, training)           the convolution's output, or None for Keras' own
+#   norm_way(shape, dtype, training)     instance norm by "fused" or "moments" (see instance_norm)
+#   padded(y, x, pad)                    y is x reflect-padded by pad pixels a side (see ReflectionPad2D)
+# plain() traces without it; plain(portable=True) also with instance norm as "moments".
+_compute = {"rewrites": None, "plain": False, "portable": False}
+
+
+def install(rewrites):
+    """Makes the layers compute through `rewrites` (None: TensorFlow's own ops) in graphs traced from now on."""
+    _compute["rewrites"] = rewrites
+
+
+def rewrites():
+    """The installed rewrites, or None: none installed, or inside plain()."""
+    return None if _compute["plain"] else _compute["rewrites"]
+
+
+@contextlib.contextmanager
+def plain(portable=False):
+    """Within it, graphs are traced with TensorFlow's own ops whatever is installed: how every export
+    is traced. portable: instance norm as mean and variance ops instead of the fused batch-norm
+    kernel (a training kernel that TFLite and ONNX do not have)."""
+    before = dict(_compute)
+    _compute.update(plain=True, portable=portable or _compute["portable"])
+    try:
+        yield
+    finally:
+        _compute.update(before)
 
 
 def conv_init():
@@ -63,7 +96,10 @@ class ReflectionPad2D(keras.layers.Layer):
 
     def call(self, x):
         p = self.pad
-        return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+        y = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+        if rewrites() is not None:  # a convolution after it may take x and fold the padding in
+            rewrites().padded(y, x, p)
+        return y
 
     def compute_output_shape(self, shape):
         grow = lambda d: None if d is None else d + 2 * self.pad
@@ -103,20 +139,20 @@ class Crop2D(keras.layers.Layer):
 
 class InstanceNorm(keras.layers.Layer):
     """Instance normalization without scale or offset (nn.InstanceNorm2d(affine=False)):
-    y = (x - mean_hw(x)) / sqrt(var_hw(x) + eps), per image and channel, biased variance, eps 1e-5.
-    Computed by kernels.instance_norm."""
+    y = (x - mean_hw(x)) / sqrt(var_hw(x) + eps), per image and channel, biased variance, eps 1e-5
+    (see instance_norm)."""
 
     def __init__(self, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = float(epsilon)
 
     def call(self, x, training=None):
-        # training: whether gradients will be taken, which kernels' "auto" mode times.
-        return kernels.instance_norm(x, self.epsilon, bool(training))
+        # training: whether gradients will be taken, which the installed rewrites may time.
+        return instance_norm(x, self.epsilon, bool(training))
 
     def compute_output_shape(self, shape):
-        # Keras builds models from this, instead of calling call() on symbolic inputs (which, in
-        # kernels' "auto" mode, would time a norm of a shape no graph has).
+        # Keras builds models from this, instead of calling call() on symbolic inputs (which the
+        # installed rewrites could time, for a shape no graph has).
         return shape
 
     def get_config(self):
@@ -153,7 +189,7 @@ class BatchNorm(keras.layers.Layer):
 
     def call(self, x, training=None):
         if training:
-            y, mean, variance = kernels.batch_norm(x, self.gamma, self.beta, self.epsilon)
+            y, mean, variance = batch_norm(x, self.gamma, self.beta, self.epsilon)
             for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
                 moving.assign(moving * (1.0 - self.momentum) + batch * self.momentum)
             return y
@@ -161,7 +197,7 @@ class BatchNorm(keras.layers.Layer):
             scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
             offset = self.beta - self.moving_mean * scale
         else:
-            x = kernels.instance_norm(x, self.epsilon)
+            x = instance_norm(x, self.epsilon)
             scale, offset = self.gamma, self.beta
         return x * tf.cast(scale, x.dtype) + tf.cast(offset, x.dtype)
 
@@ -198,13 +234,68 @@ def normalize(x, norm, name, dtype):
     return layer(name=name, dtype=dtype)(x)
 
 
+def instance_norm(x, epsilon, training=False):
+    """(x - mean) / sqrt(var + eps) per image and channel over height and width, biased variance.
+
+    Two ways, the same values and gradients up to float rounding (statistics in float32 whatever
+    x's dtype), "fused" unless the installed rewrites choose (or plain(portable=True)):
+    - "fused": one image is batch normalization in training mode, so it runs as TensorFlow's
+      FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU): one pass forward and one fused gradient. A
+      batch whose size is known when traced goes image by image; one of unknown size is laid out
+      as one image with batch x channels channels.
+    - "moments": the formula, as mean and variance ops: one op per step for the whole batch, where
+      "fused" costs one op per image, and what TFLite and ONNX can run.
+    """
+    r = rewrites()
+    way = "moments" if _compute["portable"] else r.norm_way(tuple(x.shape), x.dtype, training) if r else "fused"
+    return moments_norm(x, epsilon) if way == "moments" else fused_norm(x, epsilon)
+
+
+def moments_norm(x, epsilon):
+    """instance_norm by "moments"."""
+    mean, variance = tf.nn.moments(tf.cast(x, tf.float32), axes=[1, 2], keepdims=True)
+    return tf.cast((tf.cast(x, tf.float32) - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+
+
+def fused_norm(x, epsilon):
+    """instance_norm by "fused"."""
+    n = x.shape[0]
+    if n == 1:
+        return _fused_image_norm(x, epsilon)
+    if n is not None:
+        return tf.concat([_fused_image_norm(image, epsilon) for image in tf.split(x, n)], 0)
+    shape = tf.shape(x)
+    images_as_channels = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, shape[1], shape[2], -1])
+    y = tf.reshape(_fused_image_norm(images_as_channels, epsilon), [shape[1], shape[2], shape[0], shape[3]])
+    return tf.transpose(y, [2, 0, 1, 3])
+
+
+def _fused_image_norm(x, epsilon):
+    channels = tf.shape(x)[3:]
+    # The raw op: tf.nn.fused_batch_norm would raise eps to cuDNN's old minimum, 1.001e-5.
+    return tf.raw_ops.FusedBatchNormV3(x=x, scale=tf.ones(channels), offset=tf.zeros(channels),
+                                       mean=tf.zeros([0]), variance=tf.zeros([0]),
+                                       epsilon=epsilon, is_training=True)[0]
+
+
+def batch_norm(x, scale, offset, epsilon):
+    """Batch normalization in training mode: (x - mean) / sqrt(var + eps) * scale + offset, mean and
+    var per channel over images, rows and columns. Returns (y, mean, unbiased variance), the last
+    two float32 for the running statistics, as PyTorch keeps them. One FusedBatchNormV3 (its
+    variance output is already Bessel-corrected), with its fused gradient."""
+    y, mean, variance = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=tf.cast(scale, tf.float32), offset=tf.cast(offset, tf.float32), mean=tf.zeros([0]),
+        variance=tf.zeros([0]), epsilon=epsilon, is_training=True)[:3]
+    return y, mean, variance
+
+
 class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D, computed through kernels.conv2d where a faster way applies (the same
-    values and gradients from the same variables, see kernels.conv_rewrite)."""
+    """keras.layers.Conv2D, computed through the installed rewrites where they have a faster way
+    (the same values and gradients from the same variables)."""
 
     def call(self, inputs, training=None):
-        # training: whether gradients will be taken, which kernels' "auto" mode times.
-        y = kernels.conv2d(self, inputs, bool(training))
+        # training: whether gradients will be taken, which the installed rewrites may time.
+        y = rewrites().conv2d(self, inputs, bool(training)) if rewrites() is not None else None
         return super().call(inputs) if y is None else y
 
 
@@ -355,7 +446,7 @@ def residual_conv(G, block=1, which=1):
 def run_layers(model, x, apply):
     """A functional Keras model run on x layer by layer, in order of use: each layer's output is
     apply(layer, inputs), where inputs are the outputs of the layers it takes (a list if more than
-    one). With apply = lambda layer, inputs: layer(inputs) this is model(x); model.Translator
+    one). With apply = lambda layer, inputs: layer(inputs) this is model(x); translator.Translator
     uses it to run large images in tiles, benchmark.py to count each convolution's work."""
     values = {id(model.inputs[0]): x}
     for layer in model.layers[1:]:

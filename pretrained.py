@@ -22,6 +22,7 @@ import zipfile
 import numpy as np
 
 import utils
+import files
 
 # Where the official download_cyclegan_model.sh fetches NAME.pth.
 PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/"
@@ -309,13 +310,13 @@ def write_run(pth_path, run_dir, source=None):
     import model
     G, architecture = resnet_generator(pth_path)
     parent = os.path.dirname(os.path.abspath(run_dir))
-    tmp = utils.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(run_dir))}.tmp-")
+    tmp = files.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(run_dir))}.tmp-")
     try:
-        utils.save_json(os.path.join(tmp, model.CONFIG_FILE), {
+        files.save_json(os.path.join(tmp, model.CONFIG_FILE), {
             "architecture": architecture, "directions": ["A2B"],
             "pretrained": {"source": source or os.path.abspath(pth_path), "sha256": sha256(pth_path)}})
         tf.train.Checkpoint(**{model.GENERATOR_KEYS["A2B"]: G}).save(os.path.join(tmp, model.CHECKPOINT_NAME))
-        utils.swap_into_place(tmp, run_dir)
+        files.swap_into_place(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"imported {pth_path}: ResnetGenerator, ngf {architecture['ngf']}, {architecture['n_blocks']} blocks "

@@ -21,6 +21,11 @@ import time
 import types
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+import animation
+import data
+import files
+import image_io
+import progress
 
 utils.start_tensorflow()
 
@@ -29,6 +34,7 @@ import progressbar
 import tensorflow as tf
 
 import metrics
+import devices
 import model
 
 LOSSES_FILE = "losses.csv"
@@ -51,7 +57,7 @@ def build_parser():
                    help="true translations of the validation A images, same names (default with --dataset: "
                         "DATA_DIR/NAME/testA_truth if present): PSNR and SSIM with --eval_every")
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flip")
-    g.add_argument("--preprocess", choices=utils.PREPROCESS_MODES, default="resize_and_crop",
+    g.add_argument("--preprocess", choices=data.PREPROCESS_MODES, default="resize_and_crop",
                    help="as the official option: resize_and_crop (to --load_size square, then a random --crop_size "
                         "square), crop (a random --crop_size square of the image at its own size), scale_width (width "
                         "--load_size, height in proportion, at least --crop_size), scale_width_and_crop (then a random "
@@ -163,7 +169,7 @@ def check_resumable(args, config_path, train_size=None):
     images are checked)."""
     if not os.path.exists(config_path):
         return
-    saved = model.saved_architecture(utils.load_json(config_path))
+    saved = model.saved_architecture(files.load_json(config_path))
     wanted = model.architecture(args, train_size)
     if train_size is None:
         del wanted["train_size"]
@@ -180,9 +186,9 @@ def record_config(path, config, counters):
     says what changed. What cannot change (the architecture) was refused before this."""
     config = json.loads(json.dumps(config))  # as it reads back: tuples become lists
     if not os.path.exists(path):
-        utils.save_json(path, dict(config, history=[]))
+        files.save_json(path, dict(config, history=[]))
         return
-    saved = utils.load_json(path)
+    saved = files.load_json(path)
     history = saved.setdefault("history", [])
     current = recorded_config(saved)
     changes = {k: [current.get(k), v] for k, v in config.items() if current.get(k) != v}
@@ -190,7 +196,7 @@ def record_config(path, config, counters):
         return
     epochs, _, step = counters
     history.append({"epoch": epochs, "step": step, "changes": changes})
-    utils.save_json(path, saved)
+    files.save_json(path, saved)
     print(f"resuming with changes (kept in {path}): "
           + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()), file=sys.stderr)
 
@@ -231,7 +237,7 @@ def load_validation(folder, channels):
     skipped with a warning."""
     if not folder:
         return [], []
-    return utils.read_images(utils.list_images(folder), channels=channels)
+    return data.read_images(image_io.list_images(folder), channels=channels)
 
 
 def preview_grid(gan, rgb, direction):
@@ -239,7 +245,7 @@ def preview_grid(gan, rgb, direction):
     back = "B2A" if direction == "A2B" else "A2B"
     fake = gan.translators[direction].translate_image(rgb)
     rec = gan.translators[back].translate_image(fake)
-    return np.concatenate([utils.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
+    return np.concatenate([image_io.as_rgb8(im) for im in (rgb, fake, rec)], axis=1)
 
 
 class LossLog:
@@ -264,7 +270,7 @@ class LossLog:
         w = csv.DictWriter(out, self.fields, restval="", extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-        utils.atomic_write_bytes(self.path, out.getvalue().encode())
+        files.atomic_write_bytes(self.path, out.getvalue().encode())
         self.rows = rows
 
     def add(self, epoch, lr, seconds, means, scores=None):
@@ -279,7 +285,7 @@ class LossLog:
         series = {k: [float(r[k]) if r.get(k) else float("nan") for r in self.rows]
                   for k in ("G", "cycle_A", "cycle_B", "idt_A", "idt_B", "G_A2B", "G_B2A", "D_A", "D_B")}
         if epochs:
-            utils.plot_curves(path, epochs, series, title="mean losses per epoch")
+            progress.plot_curves(path, epochs, series, title="mean losses per epoch")
 
 
 def eval_fields(val, truth_dir, fid, truth_for="A2B"):
@@ -321,11 +327,11 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
         if full:
             out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
             for path, fake in zip(paths, fakes):
-                utils.write_image(os.path.join(out, os.path.basename(path)), fake)
+                image_io.write_image(os.path.join(out, os.path.basename(path)), fake)
         for path, fake in zip(paths[:args.progress_images], fakes):
             name = os.path.splitext(os.path.basename(path))[0] + ".gif"
-            utils.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
-                                         utils.label(utils.as_rgb8(fake), f"epoch {epoch}"), 300)
+            animation.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
+                                         progress.label(image_io.as_rgb8(fake), f"epoch {epoch}"), 300)
     return scores
 
 
@@ -335,7 +341,7 @@ def progress_bar(epoch, total, steps):
                progressbar.Variable("cyc", format="cyc {formatted_value}", precision=3), " ",
                progressbar.Variable("D", format="D {formatted_value}", precision=3), " ",
                progressbar.ETA()]
-    return utils.progress_bar(steps, widgets)
+    return progress.progress_bar(steps, widgets)
 
 
 def load_data(args):
@@ -345,8 +351,8 @@ def load_data(args):
     domains' (see domains())."""
     cache = load_check_cache(args.model_dir)
     folders = domains(args)
-    listed = tuple(utils.list_images(folders[d][0])[:args.max_dataset_size] for d in "AB")
-    (paths_A, cached_A), (paths_B, cached_B) = (utils.check_images(paths, cache) for paths in listed)
+    listed = tuple(image_io.list_images(folders[d][0])[:args.max_dataset_size] for d in "AB")
+    (paths_A, cached_A), (paths_B, cached_B) = (data.check_images(paths, cache) for paths in listed)
     if cached_A + cached_B:
         print(f"training images: {cached_A + cached_B} unchanged since the last start, not decoded again "
               f"({CHECK_CACHE_FILE})", file=sys.stderr)
@@ -363,17 +369,17 @@ def load_data(args):
     inception = None
     if args.eval_every and (args.inception_weights or os.path.isfile(metrics.KERAS_INCEPTION_FILE)):
         inception = metrics.inception_model(args.inception_weights, allow_download=False)
-    preview = {"A2B": utils.read_image(paths_A[0], args.input_nc), "B2A": utils.read_image(paths_B[0], args.output_nc)}
-    preview = {d: utils.resize_to(img, *train_size) for d, img in preview.items()}
+    preview = {"A2B": image_io.read_image(paths_A[0], args.input_nc), "B2A": image_io.read_image(paths_B[0], args.output_nc)}
+    preview = {d: image_io.resize_to(img, *train_size) for d, img in preview.items()}
     return paths_A, paths_B, val, inception, preview, cache, train_size
 
 
 def preprocessed_size(args, paths, cache):
-    """(height, width) of the training images after --preprocess (see utils.training_size), checked to
+    """(height, width) of the training images after --preprocess (see data.training_size), checked to
     suit the networks; the images' own sizes matter only where they are not all resized to one square."""
     if args.preprocess == "resize_and_crop":
         return args.crop_size, args.crop_size
-    size = utils.training_size(paths, utils.image_sizes(paths, cache), args.preprocess, args.load_size,
+    size = data.training_size(paths, data.image_sizes(paths, cache), args.preprocess, args.load_size,
                                args.crop_size)
     model.check_train_size(args, size, f"the training size that --preprocess {args.preprocess} gives",
                            f"{size[0]}x{size[1]} (height x width)")
@@ -381,10 +387,10 @@ def preprocessed_size(args, paths, cache):
 
 
 def load_check_cache(model_dir):
-    """What an earlier start found decoding the training images (see utils.check_images); empty
+    """What an earlier start found decoding the training images (see data.check_images); empty
     for a new run, or if the file is unreadable (then every image is checked again)."""
     try:
-        cache = utils.load_json(os.path.join(model_dir, CHECK_CACHE_FILE))
+        cache = files.load_json(os.path.join(model_dir, CHECK_CACHE_FILE))
     except utils.UserError:
         return {}
     return cache if isinstance(cache, dict) else {}
@@ -400,7 +406,7 @@ def setup(args):
     check_resumable(args, config_path)  # before the images are checked: the flags alone
     paths_A, paths_B, val, inception, preview, check_cache, train_size = load_data(args)
     check_resumable(args, config_path, train_size)
-    utils.setup_devices(args.cpu_kernels)
+    devices.setup(args.cpu_kernels)
     strategy = make_strategy(args.distribute)
     chief = is_chief(strategy)
     replicas = strategy.num_replicas_in_sync if strategy else 1
@@ -433,7 +439,7 @@ def setup(args):
                       images_B=len(paths_B), steps_per_epoch=steps, replicas=replicas, global_batch_size=global_batch,
                       learning_rate_rule=lr_rule, tensorflow=tf.__version__)
         record_config(config_path, config, gan.counters())
-        utils.save_json(os.path.join(args.model_dir, CHECK_CACHE_FILE), check_cache)
+        files.save_json(os.path.join(args.model_dir, CHECK_CACHE_FILE), check_cache)
         log = LossLog(os.path.join(args.model_dir, LOSSES_FILE), gan.counters()[0],
                       eval_fields(val, args.validation_truth_dir, inception is not None, truth_direction(args))
                       if args.eval_every else ())
@@ -457,7 +463,7 @@ def apply_epoch_count(args, gan, config_path, resumed):
                                   f"plus --n_epochs_decay)")
         gan.epoch.assign(args.epoch_count - 1)
         return
-    saved = recorded_config(utils.load_json(config_path)) if os.path.exists(config_path) else {}
+    saved = recorded_config(files.load_json(config_path)) if os.path.exists(config_path) else {}
     started = saved.get("epoch_count", 1)
     resumes_at = gan.counters()[0] + 1
     if args.epoch_count not in (started, resumes_at):
@@ -485,7 +491,7 @@ def save(run):
 def epoch_data(run, epoch, done):
     """The batches of `epoch` from step `done` on (one input pipeline per worker when distributed)."""
     a = run.args
-    make = lambda shard: utils.make_dataset(run.paths_A, run.paths_B, epoch, a.random_seed, a.load_size, a.crop_size,
+    make = lambda shard: data.make_dataset(run.paths_A, run.paths_B, epoch, a.random_seed, a.load_size, a.crop_size,
                                             not a.no_flip, a.batch_size, skip_steps=done, replicas=run.replicas,
                                             shard=shard, channels=(a.input_nc, a.output_nc), preprocess=a.preprocess,
                                             size=run.gan.train_size, serial=a.serial_batches)[0]
@@ -594,7 +600,7 @@ def train(args):
               file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 -- only a full disk is handled; anything else is re-raised
-        where = utils.disk_full_path(e)
+        where = files.disk_full_path(e)
         if where is None:
             raise
         remove_unfinished_checkpoints(args)

@@ -45,6 +45,14 @@ def write_images(folder, n, seed, sizes=((40, 48), (52, 36)), ext=".png"):
     return paths
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels():
+    """The CPU rewrites of $CYCLEGAN_CPU_KERNELS ("fixed", above) installed, as the commands'
+    devices.setup() does, for the tests that build networks without a command."""
+    import kernels
+    kernels.set_mode(None)
+
+
 @pytest.fixture(scope="session")
 def tiny_gan():
     """One tiny CycleGAN for the whole session (its first trace costs seconds)."""

@@ -10,6 +10,9 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import files  # noqa: E402 -- the project's folder is on the path from here
+import image_io  # noqa: E402
+
 
 def two_cpus():
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -20,7 +23,6 @@ def two_cpus():
 def equivalence(out):
     """One step, 2 replicas x batch 1, against one device x batch 2, same weights and images."""
     import model
-    import utils
     from conftest import SMALLEST, make_image
     strategy = two_cpus()
     single = model.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=2)
@@ -29,7 +31,7 @@ def equivalence(out):
     for a, b in zip(nets(single), nets(dist)):
         b.assign(a)
     rng = np.random.default_rng(0)
-    A, B = (np.stack([utils.to_float(make_image(rng, 32, 32)).numpy() for _ in range(2)]) for _ in "AB")
+    A, B = (np.stack([image_io.to_float(make_image(rng, 32, 32)).numpy() for _ in range(2)]) for _ in "AB")
     losses_single = single.train_step(A, B).numpy()
     a, b = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((A, B)).batch(2))))
     assert len(a.values) == 2
@@ -51,7 +53,6 @@ def mirrored_run(out, data, image):
     then restores the final checkpoint under the strategy and translates `image`."""
     import model
     import train
-    import utils
     from conftest import SMALLEST_FLAGS
     strategy = two_cpus()
     run = os.path.join(out, "run")
@@ -60,10 +61,10 @@ def mirrored_run(out, data, image):
     codes = [train.main(base + ["--n_epochs", "1", "--distribute", "mirrored"]),
              train.main(base + ["--n_epochs", "2"]),
              train.main(base + ["--n_epochs", "3", "--distribute", "mirrored"])]
-    config = utils.load_json(os.path.join(run, "config.json"))
+    config = files.load_json(os.path.join(run, "config.json"))
     gan = model.CycleGAN(**config["architecture"], strategy=strategy)
     gan.checkpoint().read(tf.train.latest_checkpoint(run)).expect_partial()
-    fake = gan.translators["A2B"].translate_image(utils.read_image(image))
+    fake = gan.translators["A2B"].translate_image(image_io.read_image(image))
     np.save(os.path.join(out, "mirrored_fake.npy"), fake)
     with open(os.path.join(out, "mirrored.json"), "w") as f:
         json.dump({"codes": codes, "global_batch": config["global_batch_size"], "steps": config["steps_per_epoch"],

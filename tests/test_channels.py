@@ -9,8 +9,11 @@ import tensorflow as tf
 import convert
 import export
 import model
+import translator
 import train
 import utils
+import files
+import image_io
 from conftest import SMALLEST_FLAGS, make_image
 
 
@@ -23,22 +26,22 @@ def scan16(rng, h, w):
 def test_16_bit_grayscale_keeps_its_levels_from_file_to_float_and_back(tmp_path):
     image = scan16(np.random.default_rng(0), 20, 30)
     path = str(tmp_path / "scan.png")
-    utils.write_image(path, image[..., None])
-    read = utils.read_image(path, channels=1)
+    image_io.write_image(path, image[..., None])
+    read = image_io.read_image(path, channels=1)
     assert read.dtype == np.uint16 and read.shape == (20, 30, 1)
     np.testing.assert_array_equal(read[..., 0], image)                         # 16 bits, not 8
-    np.testing.assert_array_equal(utils.to_pixels(utils.to_float(read), tf.uint16), read)
+    np.testing.assert_array_equal(image_io.to_pixels(image_io.to_float(read), tf.uint16), read)
     assert len(np.unique(read)) > 256
     # The same file read as RGB for a 3-channel model: 8 bits, repeated.
-    rgb = utils.read_image(path)
+    rgb = image_io.read_image(path)
     assert rgb.dtype == np.uint8 and rgb.shape == (20, 30, 3)
     # Colour read as one channel: ITU-R 601 luma (PIL's "L", the official Grayscale transform).
     colour = make_image(np.random.default_rng(1), 12, 10)
-    utils.write_image(str(tmp_path / "c.png"), colour)
-    gray = utils.read_image(str(tmp_path / "c.png"), channels=1)[..., 0].astype(int)
+    image_io.write_image(str(tmp_path / "c.png"), colour)
+    gray = image_io.read_image(str(tmp_path / "c.png"), channels=1)[..., 0].astype(int)
     assert np.abs(gray - colour @ np.array([0.299, 0.587, 0.114])).max() <= 1
     # A 16-bit image into an 8-bit format is written at 8 bits, one channel stays one.
-    utils.write_image(str(tmp_path / "scan.jpg"), image[..., None], 100)
+    image_io.write_image(str(tmp_path / "scan.jpg"), image[..., None], 100)
     jpeg = cv2.imread(str(tmp_path / "scan.jpg"), cv2.IMREAD_UNCHANGED)
     assert jpeg.dtype == np.uint8 and jpeg.ndim == 2
 
@@ -51,11 +54,11 @@ def gray_run(tmp_path_factory):
     for name in ("trainA", "testA"):
         os.makedirs(root / name)
         for i in range(3):
-            utils.write_image(str(root / name / f"s{i}.png"), scan16(rng, 40, 36)[..., None])
+            image_io.write_image(str(root / name / f"s{i}.png"), scan16(rng, 40, 36)[..., None])
     for name in ("trainB", "testB"):
         os.makedirs(root / name)
         for i in range(3):
-            utils.write_image(str(root / name / f"c{i}.jpg"), make_image(rng, 36, 44))
+            image_io.write_image(str(root / name / f"c{i}.jpg"), make_image(rng, 36, 44))
     run = root / "run"
     argv = ["--img_A_dir", str(root / "trainA"), "--img_B_dir", str(root / "trainB"),
             "--validation_A_dir", str(root / "testA"), "--validation_B_dir", str(root / "testB"),
@@ -67,7 +70,7 @@ def gray_run(tmp_path_factory):
 
 def test_grayscale_run_trains_and_converts_one_channel_at_each_depth(gray_run, tmp_path):
     root, run = gray_run
-    assert utils.load_json(str(run / "config.json"))["architecture"]["input_nc"] == 1
+    assert files.load_json(str(run / "config.json"))["architecture"]["input_nc"] == 1
     gan_G = model.load_run_generators(str(run), ["A2B"])["A2B"]
     assert gan_G.input_shape[-1] == 1 and gan_G.output_shape[-1] == 1
     # Validation outputs are one-channel files; the progress GIFs are RGB animations.
@@ -78,14 +81,14 @@ def test_grayscale_run_trains_and_converts_one_channel_at_each_depth(gray_run, t
     inputs = tmp_path / "in"
     os.makedirs(inputs)
     scan = scan16(np.random.default_rng(3), 24, 28)
-    utils.write_image(str(inputs / "scan.png"), scan[..., None])
-    utils.write_image(str(inputs / "photo.jpg"), make_image(np.random.default_rng(4), 20, 16))
+    image_io.write_image(str(inputs / "scan.png"), scan[..., None])
+    image_io.write_image(str(inputs / "photo.jpg"), make_image(np.random.default_rng(4), 20, 16))
     out = tmp_path / "out"
     assert convert.main(["--model_filepath", str(run), "--img_dir", str(inputs), "--output_dir", str(out),
                          "--save_cycle", "--export_dir", str(tmp_path / "export")]) == 0
     fake = cv2.imread(str(out / "scan.png"), cv2.IMREAD_UNCHANGED)
     assert fake.dtype == np.uint16 and fake.shape == (24, 28)
-    expected = model.Translator(gan_G).translate(scan[None, ..., None]).numpy()[0, ..., 0]
+    expected = translator.Translator(gan_G).translate(scan[None, ..., None]).numpy()[0, ..., 0]
     np.testing.assert_array_equal(fake, expected)
     assert len(np.unique(fake)) > 256                        # 16-bit levels, not 8 bits scaled up
     photo = cv2.imread(str(out / "photo.jpg"), cv2.IMREAD_UNCHANGED)

@@ -15,12 +15,14 @@ import convert
 import model
 import train
 import utils
+import files
+import image_io
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run_a148b46")
 
 
 def test_old_training_checkpoint_restores_every_variable():
-    config = utils.load_json(os.path.join(FIXTURE, "config.json"))
+    config = files.load_json(os.path.join(FIXTURE, "config.json"))
     gan = model.CycleGAN(**model.saved_architecture(config))
     checkpoint, _ = model.find_checkpoint(FIXTURE)
     gan.checkpoint().restore(checkpoint).assert_existing_objects_matched()
@@ -37,13 +39,13 @@ def test_old_run_folder_translates_identically(tmp_path):
         out = tmp_path / direction
         assert convert.main(["--model_filepath", FIXTURE, "--img_dir", str(src), "--output_dir", str(out),
                              "--conversion_direction", direction]) == 0
-        want = utils.read_image(os.path.join(FIXTURE, f"{direction}.png"))
-        np.testing.assert_array_equal(utils.read_image(str(out / "input.png")), want)
+        want = image_io.read_image(os.path.join(FIXTURE, f"{direction}.png"))
+        np.testing.assert_array_equal(image_io.read_image(str(out / "input.png")), want)
 
 
 def test_old_run_folder_resumes_though_the_architecture_gained_keys(tmp_path):
     # Written before --netD existed: its architecture has no "netD", which means the PatchGAN.
-    config = utils.load_json(os.path.join(FIXTURE, "config.json"))
+    config = files.load_json(os.path.join(FIXTURE, "config.json"))
     assert "netD" not in config["architecture"]
     flags = ["--img_A_dir", str(tmp_path), "--img_B_dir", str(tmp_path), "--model_dir", FIXTURE, "--ngf", "4",
              "--ndf", "4", "--n_blocks", "1", "--crop_size", "32", "--pool_size", "2"]

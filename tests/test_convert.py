@@ -11,9 +11,12 @@ import pytest
 
 import convert
 import model
+import translator
 import module
 import train
-import utils
+import animation
+import files
+import image_io
 from conftest import TINY_FLAGS, make_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,13 +63,13 @@ def test_native_sizes_formats_and_same_stems(run_dir, tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(src))
     for name in os.listdir(src):
         out = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
-        assert out.shape == utils.read_image(str(src / name)).shape, name
+        assert out.shape == image_io.read_image(str(src / name)).shape, name
     # Each output is the translation of its own input, whatever its batch.
     checkpoint, _ = model.find_checkpoint(str(run_dir))
-    architecture = utils.load_json(str(run_dir / "config.json"))["architecture"]
-    t = model.Translator(model.load_generators(checkpoint, architecture, ["A2B"])["A2B"])
-    want = t.translate_image(utils.read_image(str(src / "mid.PNG")))
-    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "out" / "mid.PNG")), want)
+    architecture = files.load_json(str(run_dir / "config.json"))["architecture"]
+    t = translator.Translator(model.load_generators(checkpoint, architecture, ["A2B"])["A2B"])
+    want = t.translate_image(image_io.read_image(str(src / "mid.PNG")))
+    np.testing.assert_array_equal(image_io.read_image(str(tmp_path / "out" / "mid.PNG")), want)
 
 
 def test_no_overwrite_without_the_flag(run_dir, tmp_path, capsys):
@@ -123,19 +126,19 @@ def test_gif_and_videos_keep_frames_and_timing(run_dir, tmp_path):
     src = tmp_path / "in"
     rng = np.random.default_rng(4)
     frames = [make_image(rng, 24, 36) for _ in range(5)]
-    utils.write_animation(str(src / "anim.gif"), frames, [40, 80, 120, 160, 200], loop_count=0)
+    animation.write_animation(str(src / "anim.gif"), frames, [40, 80, 120, 160, 200], loop_count=0)
     for name, fps in (("clip.mp4", 12.5), ("clip.AVI", 10.0)):
-        w = utils.VideoWriter(str(src / name), fps, (24, 32))
+        w = animation.VideoWriter(str(src / name), fps, (24, 32))
         for _ in range(7):
             w.write(make_image(rng, 24, 32))
         w.close()
     assert conv(run_dir, src, tmp_path / "out", "--batch_size", "2") == 0
-    out_frames, durations, _ = utils.read_animation(str(tmp_path / "out" / "anim.gif"))
+    out_frames, durations, _ = animation.read_animation(str(tmp_path / "out" / "anim.gif"))
     assert len(out_frames) == 5 and durations == [40, 80, 120, 160, 200]
     assert out_frames[0].shape == (24, 36, 3)
     for name, fps in (("clip.mp4", 12.5), ("clip.AVI", 10.0)):
-        cap, got_fps = utils.open_video(str(tmp_path / "out" / name))
-        n = sum(1 for _ in utils.video_frames(cap))
+        cap, got_fps = animation.open_video(str(tmp_path / "out" / name))
+        n = sum(1 for _ in animation.video_frames(cap))
         assert n == 7 and got_fps == pytest.approx(fps) and name in os.listdir(tmp_path / "out")
 
 

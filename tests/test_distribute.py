@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import convert
-import utils
+import data
+import files
+import image_io
 from conftest import SMALLEST_FLAGS, make_image, write_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,7 +50,7 @@ def test_two_replicas_of_one_equal_one_device_of_two(tmp_path):
 
 def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path, dataset_dirs):
     image = tmp_path / "x.png"
-    utils.write_image(str(image), make_image(np.random.default_rng(3), 36, 28))
+    image_io.write_image(str(image), make_image(np.random.default_rng(3), 36, 28))
     job("mirrored_run", tmp_path, dataset_dirs, image)
     with open(tmp_path / "mirrored.json") as f:
         result = json.load(f)
@@ -59,7 +61,7 @@ def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path
     os.replace(image, tmp_path / "in" / "x.png")
     assert convert.main(["--model_filepath", str(tmp_path / "run"), "--img_dir", str(tmp_path / "in"),
                          "--output_dir", str(tmp_path / "out")]) == 0
-    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "out" / "x.png")),
+    np.testing.assert_array_equal(image_io.read_image(str(tmp_path / "out" / "x.png")),
                                   np.load(tmp_path / "mirrored_fake.npy"))
 
 
@@ -105,23 +107,23 @@ def test_two_worker_cluster_on_localhost(tmp_path):
     # Only the chief wrote the run folder; the other worker's scratch copies are gone.
     assert os.path.exists(run / "cyclegan.ckpt-4.index") and os.path.exists(run / "config.json")
     assert not os.listdir(run / ".workers") if os.path.exists(run / ".workers") else True
-    assert utils.load_json(str(run / "config.json"))["global_batch_size"] == 2
+    assert files.load_json(str(run / "config.json"))["global_batch_size"] == 2
     # Both workers restart (a longer schedule) and resume from the chief's checkpoint.
     outputs = run_cluster(argv[:argv.index("--n_epochs") + 1] + ["2"] + argv[argv.index("--n_epochs") + 2:],
                           {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]})
     assert all("resuming from" in err and "cyclegan.ckpt-4" in err for err in outputs)
     assert os.path.exists(run / "cyclegan.ckpt-8.index")
     (tmp_path / "in").mkdir()
-    utils.write_image(str(tmp_path / "in" / "x.png"), make_image(np.random.default_rng(5), 20, 24))
+    image_io.write_image(str(tmp_path / "in" / "x.png"), make_image(np.random.default_rng(5), 20, 24))
     assert convert.main(["--model_filepath", str(run), "--img_dir", str(tmp_path / "in"),
                          "--output_dir", str(tmp_path / "out")]) == 0
-    assert utils.read_image(str(tmp_path / "out" / "x.png")).shape == (20, 24, 3)
+    assert image_io.read_image(str(tmp_path / "out" / "x.png")).shape == (20, 24, 3)
 
 
 def test_sharded_epoch_sees_every_pair_once(dataset_dirs):
-    paths_A = utils.list_images(str(dataset_dirs / "trainA"))  # 6 images
-    paths_B = utils.list_images(str(dataset_dirs / "trainB"))
-    make = lambda shard, skip=0: utils.make_dataset(paths_A, paths_B, 2, 0, 36, 32, batch_size=1, replicas=2,
+    paths_A = image_io.list_images(str(dataset_dirs / "trainA"))  # 6 images
+    paths_B = image_io.list_images(str(dataset_dirs / "trainB"))
+    make = lambda shard, skip=0: data.make_dataset(paths_A, paths_B, 2, 0, 36, 32, batch_size=1, replicas=2,
                                                     shard=shard, skip_steps=skip)
     whole, steps = make((0, 1))
     (first, _), (second, _) = make((0, 2)), make((1, 2))

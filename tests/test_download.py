@@ -17,6 +17,8 @@ import pytest
 import download
 import train
 from conftest import TINY_FLAGS
+import files
+import image_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,13 +276,12 @@ def test_sample_is_deterministic_and_has_the_truth(tmp_path):
                            shallow=False)
     assert os.listdir(tmp_path / "one" / "testA_truth") and sorted(os.listdir(tmp_path / "one" / "testA_truth")) == \
         sorted(os.listdir(tmp_path / "one" / "testA"))
-    import utils
-    a = utils.read_image(str(tmp_path / "one" / "testA" / "0001.png"))
-    truth = utils.read_image(str(tmp_path / "one" / "testA_truth" / "0001.png"))
+    a = image_io.read_image(str(tmp_path / "one" / "testA" / "0001.png"))
+    truth = image_io.read_image(str(tmp_path / "one" / "testA_truth" / "0001.png"))
     assert a.shape == truth.shape and 64 <= a.shape[0] <= 128
     np.testing.assert_array_equal(truth, download.sample_transform(a))
     # Renamed into place from a private temporary folder, it is readable as any folder is.
-    assert stat.S_IMODE(os.stat(tmp_path / "one").st_mode) == utils.usual_mode(directory=True)
+    assert stat.S_IMODE(os.stat(tmp_path / "one").st_mode) == files.usual_mode(directory=True)
 
 
 def test_download_sample_command_then_train_on_it(tmp_path):

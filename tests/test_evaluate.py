@@ -13,6 +13,8 @@ import evaluate
 import metrics
 import train
 import utils
+import animation
+import image_io
 from conftest import TINY_FLAGS, make_image, write_images
 
 
@@ -125,8 +127,8 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
                                                                                    monkeypatch):
     import model
     from conftest import TINY
-    paths = utils.list_images(str(sample / "testA"))
-    images = [utils.read_image(p) for p in paths]
+    paths = image_io.list_images(str(sample / "testA"))
+    images = [image_io.read_image(p) for p in paths]
     untrained = model.CycleGAN(**TINY, random_seed=0)
     before, _, _ = metrics.translation_scores(untrained.translators, "A2B", paths, images, str(sample / "testA_truth"))
     run = tmp_path / "run"
@@ -149,11 +151,11 @@ def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictur
     result = json.loads(capsys.readouterr().out)
     assert result["fid"] > 0 and "kid" in result and "cycle_l1" in result
     assert result["psnr"] == pytest.approx(after, abs=1e-4) and result["images"] == 6
-    assert utils.read_image(str(tmp_path / "grid.png")).shape[0] == 4 * 128
+    assert image_io.read_image(str(tmp_path / "grid.png")).shape[0] == 4 * 128
     # Pictures: a GIF per validation image with a frame per epoch, and the loss plot.
-    frames, durations, _ = utils.read_animation(str(run / "progress" / "A2B" / "0000.gif"))
+    frames, durations, _ = animation.read_animation(str(run / "progress" / "A2B" / "0000.gif"))
     assert len(frames) == 2 and len(os.listdir(run / "progress" / "B2A")) == 4  # --progress_images' default
-    assert utils.read_image(str(run / "losses.png")).shape == (400, 720, 3)
+    assert image_io.read_image(str(run / "losses.png")).shape == (400, 720, 3)
 
 
 def test_mismatched_truth_folder_is_an_error(sample, tmp_path, capsys):

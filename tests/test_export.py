@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import convert
-import kernels
+from kernels import winograd
 import module
-import utils
+import files
+import image_io
 from conftest import make_image
 from test_compat import FIXTURE
 
@@ -51,17 +52,17 @@ def converted_with(model_filepath, images, tmp_path, direction):
     out = tmp_path / f"via_{os.path.basename(str(model_filepath))}_{direction}"
     assert convert.main(["--model_filepath", str(model_filepath), "--img_dir", str(images / "in"),
                          "--output_dir", str(out), "--conversion_direction", direction]) == 0
-    return {name: utils.read_image(str(out / name)) for name in SIZES}
+    return {name: image_io.read_image(str(out / name)) for name in SIZES}
 
 
 def want(images, direction):
-    return {name: utils.read_image(str(images / direction / name)) for name in SIZES}
+    return {name: image_io.read_image(str(images / direction / name)) for name in SIZES}
 
 
 def test_saved_model_runs_with_tensorflow_alone_and_matches_convert(images, tmp_path):
     export = exported(tmp_path, "savedmodel")
     assert convert.main(["--model_filepath", FIXTURE, "--export_dir", str(export)]) == 1     # exists
-    assert stat.S_IMODE(os.stat(export).st_mode) == utils.usual_mode(directory=True)
+    assert stat.S_IMODE(os.stat(export).st_mode) == files.usual_mode(directory=True)
     graph = open(export / "saved_model.pb", "rb").read()
     for op in (b"_XlaMustCompile", b"SpaceToDepth", b"BatchMatMulV2"):   # the CPU rewrites' ops
         assert op not in graph
@@ -83,12 +84,12 @@ def test_saved_model_runs_with_tensorflow_alone_and_matches_convert(images, tmp_
     for d in ("A2B", "B2A"):
         via_convert = converted_with(export, images, tmp_path, d)
         for name, expected in want(images, d).items():
-            assert_close(utils.read_image(str(bare / (d + name))), expected)
-            np.testing.assert_array_equal(via_convert[name], utils.read_image(str(bare / (d + name))))
+            assert_close(image_io.read_image(str(bare / (d + name))), expected)
+            np.testing.assert_array_equal(via_convert[name], image_io.read_image(str(bare / (d + name))))
 
 
 def test_saved_model_export_has_no_rewrite_even_where_the_rules_would_apply(tmp_path, monkeypatch):
-    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 1)     # the fixture's 16-channel blocks qualify
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)     # the fixture's 16-channel blocks qualify
     graph = open(exported(tmp_path, "savedmodel") / "saved_model.pb", "rb").read()
     assert b"_XlaMustCompile" not in graph and b"BatchMatMulV2" not in graph
 
@@ -101,7 +102,7 @@ def test_tflite_runs_in_its_interpreter_and_matches_convert(images, tmp_path):
     for d in ("A2B", "B2A"):
         expected = want(images, d)
         interpreter = tf.lite.Interpreter(model_path=str(export / f"{d}.tflite"))
-        for name, rgb in ((n, utils.read_image(str(images / "in" / n))) for n in SIZES):
+        for name, rgb in ((n, image_io.read_image(str(images / "in" / n))) for n in SIZES):
             index = interpreter.get_input_details()[0]["index"]
             interpreter.resize_tensor_input(index, rgb[None].shape)
             interpreter.allocate_tensors()
@@ -126,7 +127,7 @@ def test_onnx_runs_in_onnxruntime_and_matches_convert(images, tmp_path):
         session = onnxruntime.InferenceSession(str(export / f"{d}.onnx"), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].shape[1:3] != [None, None]     # named dynamic sides
         for name in SIZES:
-            rgb = utils.read_image(str(images / "in" / name))
+            rgb = image_io.read_image(str(images / "in" / name))
             assert_close(session.run(None, {session.get_inputs()[0].name: rgb[None]})[0][0], expected[name])
         for name, got in converted_with(export / f"{d}.onnx", images, tmp_path, d).items():
             assert_close(got, expected[name])

@@ -1,4 +1,4 @@
-"""kernels.py's switch: "auto" (timed) and "fixed" rewrites, "direct" Keras convolution, the portable
+"""kernels/' switch: "auto" (timed) and "fixed" rewrites, "direct" Keras convolution, the portable
 norm of exports."""
 import json
 import os
@@ -13,6 +13,7 @@ import tensorflow as tf
 import convert
 import kernels
 import module
+from kernels import convolution, tuning, winograd
 from test_compat import FIXTURE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def op_types(layer, spec):
 
 @pytest.mark.parametrize("filters,k,shape", [(3, 7, (1, 18, 14, 5)), (6, 3, (1, 14, 10, 5)), (6, 4, (1, 17, 12, 5))])
 def test_direct_mode_is_keras_convolution(filters, k, shape, restore_mode, monkeypatch):
-    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
     ours = module.Conv2D(filters, k)
     reference = keras.layers.Conv2D(filters, k)
     spec = tf.TensorSpec(shape)
@@ -40,7 +41,7 @@ def test_direct_mode_is_keras_convolution(filters, k, shape, restore_mode, monke
     kernels.set_mode("direct")
     assert op_types(ours, spec) == op_types(reference, spec)
     kernels.set_mode("fixed")
-    with kernels.direct():
+    with module.plain():
         assert op_types(ours, spec) == op_types(reference, spec)
     assert kernels.mode() == "fixed"
 
@@ -63,9 +64,9 @@ def test_portable_instance_norm_equals_the_fused_one(batch):
     x = np.random.default_rng(4).normal(2, 3, (3, 9, 7, 5)).astype(np.float32)
     spec = tf.TensorSpec([batch, None, None, 5])
     data = x[:1] if batch == 1 else x
-    fused = tf.function(lambda t: kernels.instance_norm(t, 1e-5), input_signature=[spec])
-    with kernels.portable():
-        plain = tf.function(lambda t: kernels.instance_norm(t, 1e-5), input_signature=[spec])
+    fused = tf.function(lambda t: module.instance_norm(t, 1e-5), input_signature=[spec])
+    with module.plain(portable=True):
+        plain = tf.function(lambda t: module.instance_norm(t, 1e-5), input_signature=[spec])
         types = [op.type for op in plain.get_concrete_function().graph.get_operations()]
     assert "FusedBatchNormV3" not in types
     np.testing.assert_allclose(plain(data), fused(data), atol=1e-5)
@@ -81,19 +82,19 @@ def slow(fn, repeats=30):
 
 @pytest.mark.parametrize("side_by_side", [True, False])
 def test_fastest_picks_the_path_that_is_really_faster(side_by_side):
-    make_args = lambda: kernels._random_inputs((1, 18, 18, 16), (3, 3, 16, 16), "float32")
-    fast_fn = tf.function(lambda x, k, b: kernels.apply(None, x, k, b, 1))
-    slow_fn = tf.function(slow(lambda x, k, b: kernels.apply(None, x, k, b, 1)))
+    make_args = lambda: tuning._random_inputs((1, 18, 18, 16), (3, 3, 16, 16), "float32")
+    fast_fn = tf.function(lambda x, k, b: convolution.apply(None, x, k, b, 1))
+    slow_fn = tf.function(slow(lambda x, k, b: convolution.apply(None, x, k, b, 1)))
     for first, second in ((fast_fn, slow_fn), (slow_fn, fast_fn)):
-        times = kernels.fastest({"first": first, "second": second}, make_args, side_by_side)
+        times = tuning.fastest({"first": first, "second": second}, make_args, side_by_side)
         assert min(times, key=times.get) == ("first" if first is fast_fn else "second")
 
 
 def test_side_by_side_timing_runs_two_independent_calls_in_one_graph():
-    fn = tf.function(lambda x, k, b: kernels.apply(None, x, k, b, 1))
-    a = kernels._random_inputs((1, 10, 10, 4), (3, 3, 4, 8), "float32")
+    fn = tf.function(lambda x, k, b: convolution.apply(None, x, k, b, 1))
+    a = tuning._random_inputs((1, 10, 10, 4), (3, 3, 4, 8), "float32")
     b = [t * 2.0 for t in a]
-    two = kernels._two_at_once(fn)
+    two = tuning._two_at_once(fn)
     ya, yb = two(*a, *b)
     np.testing.assert_allclose(ya, fn(*a), rtol=1e-6)
     np.testing.assert_allclose(yb, fn(*b), rtol=1e-6)
@@ -104,20 +105,19 @@ def test_side_by_side_timing_runs_two_independent_calls_in_one_graph():
 
 
 def test_tuning_avoids_a_slow_rewrite_and_caches_every_time(restore_mode, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setattr(kernels, "winograd_conv", slow(kernels.winograd_conv))
-    monkeypatch.setattr(kernels, "winograd_gather_conv", slow(kernels.winograd_gather_conv))
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setattr(convolution, "winograd_gather_conv", slow(winograd.winograd_gather_conv))
     kernels.set_mode("auto")
     layer = module.Conv2D(16, 3)
     layer.build((1, 18, 18, 16))
     for training in (False, True):
-        assert kernels.conv_rewrite(layer, (2, 18, 18, 16), tf.float32, training) is None  # direct, not Winograd
-    entries = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+        assert convolution.conv_rewrite(layer, (2, 18, 18, 16), tf.float32, training, mode="auto") is None  # not Winograd
+    entries = json.load(open(tuning.cache_path()))[tuning.machine_key()]
     assert set(entries) == {"3x3/1 16->16 2x18x18 float32 convert", "3x3/1 16->16 2x18x18 float32 train"}
     for entry in entries.values():
         assert entry["choice"] == "direct"
-        assert min(entry["seconds"]["winograd"], entry["seconds"]["winograd_gather"]) > entry["seconds"]["direct"]
+        assert entry["seconds"]["winograd_gather"] > entry["seconds"]["direct"]
     assert capsys.readouterr().err.count("timing each new shape") == 1
 
 
@@ -126,23 +126,28 @@ def slow_norm(fn, repeats=30):
     return lambda x, epsilon: tf.add_n([fn(x * (1.0 + 1e-3 * i), epsilon) for i in range(repeats)]) / repeats
 
 
-@pytest.mark.parametrize("slow_way,function", [("moments", "_moments_norm"), ("fused", "_fused_layout")])
+def norm_way(shape, dtype, training):
+    """How module.instance_norm computes now: the installed rewrites' choice, else "fused"."""
+    return module.rewrites().norm_way(shape, dtype, training) if module.rewrites() else "fused"
+
+
+@pytest.mark.parametrize("slow_way,function", [("moments", "moments_norm"), ("fused", "fused_norm")])
 def test_norm_tuning_avoids_the_slow_way_for_training_and_conversion(slow_way, function, restore_mode,
                                                                      monkeypatch, tmp_path):
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setattr(kernels, function, slow_norm(getattr(kernels, function)))
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setattr(module, function, slow_norm(getattr(module, function)))
     kernels.set_mode("auto")
     for training in (False, True):
-        assert kernels.norm_choice((2, 12, 10, 8), tf.float32, training) != slow_way
-    entries = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+        assert norm_way((2, 12, 10, 8), tf.float32, training) != slow_way
+    entries = json.load(open(tuning.cache_path()))[tuning.machine_key()]
     assert set(entries) == {"instance norm 2x12x10x8 float32 convert", "instance norm 2x12x10x8 float32 train"}
     for entry in entries.values():
         assert entry["choice"] != slow_way and entry["seconds"][slow_way] > entry["seconds"][entry["choice"]]
-    # The other modes, and exports (direct()), always take the fused kernel.
+    # The other modes, and exports (module.plain()), always take the fused kernel.
     for mode in ("fixed", "direct"):
         kernels.set_mode(mode)
-        assert kernels.norm_choice((2, 12, 10, 8), tf.float32, False) == "fused"
+        assert norm_way((2, 12, 10, 8), tf.float32, False) == "fused"
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -154,22 +159,22 @@ def test_both_norm_ways_agree_in_values_and_gradients(training):
             np.testing.assert_allclose(a, b, atol=2e-5 * max(1.0, float(np.abs(b).max())))
 
 
-@pytest.mark.parametrize("seconds,kept", [({"direct": 1.0, "winograd": 0.95}, "direct"),
-                                          ({"direct": 1.0, "winograd": 0.85}, "winograd"),
-                                          ({"direct": 0.9, "winograd": 1.0}, "direct")])
+@pytest.mark.parametrize("seconds,kept", [({"direct": 1.0, "winograd_gather": 0.95}, "direct"),
+                                          ({"direct": 1.0, "winograd_gather": 0.85}, "winograd_gather"),
+                                          ({"direct": 0.9, "winograd_gather": 1.0}, "direct")])
 def test_a_rewrite_must_beat_the_direct_convolution_by_the_margin(seconds, kept, monkeypatch, tmp_path):
     # The rule on given times (the timing itself is tested above on real slow paths).
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setattr(kernels, "fastest", lambda *args: dict(seconds))
-    choice = kernels.measured_choice("a shape", list(seconds), lambda: {}, lambda: [], default="direct",
-                                     margin=kernels.REWRITE_MARGIN)
-    assert choice == kept and kernels.REWRITE_MARGIN == 0.1
-    assert json.load(open(kernels.cache_path()))[kernels.machine_key()]["a shape"]["choice"] == kept
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setattr(tuning, "fastest", lambda *args: dict(seconds))
+    choice = tuning.measured_choice("a shape", list(seconds), lambda: {}, lambda: [], default="direct",
+                                     margin=convolution.REWRITE_MARGIN)
+    assert choice == kept and convolution.REWRITE_MARGIN == 0.1
+    assert json.load(open(tuning.cache_path()))[tuning.machine_key()]["a shape"]["choice"] == kept
 
 
-TUNE = ("import kernels; kernels.set_mode('auto'); "
-        "print(kernels.tuned_choice(3, 1, (1, 18, 18, 16), 16, 'float32', True))")
+TUNE = ("from kernels import convolution; "
+        "print(convolution.tuned_choice(3, 1, (1, 18, 18, 16), 16, 'float32', True))")
 
 
 def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path, monkeypatch, capsys, restore_mode):
@@ -181,19 +186,19 @@ def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path, mon
     data = json.loads(path.read_text())
     (machine, entries), = data.items()
     key = "3x3/1 16->16 1x18x18 float32 train"
-    assert set(entries[key]["seconds"]) == {"direct", "winograd", "winograd_gather", "space_to_depth", "banded"}
+    assert set(entries[key]["seconds"]) == {"direct", "winograd_gather", "space_to_depth", "banded"}
     # A second process takes the cached choice, whatever it is, without timing anything.
     entries[key]["choice"] = "space_to_depth" if first.stdout.strip() == "banded" else "banded"
     path.write_text(json.dumps(data))
     second = run()
     assert second.stdout.strip() == entries[key]["choice"] and "timing" not in second.stderr
     # Another processor, thread count or TensorFlow version is another key: timed again, both kept.
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setitem(kernels._state, "told", False)
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setitem(tuning._state, "told", False)
     path.write_text(json.dumps({machine.replace("TensorFlow", "TensorFlow 1.0 / was"): entries}))
     kernels.set_mode("auto")
-    kernels.tuned_choice(3, 1, (1, 18, 18, 16), 16, "float32", True)
+    convolution.tuned_choice(3, 1, (1, 18, 18, 16), 16, "float32", True)
     assert "timing each new shape" in capsys.readouterr().err
     assert len(json.loads(path.read_text())) == 2
 
@@ -203,23 +208,23 @@ def test_the_cache_is_reused_across_processes_and_keyed_by_machine(tmp_path, mon
                                                          (6, 4, 2, (1, 17, 12, 5), 0)])
 def test_every_candidate_gives_the_direct_convolution(filters, k, stride, shape, pad):
     # pad: x is reflect-padded first, as in the generator (folded into winograd_gather's gather).
-    x, kernel, bias = kernels._random_inputs(shape, (k, k, shape[3], filters), "float32")
+    x, kernel, bias = tuning._random_inputs(shape, (k, k, shape[3], filters), "float32")
     padded = (shape[0], shape[1] + 2 * pad, shape[2] + 2 * pad, shape[3])
-    options = kernels.candidates(k, stride, padded, filters, tf.float32)
+    options = convolution.candidates(k, stride, padded, filters, tf.float32)
     assert len(options) >= 2 and ("winograd_gather" in options) == (k == 3)
     for o in options:
-        want = kernels._conv_fn(None, stride, True, pad)(x, kernel, bias)
-        for got, ref in zip(kernels._conv_fn(o, stride, True, pad)(x, kernel, bias), want):
+        want = convolution._conv_fn(None, stride, True, pad)(x, kernel, bias)
+        for got, ref in zip(convolution._conv_fn(o, stride, True, pad)(x, kernel, bias), want):
             # Rounding relative to the values' scale (the kernel's gradient sums large terms).
             np.testing.assert_allclose(got, ref, atol=1e-5 * max(1.0, float(np.abs(ref).max())), err_msg=f"{o}")
-        np.testing.assert_allclose(kernels._conv_fn(o, stride, False, pad)(x, kernel, bias),
-                                   kernels._conv_fn(None, stride, False, pad)(x, kernel, bias), rtol=2e-5, atol=2e-5, err_msg=f"{o}")
+        np.testing.assert_allclose(convolution._conv_fn(o, stride, False, pad)(x, kernel, bias),
+                                   convolution._conv_fn(None, stride, False, pad)(x, kernel, bias), rtol=2e-5, atol=2e-5, err_msg=f"{o}")
 
 
 @pytest.mark.parametrize("static", [True, False])
 def test_winograd_gather_reads_through_the_reflect_padding(static, restore_mode, monkeypatch):
     # The layers as the residual block has them; the choice is given (timing is tested above).
-    monkeypatch.setattr(kernels, "tuned_choice", lambda k, stride, *rest: "winograd_gather")
+    monkeypatch.setattr(convolution, "tuned_choice", lambda k, stride, *rest: "winograd_gather")
     kernels.set_mode("auto")
     pad, conv = module.ReflectionPad2D(1), module.Conv2D(5, 3, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(5, 3)
@@ -244,8 +249,8 @@ def test_winograd_gather_reads_through_the_reflect_padding(static, restore_mode,
 
 
 def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, monkeypatch, tmp_path):
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "TUNE_ROUNDS", 2)      # which candidate wins does not matter here
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "TUNE_ROUNDS", 2)      # which candidate wins does not matter here
     G = module.resnet_generator(ngf=4, n_blocks=1)
     x = tf.constant(np.random.default_rng(1).uniform(-1, 1, (1, 20, 24, 3)).astype(np.float32))
 
@@ -269,7 +274,7 @@ def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, 
     scale = max(1.0, max(float(np.abs(d).max()) for d in grads_direct))
     for a, d in zip(grads_auto, grads_direct):
         np.testing.assert_allclose(a, d, atol=1e-4 * scale)
-    tuned = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    tuned = json.load(open(tuning.cache_path()))[tuning.machine_key()]
     assert any(k.endswith("train") for k in tuned) and any(k.endswith("convert") for k in tuned)
     # Convolutions after a reflect padding are timed with it (residual blocks 1, c7s1 layers 3).
     assert {"after reflect pad 1", "after reflect pad 3"} <= {k[k.find("after"):] for k in tuned}

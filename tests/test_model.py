@@ -8,9 +8,12 @@ import tensorflow as tf
 
 import export
 import kernels
+from kernels import convolution, tuning, winograd
 import model
+import translator
 import module
 import utils
+import image_io
 from conftest import SMALLEST, TINY, make_image
 
 
@@ -168,12 +171,12 @@ def test_unet_generator_trains_at_its_size_and_converts_any_size(tmp_path):
     # Conversion reflect-pads a 37x29 image to 128x128 and crops back; a checkpoint restores it.
     rgb = make_image(np.random.default_rng(3), 37, 29)
     fake = gan.translators["A2B"].translate_image(rgb, tile_size=8)      # never tiled: a U-Net
-    x = utils.pad_to_multiple(utils.to_float(rgb[None]), 128)
+    x = image_io.pad_to_multiple(image_io.to_float(rgb[None]), 128)
     assert x.shape[1:3] == (128, 128)
-    np.testing.assert_array_equal(fake, utils.to_uint8(gan.G_A2B(x)[0, :37, :29]))
+    np.testing.assert_array_equal(fake, image_io.to_uint8(gan.G_A2B(x)[0, :37, :29]))
     path = tf.train.Checkpoint(G_A2B=gan.G_A2B).save(str(tmp_path / "ckpt"))
     G = model.load_generators(path, model.architecture(args), ["A2B"])["A2B"]
-    np.testing.assert_array_equal(model.Translator(G).translate(rgb[None])[0], fake)
+    np.testing.assert_array_equal(translator.Translator(G).translate(rgb[None])[0], fake)
 
 
 def test_flags_reach_the_model():
@@ -235,7 +238,7 @@ def test_one_step_moves_every_variable_of_all_four_networks(tiny_gan):
 
 def test_cycle_loss_falls_when_overfitting_one_batch(tiny_gan):
     rng = np.random.default_rng(20)
-    A, B = (utils.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
+    A, B = (image_io.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
     names = list(model.LOSS_NAMES)
     cycle = lambda v: v[names.index("cycle_A")] + v[names.index("cycle_B")]
     first = cycle(tiny_gan.train_step(A, B).numpy())
@@ -280,12 +283,12 @@ def test_tiled_translation_equals_the_whole_image(tiny_gan):
 def test_translation_is_traced_once_per_batch_size_and_agrees_across_them(tiny_gan):
     # A batch of known size (instance norm image by image), one image, and the general graph of
     # any batch size (the export's) give the same pixels; sizes of image do not retrace.
-    t = model.Translator(tiny_gan.G_A2B)
+    t = translator.Translator(tiny_gan.G_A2B)
     rng = np.random.default_rng(3)
     images = np.stack([make_image(rng, 40, 24) for _ in range(3)])
     batched = t.translate(images).numpy().astype(int)
     one_by_one = np.stack([t.translate(image[None]).numpy()[0] for image in images]).astype(int)
-    general = tf.function(t.translate, input_signature=[model.image_spec(3)])(images).numpy().astype(int)
+    general = tf.function(t.translate, input_signature=[translator.image_spec(3)])(images).numpy().astype(int)
     for other in (one_by_one, general):
         assert np.abs(batched - other).max() <= 1
     t.translate(np.stack([make_image(rng, 17, 33) for _ in range(3)]))
@@ -301,15 +304,15 @@ def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, mo
     # width, so its convolutions and norms are timed at their real shapes; others share the
     # general graph.
     # Every graph gives the pixels of the fixed rules' general graph.
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "TUNE_ROUNDS", 2)     # which way wins does not matter here
-    monkeypatch.setattr(model, "SIZED_GRAPHS", 2)
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "TUNE_ROUNDS", 2)     # which way wins does not matter here
+    monkeypatch.setattr(translator, "SIZED_GRAPHS", 2)
     rng = np.random.default_rng(5)
     batches = [np.stack([make_image(rng, h, w) for _ in range(2)]) for h, w in ((20, 24), (28, 16), (24, 20))]
-    want = [model.Translator(tiny_gan.G_A2B).translate(b).numpy().astype(int) for b in batches]
+    want = [translator.Translator(tiny_gan.G_A2B).translate(b).numpy().astype(int) for b in batches]
     kernels.set_mode("auto")
     try:
-        t = model.Translator(tiny_gan.G_A2B)
+        t = translator.Translator(tiny_gan.G_A2B)
         for b, w in zip(batches, want):
             assert np.abs(t.translate(b).numpy().astype(int) - w).max() <= 1
         assert set(t._graphs) == {(2, None, None, tf.uint8)}   # each size met once: not worth a trace
@@ -318,7 +321,7 @@ def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, mo
     finally:
         kernels.set_mode(None)
     assert set(t._graphs) == {(2, 20, 24, tf.uint8), (2, 28, 16, tf.uint8), (2, None, None, tf.uint8)}
-    timed = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    timed = json.load(open(tuning.cache_path()))[tuning.machine_key()]
     # The halves of the batch (one image each), at the first size, the stem's 7x7 input.
     assert {"instance norm 1x20x24x8 float32 convert", "instance norm 1x28x16x8 float32 convert",
             "instance norm 1xanyxanyx8 float32 convert"} <= set(timed)
@@ -328,23 +331,23 @@ def test_a_sized_translation_slower_than_with_direct_convolutions_is_not_kept(ti
     # Every 3x3 convolution chosen as Winograd, made really slow (30 times the work): the graph
     # with Keras' own convolutions wins the graph's timing and is the one kept, and cached.
     from test_kernels import slow
-    monkeypatch.setenv(kernels.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(kernels, "_tuned", {})
-    monkeypatch.setattr(kernels, "winograd_conv", slow(kernels.winograd_conv))
-    monkeypatch.setattr(kernels, "tuned_choice", lambda k, stride, *rest: "winograd" if (k, stride) == (3, 1) else None)
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "_tuned", {})
+    monkeypatch.setattr(convolution, "winograd_gather_conv", slow(winograd.winograd_gather_conv))
+    monkeypatch.setattr(convolution, "tuned_choice", lambda k, stride, *rest: "winograd_gather" if (k, stride) == (3, 1) else None)
     rng = np.random.default_rng(6)
     images = np.stack([make_image(rng, 20, 24) for _ in range(2)])
-    want = model.Translator(tiny_gan.G_A2B).translate(images).numpy().astype(int)
+    want = translator.Translator(tiny_gan.G_A2B).translate(images).numpy().astype(int)
     kernels.set_mode("auto")
     try:
-        t = model.Translator(tiny_gan.G_A2B)
+        t = translator.Translator(tiny_gan.G_A2B)
         for _ in range(2):
             assert np.abs(t.translate(images).numpy().astype(int) - want).max() <= 1
     finally:
         kernels.set_mode(None)
     kept = t._graphs[2, 20, 24, tf.uint8].get_concrete_function().graph
     assert not any(op.type == "BatchMatMulV2" for op in kept.get_operations())      # Winograd's products
-    timed = json.load(open(kernels.cache_path()))[kernels.machine_key()]
+    timed = json.load(open(tuning.cache_path()))[tuning.machine_key()]
     (key, entry), = ((k, v) for k, v in timed.items() if k.startswith("translation"))
     assert key.endswith("2x20x24x3 uint8") and entry["choice"] == "direct convolutions"
     assert entry["seconds"]["tuned"] > entry["seconds"]["direct convolutions"]
@@ -392,8 +395,8 @@ def test_mixed_precision_trains_finite_and_translates_close_to_float32():
         assert w.dtype == tf.float32
         w.assign(v)
     rng = np.random.default_rng(50)
-    A, B = (utils.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
-    images = utils.to_uint8(A).numpy()
+    A, B = (image_io.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
+    images = image_io.to_uint8(A).numpy()
 
     def translation_diff():
         return np.abs(mixed.translators["A2B"].translate(images).numpy().astype(int)
@@ -428,7 +431,7 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     want_gradients = generator_gradients(direct)
     direct_graph = direct.train_step.get_concrete_function().graph
     want_images = direct.translators["A2B"].translate(images).numpy().astype(int)   # (one graph per batch size)
-    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
     wino = model.CycleGAN(**TINY, random_seed=7)
     copy_weights(direct, wino)
 
@@ -446,7 +449,7 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     np.testing.assert_allclose(wino.train_step(A, B).numpy(), direct.train_step(A, B).numpy(), rtol=1e-4, atol=1e-4)
     wino.train_step(A, B)
     assert wino.train_step.experimental_get_tracing_count() == direct.train_step.experimental_get_tracing_count() == 1
-    winograd = [op for op in wino.train_step.get_concrete_function().graph.get_operations()
+    products = [op for op in wino.train_step.get_concrete_function().graph.get_operations()
                 if op.type == "BatchMatMulV2" and op.inputs[0].shape[0] == 36]
-    assert len(winograd) >= 3 * 2 * 2 * TINY["n_blocks"]      # forward and two gradients, 2 convs per block, 2 generators
+    assert len(products) >= 3 * 2 * 2 * TINY["n_blocks"]      # forward and two gradients, 2 convs per block, 2 generators
     assert not any(op.type == "BatchMatMulV2" for op in direct_graph.get_operations())

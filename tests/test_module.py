@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import kernels
+from kernels import convolution, winograd
 import module
 
 
@@ -212,12 +212,12 @@ def conv_graph_ops(layer, x_spec):
     (6, 3, (2, 1), (1, 12, 9), True, "plain"),           # nor the strides
     (6, 3, 1, (2, 14, 10), True, "winograd"),           # 3x3, stride 1, sides 4k + 2: F(4x4, 3x3)
     (6, 3, 1, (1, 6, 18), True, "winograd"),            # one image, one row of tiles
-    (6, 3, 1, (1, 11, 9), True, "winograd"),            # other sides: zero-padded to 4k + 2, cropped
+    (6, 3, 1, (1, 11, 9), True, "winograd"),            # other sides: the last tiles read zeros, cropped
     (6, 3, 1, (2, 12, 9), False, "winograd"),           # sides unknown when traced (conversion)
     (2, 3, 1, (3, 3, 5), False, "winograd"),            # one output row
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path, monkeypatch):
-    monkeypatch.setattr(kernels, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
+    monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
     ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(filters, k, strides=stride)
     x = tf.constant(np.random.default_rng(filters).normal(size=(*shape, 5)), tf.float32)
@@ -246,24 +246,23 @@ def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride,
 
 
 def test_winograd_only_for_float32_3x3_stride_1_and_128_channels():
-    assert kernels.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.float32)
-    assert kernels.winograd_applies(3, 1, (None, 10, 6, 128), 128, "float32")      # batch may be unknown
-    assert kernels.winograd_applies(3, 1, (1, None, None, 256), 256, tf.float32)   # sides too (padded)
-    assert kernels.winograd_applies(3, 1, (1, 33, 3, 256), 256, tf.float32)        # padded
-    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 127), 256, tf.float32)   # few channels: direct
-    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 256), 64, tf.float32)
-    assert not kernels.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.bfloat16)  # mixed precision
-    assert not kernels.winograd_applies(3, 2, (1, 34, 66, 256), 256, tf.float32)
-    assert not kernels.winograd_applies(4, 1, (1, 34, 66, 256), 256, tf.float32)
-    assert not kernels.winograd_applies(3, 1, (1, 2, 66, 256), 256, tf.float32)    # no output row
-    assert [kernels.winograd_padding(side) for side in (34, 33, 32, 31, 3)] == [0, 1, 2, 3, 3]
+    assert winograd.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert winograd.winograd_applies(3, 1, (None, 10, 6, 128), 128, "float32")      # batch may be unknown
+    assert winograd.winograd_applies(3, 1, (1, None, None, 256), 256, tf.float32)   # sides too (padded)
+    assert winograd.winograd_applies(3, 1, (1, 33, 3, 256), 256, tf.float32)        # padded
+    assert not winograd.winograd_applies(3, 1, (1, 34, 66, 127), 256, tf.float32)   # few channels: direct
+    assert not winograd.winograd_applies(3, 1, (1, 34, 66, 256), 64, tf.float32)
+    assert not winograd.winograd_applies(3, 1, (1, 34, 66, 256), 256, tf.bfloat16)  # mixed precision
+    assert not winograd.winograd_applies(3, 2, (1, 34, 66, 256), 256, tf.float32)
+    assert not winograd.winograd_applies(4, 1, (1, 34, 66, 256), 256, tf.float32)
+    assert not winograd.winograd_applies(3, 1, (1, 2, 66, 256), 256, tf.float32)    # no output row
     # The reference generator's residual convolutions run as Winograd from ngf 32 up (128 channels).
     for ngf, expected in ((64, True), (32, True), (16, False)):
         conv = module.residual_conv(module.resnet_generator(ngf, 2))
-        assert (kernels.conv_rewrite(conv, (1, 34, 34, 4 * ngf), tf.float32) == "winograd") == expected
+        assert (convolution.conv_rewrite(conv, (1, 34, 34, 4 * ngf), tf.float32) == "winograd_gather") == expected
 
 
-def test_winograd_conv_matches_direct_convolution_at_generator_scale():
+def test_winograd_matches_direct_convolution_at_generator_scale():
     """Rounding on the residual blocks' shape (256 channels, values and weights as in training):
     Winograd's transforms scale values by up to 100 and back; the error stays ~1e-5 of the scale."""
     rng = np.random.default_rng(3)
@@ -280,6 +279,6 @@ def test_winograd_conv_matches_direct_convolution_at_generator_scale():
         return [y] + tape.gradient(loss, [x, kernel, bias])
 
     direct = run(lambda x, k, b: tf.nn.conv2d(x, k, 1, "VALID") + b)
-    for got, want in zip(run(kernels.winograd_conv), direct):
+    for got, want in zip(run(winograd.winograd_gather_conv), direct):
         scale = float(tf.reduce_max(tf.abs(want)))
         assert float(tf.reduce_max(tf.abs(got - want))) < 3e-5 * scale

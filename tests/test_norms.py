@@ -9,8 +9,9 @@ import tensorflow as tf
 
 import convert
 import model
+import translator
 import module
-import utils
+import image_io
 from conftest import make_image
 
 # (official name, norm): trainable parameters of the official networks (ngf/ndf 64), counted once
@@ -93,28 +94,28 @@ def test_batch_norm_translation_per_image_tiled_and_with_running_statistics(tmp_
     for seed in range(3):  # running statistics away from 0 and 1
         G(tf.random.uniform([2, 24, 24, 3], -1, 0.5, seed=seed), training=True)
     rgb = np.stack([make_image(np.random.default_rng(s), 20, 28) for s in (5, 6)])
-    translator = model.Translator(G)
-    fakes = translator.translate(rgb).numpy()
+    t = translator.Translator(G)
+    fakes = t.translate(rgb).numpy()
     for image, fake in zip(rgb, fakes):   # each image alone in training mode: test.py without --eval
-        alone = G(utils.pad_to_multiple(utils.to_float(image[None])), training=True)[0, :20, :28]
-        assert np.abs(fake.astype(int) - utils.to_uint8(alone).numpy()).max() <= 1
-        np.testing.assert_allclose(translator.translate_image(image, tile_size=8), fake, atol=1)
+        alone = G(image_io.pad_to_multiple(image_io.to_float(image[None])), training=True)[0, :20, :28]
+        assert np.abs(fake.astype(int) - image_io.to_uint8(alone).numpy()).max() <= 1
+        np.testing.assert_allclose(t.translate_image(image, tile_size=8), fake, atol=1)
     # convert.py --eval from a run folder: the running statistics, tiled or whole.
     run = tmp_path / "run"
     tf.train.Checkpoint(G_A2B=G).save(str(run / "cyclegan.ckpt"))
     (run / "config.json").write_text(json.dumps({"architecture": architecture, "directions": ["A2B"]}))
     os.makedirs(tmp_path / "in")
     for i, image in enumerate(rgb):
-        utils.write_image(str(tmp_path / "in" / f"{i}.png"), image)
+        image_io.write_image(str(tmp_path / "in" / f"{i}.png"), image)
     outputs = {}
     for flags in ([], ["--eval"]):
         out = tmp_path / f"out{len(flags)}"
         assert convert.main(["--model_filepath", str(run), "--img_dir", str(tmp_path / "in"),
                              "--output_dir", str(out), "--cpu_kernels", "direct", *flags]) == 0
-        outputs[tuple(flags)] = np.stack([utils.read_image(str(out / f"{i}.png")) for i in range(2)])
+        outputs[tuple(flags)] = np.stack([image_io.read_image(str(out / f"{i}.png")) for i in range(2)])
     np.testing.assert_array_equal(outputs[()], fakes)
     module.use_running_statistics(G)
-    evaluated = model.Translator(G).translate(rgb).numpy()
+    evaluated = translator.Translator(G).translate(rgb).numpy()
     np.testing.assert_array_equal(outputs[("--eval",)], evaluated)
     assert np.abs(evaluated.astype(int) - fakes).max() > 10
-    np.testing.assert_allclose(model.Translator(G).translate_image(rgb[0], tile_size=8), evaluated[0], atol=1)
+    np.testing.assert_allclose(translator.Translator(G).translate_image(rgb[0], tile_size=8), evaluated[0], atol=1)

@@ -18,8 +18,10 @@ import pytest
 import convert
 import download
 import model
+import translator
 import pretrained
-import utils
+import files
+import image_io
 from test_download import server  # noqa: F401 - the local HTTP server fixture
 
 PTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pth")
@@ -30,7 +32,7 @@ LEGACY_FILE = os.path.join(PTH, "resnet_ngf8_2blocks_legacy.pth")
 @pytest.fixture(scope="module")
 def torch_io():
     """The fixtures' 176x256 input and PyTorch's translation of it (uint8)."""
-    return utils.read_image(os.path.join(PTH, "input.png")), utils.read_image(os.path.join(PTH, "output.png"))
+    return image_io.read_image(os.path.join(PTH, "input.png")), image_io.read_image(os.path.join(PTH, "output.png"))
 
 
 def grey_levels(a, b):
@@ -42,7 +44,7 @@ def test_both_formats_translate_as_pytorch_does(path, torch_io):
     G, architecture = pretrained.resnet_generator(path)
     assert architecture == {"ngf": 8, "n_blocks": 2, "channels": 3}
     rgb, want = torch_io
-    assert grey_levels(model.Translator(G).translate(rgb[None])[0], want) <= 1
+    assert grey_levels(translator.Translator(G).translate(rgb[None])[0], want) <= 1
 
 
 def test_both_formats_hold_the_same_tensors():
@@ -177,7 +179,7 @@ def test_download_pretrained_resumes_then_converts_and_exports(server, tmp_path,
     assert download.main(["--pretrained", "horse2zebra", *flags]) == 0
     assert server.cfg["requests"][-1] == ("/horse2zebra.pth", f"bytes={have}-")
     run_dir = tmp_path / "model" / "horse2zebra_pretrained"
-    config = utils.load_json(str(run_dir / "config.json"))
+    config = files.load_json(str(run_dir / "config.json"))
     assert config["directions"] == ["A2B"] and config["pretrained"]["sha256"] == pretrained.sha256(ZIP_FILE)
     capsys.readouterr()
 
@@ -185,11 +187,11 @@ def test_download_pretrained_resumes_then_converts_and_exports(server, tmp_path,
     rgb, want = torch_io
     images = tmp_path / "in"
     images.mkdir()
-    utils.write_image(str(images / "x.png"), rgb)
+    image_io.write_image(str(images / "x.png"), rgb)
     out, exported = tmp_path / "out", tmp_path / "export"
     assert convert.main(["--model_filepath", str(run_dir), "--img_dir", str(images), "--output_dir", str(out),
                          "--export_dir", str(exported)]) == 0
-    assert grey_levels(utils.read_image(str(out / "x.png")), want) <= 1
+    assert grey_levels(image_io.read_image(str(out / "x.png")), want) <= 1
     import tensorflow as tf
     signatures = tf.saved_model.load(str(exported)).signatures
     assert list(signatures) == ["A2B"]
@@ -223,10 +225,10 @@ def test_convert_takes_a_pth_file_for_the_direction_asked(tmp_path, torch_io):
     rgb, want = torch_io
     images = tmp_path / "in"
     images.mkdir()
-    utils.write_image(str(images / "x.png"), rgb)
+    image_io.write_image(str(images / "x.png"), rgb)
     # latest_net_G_B.pth of an official run translates B to A: the file serves the direction asked.
     assert convert.main(["--model_filepath", LEGACY_FILE, "--img_dir", str(images), "--output_dir",
                          str(tmp_path / "out"), "--conversion_direction", "B2A"]) == 0
-    assert grey_levels(utils.read_image(str(tmp_path / "out" / "x.png")), want) <= 1
+    assert grey_levels(image_io.read_image(str(tmp_path / "out" / "x.png")), want) <= 1
     assert convert.main(["--model_filepath", LEGACY_FILE, "--img_dir", str(images), "--output_dir",
                          str(tmp_path / "out2"), "--save_cycle"]) == 1

@@ -12,6 +12,9 @@ import tensorflow as tf
 import model
 import train
 from conftest import TINY, TINY_FLAGS
+import animation
+import files
+import image_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,8 +45,7 @@ def full_run(dataset_dirs, tmp_path_factory):
 
 
 def test_run_folder_describes_itself(full_run, dataset_dirs):
-    import utils
-    config = utils.load_json(str(full_run / "config.json"))
+    config = files.load_json(str(full_run / "config.json"))
     assert config["architecture"] == {**TINY, "netG": "resnet", "n_layers_D": 3, "netD": "basic", "norm": "instance", "dropout": False, "input_nc": 3, "output_nc": 3, "pool_size": 3,
                                       "train_size": [32, 32]}
     assert config["steps_per_epoch"] == 6 and config["lambda_cycle"] == 10.0
@@ -60,9 +62,9 @@ def test_run_folder_describes_itself(full_run, dataset_dirs):
         out = sorted(os.listdir(full_run / "validation" / "epoch_002" / direction))
         assert out == sorted(os.listdir(dataset_dirs / side))
         assert os.listdir(full_run / "progress" / direction) == ["img000.gif"]
-        assert len(utils.read_animation(str(full_run / "progress" / direction / "img000.gif"))[0]) == 2
-    shape = utils.read_image(str(full_run / "validation/epoch_002/A2B/img001.png")).shape
-    assert shape == utils.read_image(str(dataset_dirs / "testA/img001.png")).shape
+        assert len(animation.read_animation(str(full_run / "progress" / direction / "img000.gif"))[0]) == 2
+    shape = image_io.read_image(str(full_run / "validation/epoch_002/A2B/img001.png")).shape
+    assert shape == image_io.read_image(str(dataset_dirs / "testA/img001.png")).shape
 
 
 def test_tensorboard_has_losses_learning_rate_and_images(full_run):
@@ -75,7 +77,6 @@ def test_tensorboard_has_losses_learning_rate_and_images(full_run):
 
 
 def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs, tmp_path, capsys):
-    import utils
     # 1 epoch, then the same command again after the schedule was extended: constant lr
     # in both, so both runs see identical learning rates. The first also scores its validation
     # images (--eval_every), which the resume no longer asks for.
@@ -96,7 +97,7 @@ def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs
     notice = [line for line in err if line.startswith("resuming with changes")]
     assert len(notice) == 1 and "n_epochs 1 -> 2" in notice[0] and "eval_every 1 -> 0" in notice[0]
     assert train.main(later) == 0  # nothing changed: no new entry
-    config = utils.load_json(str(tmp_path / "config.json"))
+    config = files.load_json(str(tmp_path / "config.json"))
     assert config["n_epochs"] == 1 and config["eval_every"] == 1 and len(config["history"]) == 1
     entry = config["history"][0]
     assert entry["epoch"] == 1 and entry["step"] == 6
@@ -109,7 +110,7 @@ def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs
     assert float(rows[0]["A2B_cycle_l1"]) > 0 and rows[1]["A2B_cycle_l1"] == ""
     # The training images were decoded at the first start only; the verdicts are in the run folder.
     assert any(line.startswith("training images: 11 unchanged since the last start") for line in err)
-    assert len(utils.load_json(str(tmp_path / "image_check.json"))) == 11
+    assert len(files.load_json(str(tmp_path / "image_check.json"))) == 11
 
 
 def test_interrupted_mid_epoch_resumes_exactly(full_run, dataset_dirs, tmp_path, monkeypatch, capsys):
@@ -308,7 +309,6 @@ def test_full_disk_ends_the_run_in_one_line_and_keeps_the_last_checkpoint(datase
 
 def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
     import convert
-    import utils
     from conftest import SMALLEST_FLAGS, write_images
     # 2:1 pictures: --preprocess scale_width trains on the whole of them, 32x64.
     data = tmp_path / "data"
@@ -322,7 +322,7 @@ def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
             "--n_epochs_decay", "1", "--progress_images", "1"]
     os.rename(data, tmp_path / "x")
     assert train.main(argv) == 0
-    config = utils.load_json(str(run / "config.json"))
+    config = files.load_json(str(run / "config.json"))
     # BtoA: the model's domain A is trainB (4 of its 5 images: --max_dataset_size), B is trainA.
     assert (config["images_A"], config["images_B"], config["steps_per_epoch"]) == (4, 2, 4)
     assert config["architecture"]["train_size"] == [32, 64] and config["direction"] == "BtoA"
@@ -334,7 +334,7 @@ def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
     assert tf.train.load_checkpoint(str(run)).get_tensor(
         "pool_A_images/.ATTRIBUTES/VARIABLE_VALUE").shape == (2, 32, 64, 3)
     # testB is the model's A: its validation images translate A2B, at their own size.
-    assert utils.read_image(str(run / "validation/epoch_002/A2B/img000.png")).shape == (20, 28, 3)
+    assert image_io.read_image(str(run / "validation/epoch_002/A2B/img000.png")).shape == (20, 28, 3)
     assert os.listdir(run / "progress") == ["A2B"]
     capsys.readouterr()
     # Resuming with another size of training images, or another --epoch_count, is refused in one line.

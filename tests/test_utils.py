@@ -7,6 +7,11 @@ import numpy as np
 import pytest
 
 import utils
+import animation
+import data
+import files
+import image_io
+import progress
 from conftest import make_image, write_images
 
 
@@ -25,55 +30,55 @@ def test_reads_gray_alpha_16bit_and_any_case(tmp_path, rgb):
     cv2.imwrite(str(tmp_path / "pic.bmp"), bgr)
     cv2.imwrite(str(tmp_path / "pic.webp"), bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])
     (tmp_path / "notes.txt").write_text("not an image")
-    paths = utils.list_images(str(tmp_path))
+    paths = image_io.list_images(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == [
         "alpha.PNG", "deep.png", "gray.png", "photo.JPG", "pic.bmp", "pic.webp"]
     for p in paths:
-        img = utils.read_image(p)
+        img = image_io.read_image(p)
         assert img.shape == (20, 30, 3) and img.dtype == np.uint8, p
-    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "gray.png"))[..., 0], gray)
+    np.testing.assert_array_equal(image_io.read_image(str(tmp_path / "gray.png"))[..., 0], gray)
     for exact in ("alpha.PNG", "deep.png", "pic.bmp", "pic.webp"):
-        np.testing.assert_array_equal(utils.read_image(str(tmp_path / exact)), rgb)
+        np.testing.assert_array_equal(image_io.read_image(str(tmp_path / exact)), rgb)
 
 
 @pytest.mark.parametrize("content,reason", [(b"", "empty file"), (b"\xff\xd8\xff garbage", "not a decodable image")])
 def test_bad_files_raise_one_line_naming_the_file(tmp_path, content, reason):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
-    with pytest.raises(utils.ImageError) as e:
-        utils.read_image(str(path))
+    with pytest.raises(image_io.ImageError) as e:
+        image_io.read_image(str(path))
     assert str(path) in str(e.value) and reason in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_file_and_folders(tmp_path):
-    with pytest.raises(utils.ImageError, match="cannot be read"):
-        utils.read_image(str(tmp_path / "nope.png"))
+    with pytest.raises(image_io.ImageError, match="cannot be read"):
+        image_io.read_image(str(tmp_path / "nope.png"))
     with pytest.raises(utils.UserError, match="no such folder"):
-        utils.list_images(str(tmp_path / "nope"))
+        image_io.list_images(str(tmp_path / "nope"))
     with pytest.raises(utils.UserError, match="no images"):
-        utils.list_images(str(tmp_path))
+        image_io.list_images(str(tmp_path))
 
 
 def test_check_images_remembers_each_file_and_checks_changed_and_new_ones(tmp_path, capsys, monkeypatch):
     paths = write_images(str(tmp_path), 3, seed=1)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     decoded = []
-    real_read = utils.read_image
-    monkeypatch.setattr(utils, "read_image",
+    real_read = image_io.read_image
+    monkeypatch.setattr(image_io, "read_image",
                         lambda path, *rest: decoded.append(os.path.basename(path)) or real_read(path, *rest))
     cache = {}
-    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 0)
+    assert data.check_images(image_io.list_images(str(tmp_path)), cache) == (paths, 0)
     assert sorted(decoded) == ["broken.png", "img000.png", "img001.png", "img002.png"]
     # A restart: nothing decoded, the broken file still named.
     decoded.clear()
     capsys.readouterr()
-    assert utils.check_images(utils.list_images(str(tmp_path)), cache) == (paths, 4) and decoded == []
+    assert data.check_images(image_io.list_images(str(tmp_path)), cache) == (paths, 4) and decoded == []
     assert "broken.png" in capsys.readouterr().err
     # A file rewritten (now broken) and a new one are decoded; the others are not.
     (tmp_path / "img001.png").write_bytes(b"now broken too")
     write_images(str(tmp_path / "more"), 1, seed=2)
     os.rename(tmp_path / "more" / "img000.png", tmp_path / "new.png")
-    kept, cached = utils.check_images(utils.list_images(str(tmp_path)), cache)
+    kept, cached = data.check_images(image_io.list_images(str(tmp_path)), cache)
     assert sorted(decoded) == ["img001.png", "new.png"] and cached == 3
     assert kept == [paths[0], paths[2], str(tmp_path / "new.png")]
     assert "img001.png" in capsys.readouterr().err
@@ -82,23 +87,23 @@ def test_check_images_remembers_each_file_and_checks_changed_and_new_ones(tmp_pa
 def test_check_images_skips_broken_files_with_a_warning(tmp_path, capsys):
     good = write_images(str(tmp_path), 2, seed=1)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    kept, cached = utils.check_images(utils.list_images(str(tmp_path)))
+    kept, cached = data.check_images(image_io.list_images(str(tmp_path)))
     assert kept == good and cached == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.png" in err[0] and err[0].startswith("warning:")
     # read_images: the same paths and their pictures, from one decode each.
-    paths, images = utils.read_images(utils.list_images(str(tmp_path)))
+    paths, images = data.read_images(image_io.list_images(str(tmp_path)))
     assert paths == good and len(images) == 2
     for path, image in zip(paths, images):
-        np.testing.assert_array_equal(image, utils.read_image(path))
+        np.testing.assert_array_equal(image, image_io.read_image(path))
 
 
 def test_write_image_keeps_format_and_leaves_no_temporary_file(tmp_path, rgb):
     for name in ("out.png", "out.jpg"):
-        utils.write_image(str(tmp_path / name), rgb)
+        image_io.write_image(str(tmp_path / name), rgb)
     assert sorted(os.listdir(tmp_path)) == ["out.jpg", "out.png"]
-    np.testing.assert_array_equal(utils.read_image(str(tmp_path / "out.png")), rgb)
-    assert np.abs(utils.read_image(str(tmp_path / "out.jpg")).astype(int) - rgb).mean() < 3
+    np.testing.assert_array_equal(image_io.read_image(str(tmp_path / "out.png")), rgb)
+    assert np.abs(image_io.read_image(str(tmp_path / "out.jpg")).astype(int) - rgb).mean() < 3
 
 
 def test_outputs_and_folders_get_the_usual_permissions(tmp_path, rgb):
@@ -107,27 +112,27 @@ def test_outputs_and_folders_get_the_usual_permissions(tmp_path, rgb):
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
     old = os.umask(0o022)
     try:
-        utils.write_image(str(tmp_path / "out.png"), rgb)
-        utils.save_json(str(tmp_path / "config.json"), {"a": 1})
-        folder = utils.make_temp_dir(str(tmp_path / "sub"), ".tmp-")
+        image_io.write_image(str(tmp_path / "out.png"), rgb)
+        files.save_json(str(tmp_path / "config.json"), {"a": 1})
+        folder = files.make_temp_dir(str(tmp_path / "sub"), ".tmp-")
         assert (mode(tmp_path / "out.png"), mode(tmp_path / "config.json"), mode(folder)) == (0o644, 0o644, 0o755)
     finally:
         os.umask(old)
 
 
 def test_pixel_range_round_trip(rgb):
-    x = np.asarray(utils.to_float(rgb))
+    x = np.asarray(image_io.to_float(rgb))
     assert x.min() >= -1 and x.max() <= 1
-    np.testing.assert_array_equal(utils.to_uint8(x), rgb)
-    np.testing.assert_array_equal(utils.to_uint8(np.array([-2.0, 0.0, 2.0])), [0, 128, 255])
+    np.testing.assert_array_equal(image_io.to_uint8(x), rgb)
+    np.testing.assert_array_equal(image_io.to_uint8(np.array([-2.0, 0.0, 2.0])), [0, 128, 255])
 
 
 @pytest.mark.parametrize("shape,padded", [((17, 9), (20, 12)), ((4, 3), (8, 8)), ((1, 5), (8, 8)),
                                           ((2, 1), (8, 8)), ((32, 32), (32, 32))])
 def test_pad_to_multiple(shape, padded):
     img = np.arange(np.prod(shape) * 3, dtype=np.float32).reshape(1, *shape, 3)
-    out = np.asarray(utils.pad_to_multiple(img))
-    assert out.shape[1:3] == padded == (utils.padded_size(shape[0]), utils.padded_size(shape[1]))
+    out = np.asarray(image_io.pad_to_multiple(img))
+    assert out.shape[1:3] == padded == (image_io.padded_size(shape[0]), image_io.padded_size(shape[1]))
     np.testing.assert_array_equal(out[:, :shape[0], :shape[1]], img)
     if min(shape) > 4:  # one reflection: the same as NumPy's
         want = np.pad(img, ((0, 0), (0, padded[0] - shape[0]), (0, padded[1] - shape[1]), (0, 0)), mode="reflect")
@@ -135,9 +140,9 @@ def test_pad_to_multiple(shape, padded):
 
 
 def test_epoch_order_pairs_every_A_and_is_seeded():
-    a1, b1, s1 = utils.epoch_order(4, 7, epoch=1, random_seed=0)
-    a2, b2, s2 = utils.epoch_order(4, 7, epoch=1, random_seed=0)
-    a3, _, _ = utils.epoch_order(4, 7, epoch=2, random_seed=0)
+    a1, b1, s1 = data.epoch_order(4, 7, epoch=1, random_seed=0)
+    a2, b2, s2 = data.epoch_order(4, 7, epoch=1, random_seed=0)
+    a3, _, _ = data.epoch_order(4, 7, epoch=2, random_seed=0)
     assert len(a1) == 7 and set(a1) == {0, 1, 2, 3} and b1.max() < 7
     np.testing.assert_array_equal(a1, a2)
     np.testing.assert_array_equal(b1, b2)
@@ -146,31 +151,31 @@ def test_epoch_order_pairs_every_A_and_is_seeded():
 
 
 def test_dataset_batches_shapes_range_and_resume(dataset_dirs):
-    paths_A = utils.list_images(str(dataset_dirs / "trainA"))
-    paths_B = utils.list_images(str(dataset_dirs / "trainB"))
-    ds, steps = utils.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
+    paths_A = image_io.list_images(str(dataset_dirs / "trainA"))
+    paths_B = image_io.list_images(str(dataset_dirs / "trainB"))
+    ds, steps = data.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
     batches = list(ds)
     assert steps == 3 and len(batches) == 3
     for a, b in batches:
         assert a.shape == (2, 32, 32, 3) and b.shape == (2, 32, 32, 3)
         assert float(np.min(a)) >= -1 and float(np.max(a)) <= 1
-    again, _ = utils.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
+    again, _ = data.make_dataset(paths_A, paths_B, 1, 0, load_size=36, crop_size=32, batch_size=2)
     np.testing.assert_array_equal(list(again)[1][0], batches[1][0])
-    resumed, _ = utils.make_dataset(paths_A, paths_B, 1, 0, 36, 32, batch_size=2, skip_steps=1)
+    resumed, _ = data.make_dataset(paths_A, paths_B, 1, 0, 36, 32, batch_size=2, skip_steps=1)
     np.testing.assert_array_equal(list(resumed)[0][1], batches[1][1])
 
 
 def test_small_images_are_resized_up_to_the_crop(tmp_path):
     paths = write_images(str(tmp_path), 1, seed=5, sizes=((10, 12),))
-    ds, _ = utils.make_dataset(paths, paths, 1, 0, load_size=16, crop_size=32, flip=False)
+    ds, _ = data.make_dataset(paths, paths, 1, 0, load_size=16, crop_size=32, flip=False)
     a, _ = next(iter(ds))
     assert a.shape == (1, 32, 32, 3)
 
 
 def first_image(paths, **kwargs):
     """The first A image of epoch 1 of a one-folder dataset, unflipped, as uint8."""
-    ds, _ = utils.make_dataset(paths, paths, 1, 0, flip=False, **kwargs)
-    return utils.to_uint8(next(iter(ds))[0][0]).numpy()
+    ds, _ = data.make_dataset(paths, paths, 1, 0, flip=False, **kwargs)
+    return image_io.to_uint8(next(iter(ds))[0][0]).numpy()
 
 
 def windows_equal_to(image, part):
@@ -183,8 +188,8 @@ def windows_equal_to(image, part):
 def test_scale_width_keeps_a_2_to_1_image_in_proportion_and_can_crop_it(tmp_path):
     import tensorflow as tf
     paths = write_images(str(tmp_path), 1, seed=6, sizes=((40, 80),))
-    rgb = utils.read_image(paths[0])
-    size = utils.training_size(paths, utils.image_sizes(paths, {}), "scale_width", 48, 16)
+    rgb = image_io.read_image(paths[0])
+    size = data.training_size(paths, data.image_sizes(paths, {}), "scale_width", 48, 16)
     assert size == (24, 48)
     scaled = first_image(paths, load_size=48, crop_size=16, preprocess="scale_width", size=size)
     assert scaled.shape == (24, 48, 3)  # the whole picture at half size, not a square of it
@@ -192,44 +197,44 @@ def test_scale_width_keeps_a_2_to_1_image_in_proportion_and_can_crop_it(tmp_path
     cropped = first_image(paths, load_size=48, crop_size=16, preprocess="scale_width_and_crop")
     assert cropped.shape == (16, 16, 3) and windows_equal_to(scaled, cropped)
     # The official __scale_width: the height is at least the crop, so a small load_size changes the shape.
-    assert [int(v) for v in utils.resized_size(40, 80, "scale_width", 16, 16)] == [16, 16]
-    assert tf.is_tensor(utils.resized_size(tf.constant(40), tf.constant(80), "scale_width_and_crop", 48, 16)[0])
+    assert [int(v) for v in data.resized_size(40, 80, "scale_width", 16, 16)] == [16, 16]
+    assert tf.is_tensor(data.resized_size(tf.constant(40), tf.constant(80), "scale_width_and_crop", 48, 16)[0])
 
 
 def test_crop_cuts_the_image_at_its_own_size(tmp_path):
     paths = write_images(str(tmp_path), 1, seed=7, sizes=((40, 48),))
     cut = first_image(paths, load_size=64, crop_size=32, preprocess="crop")
-    assert cut.shape == (32, 32, 3) and len(windows_equal_to(utils.read_image(paths[0]), cut)) == 1
+    assert cut.shape == (32, 32, 3) and len(windows_equal_to(image_io.read_image(paths[0]), cut)) == 1
 
 
 def test_preprocessed_sizes_that_cannot_train_are_one_line_naming_the_file(tmp_path):
     paths = write_images(str(tmp_path), 3, seed=8, sizes=((40, 80), (20, 40), (40, 40)))
-    sizes = utils.image_sizes(paths, {})
-    assert utils.training_size(paths[:2], sizes[:2], "scale_width", 32, 16) == (16, 32)
+    sizes = data.image_sizes(paths, {})
+    assert data.training_size(paths[:2], sizes[:2], "scale_width", 32, 16) == (16, 32)
     with pytest.raises(utils.UserError) as e:
-        utils.training_size(paths, sizes, "scale_width", 32, 16)
+        data.training_size(paths, sizes, "scale_width", 32, 16)
     assert str(e.value).startswith(paths[2] + ": --preprocess scale_width makes it 32x32 (height x width) but "
                                    + paths[0] + " 16x32") and "\n" not in str(e.value)
     with pytest.raises(utils.UserError, match=f"{paths[1]}: 20x40 .* smaller than --crop_size 32"):
-        utils.training_size(paths, sizes, "crop", 286, 32)
+        data.training_size(paths, sizes, "crop", 286, 32)
     # none: each side to the nearest multiple of 4, half to even as Python's round.
-    assert utils.training_size(paths[:1], [(42, 50)], "none", 286, 256) == (40, 48)
-    assert utils.training_size(paths[:1], [(46, 54)], "none", 286, 256) == (48, 56)
+    assert data.training_size(paths[:1], [(42, 50)], "none", 286, 256) == (40, 48)
+    assert data.training_size(paths[:1], [(46, 54)], "none", 286, 256) == (48, 56)
 
 
 def test_serial_batches_pair_the_sorted_images_in_order(tmp_path):
     paths_A = write_images(str(tmp_path / "A"), 3, seed=9, sizes=((40, 48),))
     paths_B = write_images(str(tmp_path / "B"), 2, seed=10, sizes=((40, 48),))
-    idx_A, idx_B, seeds = utils.epoch_order(3, 2, epoch=1, random_seed=0, serial=True)
+    idx_A, idx_B, seeds = data.epoch_order(3, 2, epoch=1, random_seed=0, serial=True)
     assert list(idx_A) == [0, 1, 2] and list(idx_B) == [0, 1, 0]
-    np.testing.assert_array_equal(seeds, utils.epoch_order(3, 2, epoch=1, random_seed=0)[2])
-    ds, steps = utils.make_dataset(paths_A, paths_B, 1, 0, 286, 256, flip=False, preprocess="none",
+    np.testing.assert_array_equal(seeds, data.epoch_order(3, 2, epoch=1, random_seed=0)[2])
+    ds, steps = data.make_dataset(paths_A, paths_B, 1, 0, 286, 256, flip=False, preprocess="none",
                                    size=(40, 48), serial=True)
-    got = [(utils.to_uint8(a[0]).numpy(), utils.to_uint8(b[0]).numpy()) for a, b in ds]
+    got = [(image_io.to_uint8(a[0]).numpy(), image_io.to_uint8(b[0]).numpy()) for a, b in ds]
     assert steps == 3 and len(got) == 3
     for (a, b), i, j in zip(got, [0, 1, 2], [0, 1, 0]):  # none keeps a 40x48 image as it is
-        np.testing.assert_array_equal(a, utils.read_image(paths_A[i]))
-        np.testing.assert_array_equal(b, utils.read_image(paths_B[j]))
+        np.testing.assert_array_equal(a, image_io.read_image(paths_A[i]))
+        np.testing.assert_array_equal(b, image_io.read_image(paths_B[j]))
 
 
 def test_requirements_state_a_floor_that_the_installed_packages_meet():
@@ -255,18 +260,18 @@ def test_requirements_state_a_floor_that_the_installed_packages_meet():
 
 def test_frames_appended_to_a_gif_leave_its_bytes_and_decode_as_one_encoding(tmp_path):
     rng = np.random.default_rng(3)
-    frames = [utils.label(make_image(rng, 40, 48), f"epoch {i}") for i in range(4)]
+    frames = [progress.label(make_image(rng, 40, 48), f"epoch {i}") for i in range(4)]
     path = str(tmp_path / "progress.gif")
     sizes = []
     for frame in frames:
         before = open(path, "rb").read() if os.path.exists(path) else b""
-        utils.append_animation_frame(path, frame, 300)
+        animation.append_animation_frame(path, frame, 300)
         after = open(path, "rb").read()
         assert after.startswith(before[:-1])  # the frames already there are not re-encoded
         sizes.append(len(after))
-    utils.write_animation(str(tmp_path / "whole.gif"), frames, [300] * 4)
-    got, durations, loop = utils.read_animation(path)
-    want, _, _ = utils.read_animation(str(tmp_path / "whole.gif"))
+    animation.write_animation(str(tmp_path / "whole.gif"), frames, [300] * 4)
+    got, durations, loop = animation.read_animation(path)
+    want, _, _ = animation.read_animation(str(tmp_path / "whole.gif"))
     assert durations == [300] * 4 and loop == 0 and len(got) == 4
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
