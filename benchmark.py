@@ -14,7 +14,6 @@ backward pass as 2 forwards. Beside it, the executed count: what the matmuls of 
 run as Winograd F(4x4, 3x3) really multiply (see executed_conv_flops). The peak is a large
 float32 matmul (NumPy's BLAS), run here.
 """
-import argparse
 import collections
 import glob
 import json
@@ -37,31 +36,14 @@ import tensorflow as tf
 import export
 import devices
 import model
+import options
 import translator
 import module
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Time training and conversion; compare with this machine's peak.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    model.add_model_flags(p)
-    g = p.add_argument_group("benchmark")
-    g.add_argument("--iters", type=int, default=5, help="timed training iterations (after 2 untimed)")
-    g.add_argument("--convert_iters", type=int, default=5, help="timed conversion batches (after 2 untimed)")
-    g.add_argument("--convert_batch_size", type=int, default=model.CONVERT_BATCH_SIZE,
-                   help="images per conversion batch (convert.py's --batch_size default)")
-    g.add_argument("--pipeline_images", type=int, default=200, help="images decoded to time the input pipeline")
-    g.add_argument("--img_A_dir", help="time real images of domain A (default: synthetic JPEGs)")
-    g.add_argument("--img_B_dir", help="time real images of domain B")
-    g.add_argument("--profile", action="store_true",
-                   help="profile one more training step and report the time of each TensorFlow op type")
-    g.add_argument("--deploy", action="store_true",
-                   help="instead: export one generator in every --export_format and time each runtime on one image")
-    g.add_argument("--ceiling", action="store_true",
-                   help="also time the generator's residual convolution alone (forward, input and weight "
-                        "gradients) against the matmul peak: what TensorFlow's kernels reach here")
-    utils.add_verbose_flag(p)
-    return p
+    return options.parser("benchmark", "Time training and conversion; compare with this machine's peak.",
+                          methods=model.METHODS, one_line_errors=False)
 
 
 def conv_flops(layer, input_shape, output_shape):
@@ -107,7 +89,7 @@ def generator_flops(G, size, dtype="float32"):
             per_image, per_call = per_image + image, per_call + call
         return y
 
-    module.run_layers(G, tf.zeros([1, size, size, 3]), apply)
+    translator.run_layers(G, tf.zeros([1, size, size, 3]), apply)
     return total, per_image, per_call
 
 
@@ -257,7 +239,7 @@ def deploy_speed(args):
 def main(argv=None):
     """Runs the benchmark with `argv`; prints JSON on stdout and a summary on stderr."""
     args = build_parser().parse_args(argv)
-    model.check_model_flags(args)
+    model.method(args).check_options(args)
     devices.setup(args.cpu_kernels)
     if args.deploy:
         result = {"config": vars(args), "tensorflow": tf.__version__, "deploy": deploy_speed(args)}
@@ -270,8 +252,28 @@ def main(argv=None):
               "devices": [d.name for d in tf.config.list_logical_devices()]}
     peak = MatmulPeak()
     peak.measure(reps=5)
-
     gan = model.build(args)
+    flops = work(args, gan, result)
+    real_A, real_B = pipeline_speed(args, result)
+    train_speed(args, gan, peak, flops, (real_A, real_B), result)
+    convert_speed(args, gan, peak, flops, real_A, result)
+    if args.ceiling:
+        result["conv_ceiling_fraction_of_adjacent_peak"] = conv_ceiling(peak, args.crop_size, args.ngf)
+    # The run's peak: the best matmul of the whole run, against the median rates (the stricter figure).
+    result["peak_gflops"] = max(peak.samples)
+    result["peak_gflops_spread"] = spread(peak.samples)
+    for part in ("train", "train_executed", "convert", "convert_executed"):
+        result[f"{part}_fraction_of_peak"] = result[f"{part}_gflops"] / result["peak_gflops"]
+    result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print_summary(args, result)
+    return 0
+
+
+def work(args, gan, result):
+    """The analytic FLOPs of a generator and a discriminator pass and of one training iteration, and
+    the executed ones (see executed_conv_flops), into result; returns them as a dict."""
     compute_dtype = module.residual_conv(gan.G_A2B).compute_dtype if args.n_blocks else "float32"
     g_flops, g_image, g_call = generator_flops(gan.G_A2B, args.crop_size, compute_dtype)
     d_flops = discriminator_flops(gan.D_A, args.crop_size)
@@ -282,63 +284,62 @@ def main(argv=None):
     executed_step_flops = 3 * (g_passes * g_image + 6 * d_flops) * args.batch_size + 4 * 2 * g_call
     result.update(generator_forward_gflop=g_flops / 1e9, discriminator_forward_gflop=d_flops / 1e9,
                   train_iteration_gflop=step_flops / 1e9, train_iteration_executed_gflop=executed_step_flops / 1e9)
+    return dict(g=g_flops, g_image=g_image, g_call=g_call, step=step_flops, executed_step=executed_step_flops)
 
+
+def pipeline_speed(args, result):
+    """The input pipeline alone (decode, resize, crop, flip) on --img_A_dir/--img_B_dir or synthetic
+    JPEGs, into result; returns its first batch, which the training and conversion timings use."""
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [args.img_A_dir, args.img_B_dir]
         if not all(dirs):
             n = max(args.pipeline_images // 2, args.batch_size)
             dirs = [synthetic_folder(tmp, s, n, args.load_size, i) for i, s in enumerate("AB")]
         paths = [image_io.list_images(d) for d in dirs]
-        # Input pipeline alone: decode, resize, crop, flip.
         ds, steps = data.make_dataset(*paths, 1, 0, args.load_size, args.crop_size, True, args.batch_size,
                                        channels=(args.input_nc, args.output_nc))
         batches = list(ds.take(2))
         start = time.perf_counter()
         count = sum(1 for _ in ds) * 2 * args.batch_size
         result["pipeline_images_per_s"] = count / (time.perf_counter() - start)
-        real_A, real_B = batches[0]
+    return batches[0]
 
-    # Training: two untimed iterations (tracing, compiling), then the timed ones.
+
+def train_speed(args, gan, peak, flops, batch, result):
+    """Training: two untimed iterations (tracing, compiling), then the timed ones, into result."""
     for _ in range(2):
-        gan.train_step(real_A, real_B).numpy()
-    times, fractions = peak.time_against(lambda: gan.train_step(real_A, real_B).numpy(), args.iters, step_flops)
+        gan.train_step(*batch).numpy()
+    times, fractions = peak.time_against(lambda: gan.train_step(*batch).numpy(), args.iters, flops["step"])
     result["train_seconds_per_iteration"] = spread(times)
-    result["train_gflops"] = step_flops / 1e9 / statistics.median(times)
-    result["train_executed_gflops"] = executed_step_flops / 1e9 / statistics.median(times)
+    result["train_gflops"] = flops["step"] / 1e9 / statistics.median(times)
+    result["train_executed_gflops"] = flops["executed_step"] / 1e9 / statistics.median(times)
     result["train_fraction_of_adjacent_peak"] = statistics.median(fractions)
     result["train_images_per_s"] = 2 * args.batch_size / statistics.median(times)
     result["train_traces"] = gan.train_step.experimental_get_tracing_count()
     if args.profile:
-        result["profile_ms_by_op"] = profile_ops(lambda: gan.train_step(real_A, real_B).numpy())
+        result["profile_ms_by_op"] = profile_ops(lambda: gan.train_step(*batch).numpy())
 
-    # Conversion: convert.py's path (uint8 in, pad, generator, crop, uint8 out).
+
+def convert_speed(args, gan, peak, flops, real_A, result):
+    """Conversion by convert.py's path (uint8 in, pad, generator, crop, uint8 out), into result."""
     t = gan.translators["A2B"]
     images = np.repeat(image_io.to_uint8(real_A).numpy()[:1], args.convert_batch_size, axis=0)
     for _ in range(2):
         t.translate(images).numpy()
     times, fractions = peak.time_against(lambda: t.translate(images).numpy(), args.convert_iters,
-                                         g_flops * args.convert_batch_size)
+                                         flops["g"] * args.convert_batch_size)
     result["convert_images_per_s"] = args.convert_batch_size / statistics.median(times)
-    result["convert_gflops"] = g_flops * args.convert_batch_size / 1e9 / statistics.median(times)
+    result["convert_gflops"] = flops["g"] * args.convert_batch_size / 1e9 / statistics.median(times)
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
-    # Executed: each run of G transforms its Winograd kernels once; on the CPU a batch of
+    # Executed: each run of G transforms its Winograd kernels once; with the CPU rewrites a batch of
     # more than one image is two runs side by side (translator.Translator).
-    runs = 2 if args.convert_batch_size > 1 and module.rewrites() is not None else 1
-    result["convert_executed_gflops"] = ((g_image * args.convert_batch_size + runs * g_call) / 1e9
+    calls = 2 if args.convert_batch_size > 1 and module.rewrites() is not None else 1
+    result["convert_executed_gflops"] = ((flops["g_image"] * args.convert_batch_size + calls * flops["g_call"]) / 1e9
                                          / statistics.median(times))
-    if args.ceiling:
-        result["conv_ceiling_fraction_of_adjacent_peak"] = conv_ceiling(peak, args.crop_size, args.ngf)
-    # The run's peak: the best matmul of the whole run, against the median rates (the stricter figure).
-    result["peak_gflops"] = max(peak.samples)
-    result["peak_gflops_spread"] = spread(peak.samples)
-    result["train_fraction_of_peak"] = result["train_gflops"] / result["peak_gflops"]
-    result["train_executed_fraction_of_peak"] = result["train_executed_gflops"] / result["peak_gflops"]
-    result["convert_fraction_of_peak"] = result["convert_gflops"] / result["peak_gflops"]
-    result["convert_executed_fraction_of_peak"] = result["convert_executed_gflops"] / result["peak_gflops"]
-    result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(json.dumps(result, indent=2, sort_keys=True))
+
+def print_summary(args, result):
+    """The figures of result in a few lines on stderr."""
     print(f"train {result['train_seconds_per_iteration']['median']:.2f} s/iteration, "
           f"{result['train_gflops']:.1f} GFLOP/s = {100 * result['train_fraction_of_adjacent_peak']:.0f}% of the "
           f"matmul peak measured around each iteration, {100 * result['train_fraction_of_peak']:.0f}% of the run's "
@@ -353,7 +354,6 @@ def main(argv=None):
         print("the residual convolution alone: " + ", ".join(
             f"{part.replace('_', ' ')} {100 * v:.0f}%" for part, v in result["conv_ceiling_fraction_of_adjacent_peak"].items())
             + " of the peak around it", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

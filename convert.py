@@ -28,48 +28,15 @@ import progressbar
 
 import export
 import devices
-import model
+import options
 
 CYCLE_DIRS = ("reconstructed", "real_fake_rec")
 
 
 def build_parser():
-    p = utils.ArgumentParser(
-        description="Translate images, animated GIFs and videos with a trained CycleGAN, or export it.",
-        epilog="Exit status: 0 all converted, 1 nothing done (bad model, flags or folders) or the disk filled up, "
-               "2 some inputs skipped, 130 interrupted.")
-    p.add_argument("--model_filepath", required=True,
-                   help="a run folder (model/NAME), a checkpoint prefix (model/NAME/cyclegan.ckpt or "
-                        "model/NAME/cyclegan.ckpt-1200), a SavedModel folder written by --export_dir, one "
-                        ".tflite or .onnx file it wrote, or a generator .pth file of the official PyTorch "
-                        "implementation (those files hold one generator, used for the direction asked)")
-    p.add_argument("--img_dir", help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
-                                     ".mp4 .avi videos (any letter case)")
-    p.add_argument("--conversion_direction", default="A2B", choices=model.DIRECTIONS, help="A2B (G_A2B) or B2A (G_B2A)")
-    p.add_argument("--output_dir", default="converted", help="where outputs go, with the inputs' file names")
-    p.add_argument("--batch_size", type=int, default=model.CONVERT_BATCH_SIZE, help="images of the same size translated together")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (and an existing --export_dir)")
-    p.add_argument("--save_cycle", action="store_true",
-                   help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | reconstruction "
-                        "side by side (OUTPUT_DIR/real_fake_rec/) for each still image")
-    p.add_argument("--jpeg_quality", type=int, default=image_io.JPEG_QUALITY,
-                   help="quality of JPEG and WebP outputs (1-100)")
-    p.add_argument("--tile_size", type=int, default=2048,
-                   help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same result in "
-                        "far less memory, a little slower); not for exported models")
-    p.add_argument("--eval", action="store_true",
-                   help="batch norm (--norm batch runs) uses the running statistics learned in training, as the "
-                        "official test.py --eval; by default each image is normalised by its own statistics, as "
-                        "test.py without it. Also what --export_dir receives")
-    model.add_device_flags(p, training=False)
-    p.add_argument("--export_dir", help="write the generators to this folder for deployment, in --export_format "
-                                        "(uint8 RGB images of any size in, the same size out)")
-    p.add_argument("--export_format", default="savedmodel", choices=tuple(export.FORMATS),
-                   help="what --export_dir receives: " + "; ".join(f"{k}: {v}" for k, v in export.FORMATS.items()))
-    p.add_argument("--quantize", default="none", choices=export.QUANTIZE,
-                   help="tflite only: float16 stores the weights in half precision (half the file size)")
-    utils.add_verbose_flag(p)
-    return p
+    return options.parser("convert", "Translate images, animated GIFs and videos with a trained model, or export it.",
+                          "Exit status: 0 all converted, 1 nothing done (bad model, flags or folders) or the disk "
+                          "filled up, 2 some inputs skipped, 130 interrupted.")
 
 
 def classify(path):
@@ -226,14 +193,14 @@ def convert(args):
     devices.setup(args.cpu_kernels)
     directions = {args.conversion_direction}
     if args.save_cycle:
-        directions = set(model.DIRECTIONS)
+        directions = set(options.DIRECTIONS)
     elif args.export_dir:  # every generator the model holds
         directions |= set(export.directions_held(args.model_filepath, args.conversion_direction))
     translators, generators = export.load_translators(args.model_filepath, sorted(directions), args.jit_compile,
                                                       args.eval)
     if args.export_dir:
         export.write(generators, args.export_dir, args.export_format, args.quantize)
-        print(f"exported {args.export_format} to {args.export_dir}: {export.FORMATS[args.export_format]}",
+        print(f"exported {args.export_format} to {args.export_dir}: {options.EXPORT_FORMATS[args.export_format]}",
               file=sys.stderr)
     if not inputs:
         return 0

@@ -122,10 +122,6 @@ def _decode(path, channels):
     return image
 
 
-# --preprocess, as the official option: what is done to a training image before the flip.
-PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
-
-
 def resized_size(h, w, preprocess, load_size, crop_size):
     """The (height, width) an h x w training image is resized to before any crop, as the official
     get_transform: resize_and_crop a load_size square; scale_width and scale_width_and_crop width

@@ -5,13 +5,8 @@ place that imports kernels: without that package everything runs the direct way.
 import os
 
 import module
+import options
 import utils
-
-# --cpu_kernels, as kernels.MODES, and the variable that sets its default.
-CPU_KERNEL_MODES = ("auto", "fixed", "direct")
-CPU_KERNELS_ENV = "CYCLEGAN_CPU_KERNELS"
-KERNEL_CACHE = "$CYCLEGAN_CACHE_DIR/kernels.json, else ~/.cache/cyclegan-tf2/kernels.json"
-
 
 def setup(cpu_kernels=None):
     """Lets TensorFlow take GPU memory as it needs it instead of all at once (a no-op without GPUs
@@ -24,9 +19,9 @@ def setup(cpu_kernels=None):
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # devices already initialised in this process
             pass
-    wanted = cpu_kernels or os.environ.get(CPU_KERNELS_ENV) or "auto"
-    if wanted not in CPU_KERNEL_MODES:
-        raise utils.UserError(f"{CPU_KERNELS_ENV}={wanted}: use one of {', '.join(CPU_KERNEL_MODES)}")
+    wanted = cpu_kernels or os.environ.get(options.CPU_KERNELS_ENV) or "auto"
+    if wanted not in options.CPU_KERNEL_MODES:
+        raise utils.UserError(f"{options.CPU_KERNELS_ENV}={wanted}: use one of {', '.join(options.CPU_KERNEL_MODES)}")
     if wanted == "direct" or tf.config.list_physical_devices("GPU"):
         module.install(None)
         return

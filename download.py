@@ -12,7 +12,6 @@ is either complete or absent. A pretrained NAME.pth is fetched the same way to d
 imported (pretrained.py) into a run folder that convert.py takes. Exit status: 0 all done, 1 some
 dataset or model failed, 2 bad arguments.
 """
-import argparse
 import errno
 import os
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 import progressbar
 import requests
 
+import options
 import pretrained
 import utils
 import files
@@ -62,31 +62,11 @@ class NoRoomError(DownloadError):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Download CycleGAN datasets (or generate the offline sample set) "
-                                            "and the official pretrained generators.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=[], metavar="NAME",
-                   help=f"datasets to fetch: {', '.join(DATASETS)}, or '{SAMPLE}' (generated offline)")
-    p.add_argument("--download_dir", default="download", help="where the zip files are kept")
-    p.add_argument("--data_dir", default="data", help="where datasets are extracted, as DATA_DIR/NAME/")
-    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME",
-                   help=f"official pretrained generators to fetch and import as MODEL_DIR/NAME_pretrained/: "
-                        f"{', '.join(pretrained.PRETRAINED)}")
-    p.add_argument("--model_dir", default="model", help="where --pretrained writes its run folders")
-    p.add_argument("--list", action="store_true", help="list the datasets and pretrained models and exit")
-    p.add_argument("--base_url",
-                   help=f"server or mirror holding NAME.zip and NAME.pth (http://, https:// or file://); "
-                        f"default: {BASE_URL} for datasets, {pretrained.PRETRAINED_URL} for models")
-    p.add_argument("--force", action="store_true", help="download and extract again even if present")
-    p.add_argument("--retries", type=int, default=5, help="attempts per download on connection errors and timeouts")
-    p.add_argument("--retry_wait", type=float, default=2.0, help="seconds before the first retry; doubles each time")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a connection counts as timed out")
-    p.add_argument("--seed", type=int, default=0, help=f"random seed of the generated '{SAMPLE}' set")
-    utils.add_verbose_flag(p)
-    return p
+    return options.parser("download", "Download CycleGAN datasets (or generate the offline sample set) and the "
+                                      "official pretrained generators.", one_line_errors=False,
+                          datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join(pretrained.PRETRAINED),
+                          base_url=BASE_URL, pretrained_url=pretrained.PRETRAINED_URL)
 
-
-# ---------------------------------------------------------------------------- download
 
 def _bar(total, name):
     widgets = [f"{name} ", progressbar.DataSize(), " ", progressbar.Bar(), " ",

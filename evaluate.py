@@ -21,27 +21,12 @@ import numpy as np
 
 import export
 import metrics
-import model
+import options
 
 
 def build_parser():
-    p = utils.ArgumentParser(description="FID/KID between image folders; cycle L1, PSNR, SSIM of a model.",
-                             epilog="Exit status: 0 done, 1 bad input.")
-    p.add_argument("--real_dir", help="real images of the target domain (for FID and KID)")
-    p.add_argument("--fake_dir", help="translated images to compare with --real_dir")
-    p.add_argument("--model_filepath", help="a run folder, checkpoint prefix or exported SavedModel: translate --img_dir")
-    p.add_argument("--img_dir", help="images to translate with --model_filepath")
-    p.add_argument("--conversion_direction", default="A2B", choices=model.DIRECTIONS, help="A2B or B2A")
-    p.add_argument("--truth_dir", help="ground-truth translations, same file names as --img_dir (PSNR, SSIM)")
-    p.add_argument("--inception_weights", help="InceptionV3 weights file (.h5, no top) for machines without internet")
-    p.add_argument("--kid_subsets", type=int, default=100, help="random subsets KID is averaged over")
-    p.add_argument("--kid_subset_size", type=int, default=1000, help="images per KID subset (at most the set size)")
-    p.add_argument("--batch_size", type=int, default=32, help="images per InceptionV3 batch")
-    p.add_argument("--grid", help="also write a PNG grid of real | translated | reconstructed for up to --grid_rows images")
-    p.add_argument("--grid_rows", type=int, default=4, help="rows of --grid")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
-    utils.add_verbose_flag(p)
-    return p
+    return options.parser("evaluate", "FID/KID between image folders; cycle L1, PSNR, SSIM of a model.",
+                          "Exit status: 0 done, 1 bad input.")
 
 
 def read_folder(folder, channels=3):
@@ -79,7 +64,7 @@ def evaluate(args):
         if not args.img_dir:
             raise utils.UserError("--model_filepath needs --img_dir (the images to translate)")
         net = metrics.inception_model(args.inception_weights) if args.real_dir else None
-        translators, _ = export.load_translators(args.model_filepath, list(model.DIRECTIONS))
+        translators, _ = export.load_translators(args.model_filepath, list(options.DIRECTIONS))
         paths, images = read_folder(args.img_dir, translators[args.conversion_direction].channels)
         scores, fakes, recs = metrics.translation_scores(translators, args.conversion_direction, paths, images, args.truth_dir)
         result.update(scores)

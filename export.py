@@ -19,20 +19,15 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-import model
+import cyclegan
+import options
+import runs
 import translator
 import module
 import pretrained
 import utils
 import files
 
-# What each --export_format writes into the export folder.
-FORMATS = {
-    "savedmodel": "saved_model.pb and variables/: signatures A2B and B2A (input and output key 'images')",
-    "tflite": "A2B.tflite and B2A.tflite: one model per direction, input resizable to any height and width",
-    "onnx": "A2B.onnx and B2A.onnx: one model per direction (opset 17), dynamic batch, height and width",
-}
-QUANTIZE = ("none", "float16")
 ONNX_OPSET = 17
 
 
@@ -47,7 +42,7 @@ def _translation(G, output_key="images"):
 
 
 def write(generators, export_dir, export_format="savedmodel", quantize="none"):
-    """Writes generators ({"A2B": G, "B2A": G}) to export_dir in one of FORMATS, into a folder
+    """Writes generators ({"A2B": G, "B2A": G}) to export_dir in one of options.EXPORT_FORMATS, into a folder
     beside it renamed into place (an existing export_dir is replaced only once the new one is
     complete). quantize "float16" halves TFLite's weights."""
     parent = os.path.dirname(os.path.abspath(export_dir))
@@ -173,7 +168,7 @@ class OnnxTranslator:
 def load_translators(model_filepath, directions, jit_compile=False, running_statistics=False):
     """Translators for `directions` from whatever a user points at: an export (see
     exported_translators), a PyTorch ResnetGenerator .pth file (one generator, serving the one
-    direction asked), or a run folder or checkpoint (model.load_run_generators). Returns
+    direction asked), or a run folder or checkpoint (runs.load_run_generators). Returns
     (translators, generators), generators None for an export. running_statistics: batch norms use
     their running statistics (convert.py --eval; see module.BatchNorm). Raises utils.UserError."""
     translators = exported_translators(model_filepath, directions)
@@ -184,11 +179,11 @@ def load_translators(model_filepath, directions, jit_compile=False, running_stat
         return translators, None
     if pretrained.is_pth(model_filepath):
         _one_generator(model_filepath, directions)
-        G, _ = pretrained.resnet_generator(model_filepath, name=model.GENERATOR_KEYS[directions[0]])
+        G, _ = pretrained.resnet_generator(model_filepath, name=cyclegan.GENERATOR_KEYS[directions[0]])
         print(f"model: {model_filepath}", file=sys.stderr)
         generators = {directions[0]: G}
     else:
-        generators = model.load_run_generators(model_filepath, directions)
+        generators = runs.load_run_generators(model_filepath, directions)
     for G in generators.values():
         module.use_running_statistics(G, running_statistics)
     return {d: translator.Translator(G, jit_compile) for d, G in generators.items()}, generators
@@ -199,7 +194,7 @@ def directions_held(model_filepath, asked):
     imported pretrained model), or [asked] for a file holding one generator (.pth, .tflite, .onnx)."""
     if pretrained.is_pth(model_filepath) or os.path.splitext(model_filepath)[1].lower() in (".tflite", ".onnx"):
         return [asked]
-    return list(model.run_config(model_filepath)[1].get("directions", model.DIRECTIONS))
+    return list(runs.run_config(model_filepath)[1].get("directions", options.DIRECTIONS))
 
 
 def _one_generator(path, directions):

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 
 import files
+import options
 from utils import UserError
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-JPEG_QUALITY = 95
 
 
 class ImageError(UserError):
@@ -122,7 +122,7 @@ def cv_reason(e):
     return (lines[-1].split("error:", 1)[1] if lines else str(e)).strip()[:200]
 
 
-def write_image(path, rgb, jpeg_quality=JPEG_QUALITY):
+def write_image(path, rgb, jpeg_quality=options.JPEG_QUALITY):
     """Writes an image to `path` in the format its extension names, through a temporary file
     renamed into place, so an interrupted write never leaves half an image. rgb: uint8 RGB
     (H, W, 3), or one channel (H, W, 1) written as a grayscale file; uint16 stays 16-bit in a PNG

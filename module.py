@@ -56,9 +56,6 @@ def conv_init():
     return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
-INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
-
-
 def initializer(init_type, gain):
     """The official init_weights' draw for convolution kernels: normal N(0, gain); xavier
     N(0, gain^2 2 / (fan_in + fan_out)); kaiming N(0, 2 / fan_in) (no gain, as there); orthogonal
@@ -215,9 +212,6 @@ def use_running_statistics(model, running=True):
     for layer in model.layers:
         if isinstance(layer, BatchNorm):
             layer.running_statistics = running
-
-
-NORMS = ("instance", "batch", "none")
 
 
 def has_bias(norm):
@@ -441,19 +435,6 @@ def size_multiple(G):
 def residual_conv(G, block=1, which=1):
     """The first (which=1) or second 3x3 convolution of residual block `block` (1-based) of G."""
     return next(layer for layer in G.layers if layer.name.startswith("R") and layer.name.endswith(f"-{block}_conv{which}"))
-
-
-def run_layers(model, x, apply):
-    """A functional Keras model run on x layer by layer, in order of use: each layer's output is
-    apply(layer, inputs), where inputs are the outputs of the layers it takes (a list if more than
-    one). With apply = lambda layer, inputs: layer(inputs) this is model(x); translator.Translator
-    uses it to run large images in tiles, benchmark.py to count each convolution's work."""
-    values = {id(model.inputs[0]): x}
-    for layer in model.layers[1:]:
-        sources = layer.input
-        inputs = [values[id(t)] for t in sources] if isinstance(sources, list) else values[id(sources)]
-        values[id(layer.output)] = apply(layer, inputs)
-    return values[id(model.outputs[0])]
 
 
 # ---------------------------------------------------------------------------- discriminator

@@ -307,15 +307,18 @@ def write_run(pth_path, run_dir, source=None):
     and a checkpoint holding G_A2B. Written beside run_dir and renamed into place."""
     utils.start_tensorflow()  # only here does download.py need TensorFlow: loaded without its start-up noise
     import tensorflow as tf
-    import model
+
+    import cyclegan
+    import options
+    import runs
     G, architecture = resnet_generator(pth_path)
     parent = os.path.dirname(os.path.abspath(run_dir))
     tmp = files.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(run_dir))}.tmp-")
     try:
-        files.save_json(os.path.join(tmp, model.CONFIG_FILE), {
+        files.save_json(os.path.join(tmp, runs.CONFIG_FILE), {
             "architecture": architecture, "directions": ["A2B"],
             "pretrained": {"source": source or os.path.abspath(pth_path), "sha256": sha256(pth_path)}})
-        tf.train.Checkpoint(**{model.GENERATOR_KEYS["A2B"]: G}).save(os.path.join(tmp, model.CHECKPOINT_NAME))
+        tf.train.Checkpoint(**{cyclegan.GENERATOR_KEYS["A2B"]: G}).save(os.path.join(tmp, options.CHECKPOINT_NAME))
         files.swap_into_place(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

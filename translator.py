@@ -154,7 +154,7 @@ class Translator:
                 return _Run(inputs.x, inputs.layers + (layer,))
             return _Run(inputs, (layer,))
 
-        y = self._whole(module.run_layers(self.G, x, apply), window)
+        y = self._whole(run_layers(self.G, x, apply), window)
         return image_io.to_pixels(y[0, :h, :w], rgb.dtype).numpy()
 
     def _whole(self, value, window):
@@ -226,6 +226,19 @@ class Translator:
         for r in range(0, x.shape[1], rows):
             x[0, r:r + rows] = x[0, r:r + rows] * scale + offset
         return x
+
+
+def run_layers(model, x, apply):
+    """A functional Keras model run on x layer by layer, in order of use: each layer's output is
+    apply(layer, inputs), where inputs are the outputs of the layers it takes (a list if more than
+    one). With apply = lambda layer, inputs: layer(inputs) this is model(x); translator.Translator
+    uses it to run large images in tiles, benchmark.py to count each convolution's work."""
+    values = {id(model.inputs[0]): x}
+    for layer in model.layers[1:]:
+        sources = layer.input
+        inputs = [values[id(t)] for t in sources] if isinstance(sources, list) else values[id(sources)]
+        values[id(layer.output)] = apply(layer, inputs)
+    return values[id(model.outputs[0])]
 
 
 class _Run:

@@ -41,12 +41,6 @@ def verbose():
     return "--verbose" in sys.argv[1:] or os.environ.get(VERBOSE_ENV, "0") not in ("", "0")
 
 
-def add_verbose_flag(parser):
-    """--verbose, which start_tensorflow() reads from sys.argv before the parser runs."""
-    parser.add_argument("--verbose", action="store_true",
-                        help=f"show TensorFlow's start-up lines (CUDA probing, oneDNN notices); also ${VERBOSE_ENV}=1")
-
-
 @contextlib.contextmanager
 def tensorflow_noise_hidden():
     """Within it, file descriptor 2 goes to a temporary file; on leaving, what was caught is printed

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import cyclegan
 
 # The tiny configuration every test uses: seconds instead of minutes on a 2-core CPU.
 TINY = dict(ngf=8, ndf=8, n_blocks=2, crop_size=32)
@@ -56,8 +57,7 @@ def cpu_kernels():
 @pytest.fixture(scope="session")
 def tiny_gan():
     """One tiny CycleGAN for the whole session (its first trace costs seconds)."""
-    import model
-    return model.CycleGAN(**TINY, random_seed=0)
+    return cyclegan.CycleGAN(**TINY, random_seed=0)
 
 
 @pytest.fixture(scope="session")

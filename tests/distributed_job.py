@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import files  # noqa: E402 -- the project's folder is on the path from here
 import image_io  # noqa: E402
+import cyclegan
 
 
 def two_cpus():
@@ -22,11 +23,10 @@ def two_cpus():
 
 def equivalence(out):
     """One step, 2 replicas x batch 1, against one device x batch 2, same weights and images."""
-    import model
     from conftest import SMALLEST, make_image
     strategy = two_cpus()
-    single = model.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=2)
-    dist = model.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=1, strategy=strategy)
+    single = cyclegan.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=2)
+    dist = cyclegan.CycleGAN(**{**SMALLEST, "pool_size": 0}, batch_size=1, strategy=strategy)
     nets = lambda g: g.G_A2B.weights + g.G_B2A.weights + g.D_A.weights + g.D_B.weights
     for a, b in zip(nets(single), nets(dist)):
         b.assign(a)
@@ -51,7 +51,6 @@ def equivalence(out):
 def mirrored_run(out, data, image):
     """Trains with --distribute mirrored on 2 CPUs, resumes single-device, resumes mirrored again;
     then restores the final checkpoint under the strategy and translates `image`."""
-    import model
     import train
     from conftest import SMALLEST_FLAGS
     strategy = two_cpus()
@@ -62,7 +61,7 @@ def mirrored_run(out, data, image):
              train.main(base + ["--n_epochs", "2"]),
              train.main(base + ["--n_epochs", "3", "--distribute", "mirrored"])]
     config = files.load_json(os.path.join(run, "config.json"))
-    gan = model.CycleGAN(**config["architecture"], strategy=strategy)
+    gan = cyclegan.CycleGAN(**config["architecture"], strategy=strategy)
     gan.checkpoint().read(tf.train.latest_checkpoint(run)).expect_partial()
     fake = gan.translators["A2B"].translate_image(image_io.read_image(image))
     np.save(os.path.join(out, "mirrored_fake.npy"), fake)

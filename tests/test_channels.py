@@ -9,6 +9,9 @@ import tensorflow as tf
 import convert
 import export
 import model
+import options
+import cyclegan
+import runs
 import translator
 import train
 import utils
@@ -71,7 +74,7 @@ def gray_run(tmp_path_factory):
 def test_grayscale_run_trains_and_converts_one_channel_at_each_depth(gray_run, tmp_path):
     root, run = gray_run
     assert files.load_json(str(run / "config.json"))["architecture"]["input_nc"] == 1
-    gan_G = model.load_run_generators(str(run), ["A2B"])["A2B"]
+    gan_G = runs.load_run_generators(str(run), ["A2B"])["A2B"]
     assert gan_G.input_shape[-1] == 1 and gan_G.output_shape[-1] == 1
     # Validation outputs are one-channel files; the progress GIFs are RGB animations.
     written = sorted((run / "validation" / "epoch_001" / "A2B").iterdir())
@@ -101,14 +104,12 @@ def test_grayscale_run_trains_and_converts_one_channel_at_each_depth(gray_run, t
 
 
 def test_different_channel_counts_translate_between_them_without_identity_loss():
-    import argparse
-    parser = argparse.ArgumentParser()
-    model.add_model_flags(parser)
+    parser = options.parser("benchmark", "the options that build a model", methods=model.METHODS)
     flags = ["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32", "--input_nc", "1", "--output_nc", "3"]
     with pytest.raises(utils.UserError, match="--lambda_identity 0"):
-        model.check_model_flags(parser.parse_args(flags))
+        cyclegan.check_model_flags(parser.parse_args(flags))
     args = parser.parse_args(flags + ["--lambda_identity", "0"])
-    model.check_model_flags(args)
+    cyclegan.check_model_flags(args)
     gan = model.build(args)
     assert (gan.G_A2B.input_shape[-1], gan.G_A2B.output_shape[-1]) == (1, 3)
     assert (gan.D_A.input_shape[-1], gan.D_B.input_shape[-1]) == (1, 3)

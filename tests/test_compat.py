@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import convert
-import model
+import cyclegan
+import options
+import runs
 import train
 import utils
 import files
@@ -23,8 +25,8 @@ FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "
 
 def test_old_training_checkpoint_restores_every_variable():
     config = files.load_json(os.path.join(FIXTURE, "config.json"))
-    gan = model.CycleGAN(**model.saved_architecture(config))
-    checkpoint, _ = model.find_checkpoint(FIXTURE)
+    gan = cyclegan.CycleGAN(**cyclegan.saved_architecture(config))
+    checkpoint, _ = runs.find_checkpoint(FIXTURE)
     gan.checkpoint().restore(checkpoint).assert_existing_objects_matched()
     assert int(gan.step.numpy()) == 3 and int(gan.epoch.numpy()) == 1
     assert int(gan.pool_A.count.numpy()) == 2
@@ -35,7 +37,7 @@ def test_old_run_folder_translates_identically(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(os.path.join(FIXTURE, "input.png"), src / "input.png")
-    for direction in model.DIRECTIONS:
+    for direction in options.DIRECTIONS:
         out = tmp_path / direction
         assert convert.main(["--model_filepath", FIXTURE, "--img_dir", str(src), "--output_dir", str(out),
                              "--conversion_direction", direction]) == 0
@@ -49,7 +51,7 @@ def test_old_run_folder_resumes_though_the_architecture_gained_keys(tmp_path):
     assert "netD" not in config["architecture"]
     flags = ["--img_A_dir", str(tmp_path), "--img_B_dir", str(tmp_path), "--model_dir", FIXTURE, "--ngf", "4",
              "--ndf", "4", "--n_blocks", "1", "--crop_size", "32", "--pool_size", "2"]
-    train.check_resumable(train.build_parser().parse_args(flags), os.path.join(FIXTURE, "config.json"))
+    runs.check_resumable(train.build_parser().parse_args(flags), os.path.join(FIXTURE, "config.json"))
     with pytest.raises(utils.UserError, match="netD basic -> pixel"):
-        train.check_resumable(train.build_parser().parse_args(flags + ["--netD", "pixel"]),
+        runs.check_resumable(train.build_parser().parse_args(flags + ["--netD", "pixel"]),
                               os.path.join(FIXTURE, "config.json"))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import convert
-import model
+import runs
 import translator
 import module
 import train
@@ -65,9 +65,9 @@ def test_native_sizes_formats_and_same_stems(run_dir, tmp_path):
         out = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
         assert out.shape == image_io.read_image(str(src / name)).shape, name
     # Each output is the translation of its own input, whatever its batch.
-    checkpoint, _ = model.find_checkpoint(str(run_dir))
+    checkpoint, _ = runs.find_checkpoint(str(run_dir))
     architecture = files.load_json(str(run_dir / "config.json"))["architecture"]
-    t = translator.Translator(model.load_generators(checkpoint, architecture, ["A2B"])["A2B"])
+    t = translator.Translator(runs.load_generators(checkpoint, architecture, ["A2B"])["A2B"])
     want = t.translate_image(image_io.read_image(str(src / "mid.PNG")))
     np.testing.assert_array_equal(image_io.read_image(str(tmp_path / "out" / "mid.PNG")), want)
 

@@ -16,6 +16,7 @@ import utils
 import animation
 import image_io
 from conftest import TINY_FLAGS, make_image, write_images
+import cyclegan
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +126,10 @@ def sample(tmp_path_factory):
 
 def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictures(sample, net, tmp_path, capsys,
                                                                                    monkeypatch):
-    import model
     from conftest import TINY
     paths = image_io.list_images(str(sample / "testA"))
     images = [image_io.read_image(p) for p in paths]
-    untrained = model.CycleGAN(**TINY, random_seed=0)
+    untrained = cyclegan.CycleGAN(**TINY, random_seed=0)
     before, _, _ = metrics.translation_scores(untrained.translators, "A2B", paths, images, str(sample / "testA_truth"))
     run = tmp_path / "run"
     argv = ["--dataset", "sample", "--data_dir", str(sample.parent), "--model_dir", str(run), *TINY_FLAGS,

@@ -10,6 +10,10 @@ import export
 import kernels
 from kernels import convolution, tuning, winograd
 import model
+import cyclegan
+import options
+import runs
+import training
 import translator
 import module
 import utils
@@ -31,9 +35,9 @@ def copy_weights(source, target):
 
 
 def test_lsgan_and_l1_on_hand_made_tensors():
-    assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 1.0)) == pytest.approx(2.0)
-    assert float(model.lsgan_loss(tf.constant([[1.0, 3.0]]), 0.0)) == pytest.approx(5.0)
-    assert float(model.l1_loss(tf.constant([1.0, -2.0]), tf.constant([0.0, 0.0]))) == pytest.approx(1.5)
+    assert float(training.lsgan_loss(tf.constant([[1.0, 3.0]]), 1.0)) == pytest.approx(2.0)
+    assert float(training.lsgan_loss(tf.constant([[1.0, 3.0]]), 0.0)) == pytest.approx(5.0)
+    assert float(training.l1_loss(tf.constant([1.0, -2.0]), tf.constant([0.0, 0.0]))) == pytest.approx(1.5)
 
 
 class Const:
@@ -48,7 +52,7 @@ class Const:
 
 
 def test_generator_and_discriminator_losses_by_hand():
-    gan = model.CycleGAN.__new__(model.CycleGAN)
+    gan = cyclegan.CycleGAN.__new__(cyclegan.CycleGAN)
     gan.lambda_cycle, gan.lambda_identity, gan.gan_mode, gan.join_batches = 10.0, 0.5, "lsgan", True
     gan.G_A2B = Const(lambda x: x * 0.5)          # fake_B = A/2, rec_B = fake_A/2
     gan.G_B2A = Const(lambda x: x + 1.0)          # fake_A = B+1, rec_A = A/2+1
@@ -82,17 +86,17 @@ def test_batched_passes_equal_separate_calls(tiny_gan):
     G_A2B, G_B2A, D_A = tiny_gan.G_A2B, tiny_gan.G_B2A, tiny_gan.D_A
     np.testing.assert_allclose(fake_B, G_A2B(A), atol=1e-5)
     np.testing.assert_allclose(fake_A, G_B2A(B), atol=1e-5)
-    separate = {"idt_A": model.l1_loss(G_A2B(B), B) * 5, "idt_B": model.l1_loss(G_B2A(A), A) * 5,
-                "cycle_A": model.l1_loss(G_B2A(G_A2B(A)), A) * 10}
+    separate = {"idt_A": training.l1_loss(G_A2B(B), B) * 5, "idt_B": training.l1_loss(G_B2A(A), A) * 5,
+                "cycle_A": training.l1_loss(G_B2A(G_A2B(A)), A) * 10}
     for name, value in separate.items():
         assert float(losses[name]) == pytest.approx(float(value), rel=1e-5)
-    d_loss = 0.5 * (model.lsgan_loss(D_A(A), 1.0) + model.lsgan_loss(D_A(fake_A), 0.0))
+    d_loss = 0.5 * (training.lsgan_loss(D_A(A), 1.0) + training.lsgan_loss(D_A(fake_A), 0.0))
     assert float(tiny_gan.discriminator_loss(D_A, A, fake_A)) == pytest.approx(float(d_loss), rel=1e-5)
 
 
 @pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (101, 0.99), (150, 0.5), (200, 0.0)])
 def test_learning_rate_schedule(epoch, factor):
-    assert model.lr_factor(epoch, 100, 100) == pytest.approx(factor)
+    assert training.lr_factor(epoch, 100, 100) == pytest.approx(factor)
 
 
 def test_learning_rate_set_on_both_optimizers(tiny_gan):
@@ -110,17 +114,17 @@ def test_learning_rate_set_on_both_optimizers(tiny_gan):
     ("cosine", 50, 0.5), ("cosine", 100, 0.0), ("cosine", 150, 0.5),     # CosineAnnealingLR(T_max=100)
 ])
 def test_other_learning_rate_policies_as_the_official_schedulers(policy, epoch, factor):
-    assert model.lr_factor(epoch, 100, 100, policy, 50) == pytest.approx(factor, abs=1e-12)
+    assert training.lr_factor(epoch, 100, 100, policy, 50) == pytest.approx(factor, abs=1e-12)
 
 
 def test_gan_losses_on_hand_made_tensors():
     scores = tf.constant([[0.0, 2.0]])
-    assert float(model.gan_loss("lsgan", scores, True)) == pytest.approx(0.5 * (1 + 1))
+    assert float(training.gan_loss("lsgan", scores, True)) == pytest.approx(0.5 * (1 + 1))
     softplus = lambda x: np.log1p(np.exp(x))
-    assert float(model.gan_loss("vanilla", scores, True)) == pytest.approx(np.mean(softplus(-np.array([0.0, 2.0]))))
-    assert float(model.gan_loss("vanilla", scores, False)) == pytest.approx(np.mean(softplus(np.array([0.0, 2.0]))))
-    assert float(model.gan_loss("wgangp", scores, True)) == pytest.approx(-1.0)
-    assert float(model.gan_loss("wgangp", scores, False)) == pytest.approx(1.0)
+    assert float(training.gan_loss("vanilla", scores, True)) == pytest.approx(np.mean(softplus(-np.array([0.0, 2.0]))))
+    assert float(training.gan_loss("vanilla", scores, False)) == pytest.approx(np.mean(softplus(np.array([0.0, 2.0]))))
+    assert float(training.gan_loss("wgangp", scores, True)) == pytest.approx(-1.0)
+    assert float(training.gan_loss("wgangp", scores, False)) == pytest.approx(1.0)
 
 
 def test_gradient_penalty_of_a_linear_critic():
@@ -132,17 +136,17 @@ def test_gradient_penalty_of_a_linear_critic():
     real, fake = batch(1, n=2)[:, :4, :5], batch(2, n=2)[:, :4, :5]
     alpha = tf.constant([0.3, 0.9], shape=[2, 1, 1, 1])
     want = 10.0 * (np.sqrt(20.0) * np.linalg.norm(w) - 1.0) ** 2
-    assert float(model.gradient_penalty(D, real, fake, alpha)) == pytest.approx(want, rel=1e-5)
+    assert float(training.gradient_penalty(D, real, fake, alpha)) == pytest.approx(want, rel=1e-5)
 
 
 def test_wgangp_trains_with_the_penalty_in_the_discriminators_gradients():
-    gan = model.CycleGAN(ngf=4, ndf=4, n_blocks=1, crop_size=32, pool_size=0, gan_mode="wgangp")
+    gan = cyclegan.CycleGAN(ngf=4, ndf=4, n_blocks=1, crop_size=32, pool_size=0, gan_mode="wgangp")
     A, B = batch(70), batch(71)
     fake_A = gan.G_B2A(B)
     with tf.GradientTape(persistent=True) as tape:
         with_penalty = gan.discriminator_loss(gan.D_A, A, fake_A)
         scores = tf.split(gan.D_A(tf.concat([A, fake_A], 0), training=True), 2)
-        without = 0.5 * (model.gan_loss("wgangp", scores[0], True) + model.gan_loss("wgangp", scores[1], False))
+        without = 0.5 * (training.gan_loss("wgangp", scores[0], True) + training.gan_loss("wgangp", scores[1], False))
     assert float(with_penalty) > float(without)
     difference = [float(tf.reduce_max(tf.abs(a - b))) for a, b in
                   zip(tape.gradient(with_penalty, gan.D_vars[:4]), tape.gradient(without, gan.D_vars[:4]))]
@@ -155,15 +159,13 @@ def test_wgangp_trains_with_the_penalty_in_the_discriminators_gradients():
 
 
 def test_unet_generator_trains_at_its_size_and_converts_any_size(tmp_path):
-    import argparse
-    parser = argparse.ArgumentParser()
-    model.add_model_flags(parser)
+    parser = options.parser("benchmark", "the options that build a model", methods=model.METHODS)
     flags = ["--ngf", "2", "--ndf", "2", "--netG", "unet_128", "--crop_size", "128"]
     with pytest.raises(utils.UserError, match="--netG unet_128 needs --crop_size a multiple of 128"):
-        model.check_model_flags(parser.parse_args(flags[:-1] + ["96"]))
+        cyclegan.check_model_flags(parser.parse_args(flags[:-1] + ["96"]))
     args = parser.parse_args(flags)
-    model.check_model_flags(args)
-    assert model.architecture(args)["netG"] == "unet_128"
+    cyclegan.check_model_flags(args)
+    assert cyclegan.architecture(args)["netG"] == "unet_128"
     gan = model.build(args)
     assert any(isinstance(layer, keras.layers.Concatenate) for layer in gan.G_A2B.layers)
     A = batch(80, size=128)
@@ -175,21 +177,19 @@ def test_unet_generator_trains_at_its_size_and_converts_any_size(tmp_path):
     assert x.shape[1:3] == (128, 128)
     np.testing.assert_array_equal(fake, image_io.to_uint8(gan.G_A2B(x)[0, :37, :29]))
     path = tf.train.Checkpoint(G_A2B=gan.G_A2B).save(str(tmp_path / "ckpt"))
-    G = model.load_generators(path, model.architecture(args), ["A2B"])["A2B"]
+    G = runs.load_generators(path, cyclegan.architecture(args), ["A2B"])["A2B"]
     np.testing.assert_array_equal(translator.Translator(G).translate(rgb[None])[0], fake)
 
 
 def test_flags_reach_the_model():
-    import argparse
-    parser = argparse.ArgumentParser()
-    model.add_model_flags(parser)
+    parser = options.parser("benchmark", "the options that build a model", methods=model.METHODS)
     args = parser.parse_args(["--ngf", "4", "--ndf", "4", "--n_blocks", "1", "--crop_size", "32",
                               "--gan_mode", "vanilla", "--lr_policy", "step", "--lr_decay_iters", "3", "--netD", "pixel",
                               "--init_type", "kaiming"])
     gan = model.build(args)
     assert (gan.gan_mode, gan.lr_policy, gan.lr_decay_iters) == ("vanilla", "step", 3)
     assert gan.D_A.count_params() == 3 * 4 + 4 + 4 * 8 + 8 + 8 + 1         # the 1x1 pixel discriminator
-    assert model.architecture(args)["netD"] == "pixel"
+    assert cyclegan.architecture(args)["netD"] == "pixel"
     first = gan.G_A2B.get_layer("c7s1-4_conv").kernel.numpy()          # 7x7x3 fan in: std sqrt(2 / 147)
     assert first.std() == pytest.approx((2 / 147) ** 0.5, rel=0.15)
     assert gan.set_learning_rate(3, 100, 100) == pytest.approx(2e-5)
@@ -200,7 +200,7 @@ def pool_fn(pool, rng):
 
 
 def test_pool_fills_first_then_swaps_half_the_time():
-    pool = model.ImagePool(3, (1, 1, 1), "test_pool")
+    pool = training.ImagePool(3, (1, 1, 1), "test_pool")
     query = pool_fn(pool, tf.random.Generator.from_seed(1))
     first = tf.reshape(tf.range(3, dtype=tf.float32), [3, 1, 1, 1])
     np.testing.assert_array_equal(query(first), first)   # filling: returned as given
@@ -221,7 +221,7 @@ def test_pool_fills_first_then_swaps_half_the_time():
 
 
 def test_pool_size_zero_is_a_passthrough():
-    pool = model.ImagePool(0, (2, 2, 3), "off")
+    pool = training.ImagePool(0, (2, 2, 3), "off")
     x = batch(3, n=2, size=2)
     np.testing.assert_array_equal(pool_fn(pool, tf.random.Generator.from_seed(0))(x), x)
 
@@ -239,7 +239,7 @@ def test_one_step_moves_every_variable_of_all_four_networks(tiny_gan):
 def test_cycle_loss_falls_when_overfitting_one_batch(tiny_gan):
     rng = np.random.default_rng(20)
     A, B = (image_io.to_float(make_image(rng, 32, 32)[None]) for _ in "AB")
-    names = list(model.LOSS_NAMES)
+    names = list(cyclegan.LOSS_NAMES)
     cycle = lambda v: v[names.index("cycle_A")] + v[names.index("cycle_B")]
     first = cycle(tiny_gan.train_step(A, B).numpy())
     for _ in range(120):
@@ -250,10 +250,10 @@ def test_cycle_loss_falls_when_overfitting_one_batch(tiny_gan):
 def test_checkpoint_round_trip_reproduces_outputs_and_state(tiny_gan, tmp_path):
     tiny_gan.train_step(batch(30), batch(31))
     path = tiny_gan.checkpoint().write(str(tmp_path / "ckpt"))
-    other = model.CycleGAN(**TINY, random_seed=123)
+    other = cyclegan.CycleGAN(**TINY, random_seed=123)
     other.checkpoint().read(path).assert_consumed()
     x = batch(32)
-    for d in model.DIRECTIONS:
+    for d in options.DIRECTIONS:
         np.testing.assert_array_equal(tiny_gan.generator(d)(x), other.generator(d)(x))
     np.testing.assert_array_equal(tiny_gan.pool_A.images.numpy(), other.pool_A.images.numpy())
     assert int(other.step) == int(tiny_gan.step)
@@ -357,8 +357,8 @@ def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path,
     import train
     from conftest import TINY_FLAGS
     made = []
-    real_init = model.CycleGAN.__init__
-    monkeypatch.setattr(model.CycleGAN, "__init__", lambda self, *a, **k: made.append(self) or real_init(self, *a, **k))
+    real_init = cyclegan.CycleGAN.__init__
+    monkeypatch.setattr(cyclegan.CycleGAN, "__init__", lambda self, *a, **k: made.append(self) or real_init(self, *a, **k))
     argv = ["--img_A_dir", str(dataset_dirs / "trainA"), "--img_B_dir", str(dataset_dirs / "trainB"),
             "--model_dir", str(tmp_path), *TINY_FLAGS, "--n_epochs", "2", "--n_epochs_decay", "1"]
     assert train.main(argv) == 0
@@ -368,8 +368,8 @@ def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path,
 
 
 def test_xla_step_and_translation_match_the_plain_graph():
-    plain = model.CycleGAN(**SMALLEST, random_seed=3)
-    xla = model.CycleGAN(**SMALLEST, random_seed=3, jit_compile=True)
+    plain = cyclegan.CycleGAN(**SMALLEST, random_seed=3)
+    xla = cyclegan.CycleGAN(**SMALLEST, random_seed=3, jit_compile=True)
     copy_weights(plain, xla)
     A, B = batch(40), batch(41)
     start = plain.G_A2B.weights[0].numpy()
@@ -387,8 +387,8 @@ def test_xla_step_and_translation_match_the_plain_graph():
 
 
 def test_mixed_precision_trains_finite_and_translates_close_to_float32():
-    plain = model.CycleGAN(**TINY, random_seed=5)
-    mixed = model.CycleGAN(**TINY, random_seed=5, mixed_precision=True)
+    plain = cyclegan.CycleGAN(**TINY, random_seed=5)
+    mixed = cyclegan.CycleGAN(**TINY, random_seed=5, mixed_precision=True)
     assert mixed.policy == "mixed_bfloat16"  # no GPU here
     assert module.residual_conv(mixed.G_A2B).compute_dtype == "bfloat16"
     for v, w in zip(network_weights(plain), network_weights(mixed)):
@@ -420,7 +420,7 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     convolution's (only the rounding differs), and so does the SavedModel, which has no rewrite."""
     images = np.random.default_rng(1).integers(0, 256, (3, 20, 28, 3), dtype=np.uint8)   # sides unknown when traced
     A, B = batch(70), batch(71)
-    direct = model.CycleGAN(**TINY, random_seed=7)
+    direct = cyclegan.CycleGAN(**TINY, random_seed=7)
 
     def generator_gradients(gan):
         with tf.GradientTape() as tape:
@@ -432,7 +432,7 @@ def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convol
     direct_graph = direct.train_step.get_concrete_function().graph
     want_images = direct.translators["A2B"].translate(images).numpy().astype(int)   # (one graph per batch size)
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
-    wino = model.CycleGAN(**TINY, random_seed=7)
+    wino = cyclegan.CycleGAN(**TINY, random_seed=7)
     copy_weights(direct, wino)
 
     # Each convolution's rounding (~1e-5 of its scale) grows through the instance norms of the

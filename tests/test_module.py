@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kernels import convolution, winograd
 import module
+import translator
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_generator_in_the_paper_order_and_run_layer_by_layer_is_the_model():
     assert stages == ["c7s1-4", "d8", "d16", "R16-1", "R16-2", "u8", "u4", "c7s1-3-out"]
     x = np.random.default_rng(2).uniform(-1, 1, (2, 24, 16, 3)).astype(np.float32)
     norms = []
-    y = module.run_layers(G, x, lambda layer, h: (norms.append(layer.name) if isinstance(layer, module.InstanceNorm)
+    y = translator.run_layers(G, x, lambda layer, h: (norms.append(layer.name) if isinstance(layer, module.InstanceNorm)
                                                   else None) or layer(h))
     np.testing.assert_allclose(y, G(x), atol=1e-6)
     assert len(norms) == 1 + 2 + 2 * 2 + 2  # encoder, downsampling, residual, upsampling

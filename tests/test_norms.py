@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import convert
-import model
+import cyclegan
 import translator
 import module
 import image_io
@@ -74,7 +74,7 @@ def test_dropout_where_the_official_networks_have_it():
 
 
 def test_batch_norm_step_keeps_the_official_calls_apart():
-    gan = model.CycleGAN(ngf=4, ndf=4, n_blocks=1, crop_size=32, pool_size=2, norm="batch", batch_size=2)
+    gan = cyclegan.CycleGAN(ngf=4, ndf=4, n_blocks=1, crop_size=32, pool_size=2, norm="batch", batch_size=2)
     A = tf.random.uniform([2, 32, 32, 3], -1, 1, seed=2)
     B = tf.random.uniform([2, 32, 32, 3], -1, 1, seed=3)
     _, fake_A, fake_B = gan.generator_losses(A, B)
@@ -89,8 +89,8 @@ def test_batch_norm_step_keeps_the_official_calls_apart():
 
 
 def test_batch_norm_translation_per_image_tiled_and_with_running_statistics(tmp_path, capsys):
-    architecture = {**model.ARCHITECTURE_DEFAULTS, "ngf": 4, "n_blocks": 1, "norm": "batch"}
-    G = model.generator(architecture, "A2B")
+    architecture = {**cyclegan.ARCHITECTURE_DEFAULTS, "ngf": 4, "n_blocks": 1, "norm": "batch"}
+    G = cyclegan.generator(architecture, "A2B")
     for seed in range(3):  # running statistics away from 0 and 1
         G(tf.random.uniform([2, 24, 24, 3], -1, 0.5, seed=seed), training=True)
     rgb = np.stack([make_image(np.random.default_rng(s), 20, 28) for s in (5, 6)])

@@ -17,7 +17,6 @@ import pytest
 
 import convert
 import download
-import model
 import translator
 import pretrained
 import files

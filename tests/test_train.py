@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import model
+import cyclegan
 import train
 from conftest import TINY, TINY_FLAGS
 import animation
@@ -55,7 +56,7 @@ def test_run_folder_describes_itself(full_run, dataset_dirs):
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == 0.0
-    assert all(np.isfinite(float(rows[1][k])) for k in model.LOSS_NAMES)
+    assert all(np.isfinite(float(rows[1][k])) for k in cyclegan.LOSS_NAMES)
     # All validation images every --validation_every epochs; a frame per epoch for --progress_images.
     assert os.listdir(full_run / "validation") == ["epoch_002"]
     for direction, side in (("A2B", "testA"), ("B2A", "testB")):
@@ -72,7 +73,7 @@ def test_tensorboard_has_losses_learning_rate_and_images(full_run):
     for path in glob.glob(str(full_run / "logs" / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
-    assert {f"loss/{k}" for k in model.LOSS_NAMES} <= tags
+    assert {f"loss/{k}" for k in cyclegan.LOSS_NAMES} <= tags
     assert {"learning_rate", "A2B/real_fake_rec", "B2A/real_fake_rec"} <= tags
 
 
@@ -114,7 +115,7 @@ def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs
 
 
 def test_interrupted_mid_epoch_resumes_exactly(full_run, dataset_dirs, tmp_path, monkeypatch, capsys):
-    real_init = model.CycleGAN.__init__
+    real_init = cyclegan.CycleGAN.__init__
 
     def init_that_stops(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
@@ -127,10 +128,10 @@ def test_interrupted_mid_epoch_resumes_exactly(full_run, dataset_dirs, tmp_path,
         self.train_step = interrupting_step
 
     argv = flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "1")
-    monkeypatch.setattr(model.CycleGAN, "__init__", init_that_stops)
+    monkeypatch.setattr(cyclegan.CycleGAN, "__init__", init_that_stops)
     assert train.main(argv) == 130
     assert "run the same command to resume" in capsys.readouterr().err
-    monkeypatch.setattr(model.CycleGAN, "__init__", real_init)
+    monkeypatch.setattr(cyclegan.CycleGAN, "__init__", real_init)
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-8")
     assert train.main(argv) == 0
     a, b = final_weights(full_run), final_weights(tmp_path)
@@ -177,7 +178,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_p
     (["--crop_size", "16"], "too small for a discriminator"),
 ])
 def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr(model, "CycleGAN", None)  # building a model would fail loudly
+    monkeypatch.setattr(model, "build", None)  # building a model would fail loudly
     assert train.main(flags(dataset_dirs, tmp_path / "run") + extra) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
@@ -185,7 +186,7 @@ def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, 
 
 
 def test_empty_folder_and_unreadable_images(dataset_dirs, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(model, "CycleGAN", None)
+    monkeypatch.setattr(model, "build", None)
     (tmp_path / "empty").mkdir()
     argv = flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(tmp_path / "empty")]
     assert train.main(argv) == 2

@@ -1,0 +1,224 @@
+"""Run folders: config.json (the settings and their history), the checkpoints, losses.csv and the
+check cache of the training images; finding a run's newest checkpoint and loading its generators.
+
+    checkpoint, config = run_config("model/horse2zebra")      # or a checkpoint prefix
+    generators = load_run_generators("model/horse2zebra", ["A2B"])
+"""
+import csv
+import glob
+import io
+import json
+import os
+import re
+import shutil
+import sys
+
+import tensorflow as tf
+
+import files
+import model
+import progress
+import utils
+
+# A run folder's settings.
+CONFIG_FILE = "config.json"
+
+
+def find_checkpoint(model_filepath):
+    """Resolves a run folder, a checkpoint prefix ("run/cyclegan.ckpt-12") or a prefix without
+    its number ("run/cyclegan.ckpt": the newest of that name) to (checkpoint path, run folder).
+    Raises utils.UserError with a one-line reason."""
+    path = model_filepath.rstrip("/") or "/"
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise utils.UserError(f"{model_filepath}: folder holds no checkpoint (and no saved_model.pb)")
+        return latest, path
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(path + ".index"):
+        return path, folder
+    numbered = sorted(glob.glob(glob.escape(path) + "-*.index"),
+                      key=lambda p: int(p[len(path) + 1:-len(".index")]) if p[len(path) + 1:-6].isdigit() else -1)
+    if numbered:
+        return numbered[-1][:-len(".index")], folder
+    raise utils.UserError(f"{model_filepath}: no such model (expected a run folder, a checkpoint prefix "
+                          f"or a SavedModel folder)")
+
+
+def run_config(model_filepath):
+    """(checkpoint path, config) of a run folder or checkpoint prefix (see find_checkpoint); the
+    config holds the architecture and, for an imported pretrained model, the one direction it
+    translates ("directions"). Raises utils.UserError."""
+    checkpoint, run_dir = find_checkpoint(model_filepath)
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise utils.UserError(f"{run_dir}: no {CONFIG_FILE} beside the checkpoint, so its architecture is unknown")
+    config = files.load_json(config_path)
+    if not isinstance(config.get("architecture"), dict):
+        raise utils.UserError(f"{config_path}: holds no architecture")
+    return checkpoint, config
+
+
+def load_run_generators(model_filepath, directions):
+    """The generators for `directions` of a run folder or checkpoint prefix (see find_checkpoint),
+    built with the architecture of the run's config.json. Raises utils.UserError."""
+    checkpoint, config = run_config(model_filepath)
+    method = model.method_of(config)
+    held = config.get("directions", method.DIRECTIONS)
+    missing = [d for d in directions if d not in held]
+    if missing:
+        why = " (--save_cycle needs both)" if len(directions) > 1 else ""
+        if "pretrained" in config:
+            why += "; a pretrained model translates its own input domain, as A2B"
+        raise utils.UserError(f"{model_filepath}: holds only the {' and '.join(held)} generator, not "
+                              f"{', '.join(missing)}{why}")
+    generators = load_generators(checkpoint, method.saved_architecture(config), directions, method)
+    print(f"model: {checkpoint}", file=sys.stderr)
+    if config.get("direction") == "BtoA":  # train.py --direction: its domain A is the folders named B
+        print("the run was trained with --direction BtoA: A2B translates images like those of its folders named B "
+              "(trainB) into those named A, B2A the other way", file=sys.stderr)
+    return generators
+
+
+def load_generators(checkpoint_path, architecture, directions, method=None):
+    """Builds only the generators asked for and restores them from a training checkpoint of `method`
+    (a class of model.METHODS; default CycleGAN). Raises utils.UserError if the checkpoint does not
+    hold them with this architecture."""
+    method = method or model.METHODS[model.DEFAULT_METHOD]
+    generators = {d: method.build_generator(architecture, d) for d in directions}
+    ckpt = tf.train.Checkpoint(**{method.GENERATOR_KEYS[d]: G for d, G in generators.items()})
+    try:
+        ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise utils.UserError(f"{checkpoint_path}: cannot restore the generators ({utils.first_line(e)})") from None
+    return generators
+
+
+LOSSES_FILE = "losses.csv"
+
+
+# Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
+CHECK_CACHE_FILE = "image_check.json"
+
+
+def check_resumable(args, config_path, train_size=None):
+    """Refuses a run folder whose checkpoints were made for another architecture, or for training
+    images of another size than train_size (see the method's architecture(); None: not compared, as
+    before the images are checked), or by another method."""
+    if not os.path.exists(config_path):
+        return
+    config = files.load_json(config_path)
+    method = model.method(args)
+    if model.method_of(config) is not method:
+        raise utils.UserError(f"{args.model_dir}: its checkpoints are of --model {config.get('model') or model.DEFAULT_METHOD}, "
+                              f"not {args.model}; use another --model_dir")
+    saved = method.saved_architecture(config)
+    wanted = method.architecture(args, train_size)
+    if train_size is None:
+        del wanted["train_size"]
+    diff = [f"{k} {saved.get(k)} -> {wanted[k]}" for k in wanted if saved.get(k) != wanted[k]]
+    if diff:
+        raise utils.UserError(f"{args.model_dir}: its checkpoint was made with another architecture "
+                              f"({', '.join(diff)}); use another --model_dir or the saved settings")
+
+
+def record_config(path, config, counters):
+    """config.json keeps the run's first configuration. Each later start that changes anything (a
+    resume with another --lr, --n_epochs, a lambda, a new TensorFlow...) appends one entry to its
+    "history": the epochs and steps done then, and each changed key as [old, new]; one line on stderr
+    says what changed. What cannot change (the architecture) was refused before this."""
+    config = json.loads(json.dumps(config))  # as it reads back: tuples become lists
+    if not os.path.exists(path):
+        files.save_json(path, dict(config, history=[]))
+        return
+    saved = files.load_json(path)
+    history = saved.setdefault("history", [])
+    current = recorded_config(saved)
+    changes = {k: [current.get(k), v] for k, v in config.items() if current.get(k) != v}
+    if not changes:
+        return
+    epochs, _, step = counters
+    history.append({"epoch": epochs, "step": step, "changes": changes})
+    files.save_json(path, saved)
+    print(f"resuming with changes (kept in {path}): "
+          + ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items()), file=sys.stderr)
+
+
+def recorded_config(saved):
+    """The settings a run has now, from its config.json (see record_config): the first configuration
+    with each change of its history applied."""
+    current = {k: v for k, v in saved.items() if k != "history"}
+    for entry in saved.get("history", []):
+        current.update({k: new for k, (_, new) in entry["changes"].items()})
+    return current
+
+
+def restore(ckpt, path, model_dir):
+    """Restores every variable or fails with one line; never half-loads a checkpoint."""
+    try:
+        ckpt.restore(path).assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:
+        raise utils.UserError(f"{path}: does not match this model ({utils.first_line(e, 300)}); "
+                              f"use another --model_dir than {model_dir}") from None
+
+
+class LossLog:
+    """losses.csv: one row of mean losses (and any evaluation scores) per finished epoch; the
+    columns of earlier starts of the run are kept, empty in rows that lack them. loss_names: the
+    method's LOSS_NAMES, in the order of the means added; plotted: those losses.png draws."""
+
+    def __init__(self, path, done_epochs, loss_names, plotted=(), extra_fields=()):
+        self.path, self.loss_names, self.plotted = path, tuple(loss_names), tuple(plotted or loss_names)
+        fields, rows = [], []
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                # Rows of epochs after the restored checkpoint are redone by this run.
+                rows = [r for r in reader if int(r["epoch"]) <= done_epochs]
+                # Every column ever written stays (e.g. the scores of an earlier --eval_every).
+                fields = list(reader.fieldnames or [])
+        self.fields = list(dict.fromkeys(["epoch", "lr", "seconds", *self.loss_names, *fields, *extra_fields]))
+        self._write(rows)
+
+    def _write(self, rows):
+        out = io.StringIO()
+        w = csv.DictWriter(out, self.fields, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        files.atomic_write_bytes(self.path, out.getvalue().encode())
+        self.rows = rows
+
+    def add(self, epoch, lr, seconds, means, scores=None):
+        row = {"epoch": epoch, "lr": f"{lr:.8g}", "seconds": f"{seconds:.1f}",
+               **{k: f"{v:.6f}" for k, v in zip(self.loss_names, means)},
+               **{k: f"{v:.6f}" for k, v in (scores or {}).items()}}
+        self._write(self.rows + [row])
+
+    def plot(self, path):
+        """losses.png: the mean losses per epoch."""
+        epochs = [int(r["epoch"]) for r in self.rows]
+        series = {k: [float(r[k]) if r.get(k) else float("nan") for r in self.rows]
+                  for k in self.plotted}
+        if epochs:
+            progress.plot_curves(path, epochs, series, title="mean losses per epoch")
+
+
+def load_check_cache(model_dir):
+    """What an earlier start found decoding the training images (see data.check_images); empty
+    for a new run, or if the file is unreadable (then every image is checked again)."""
+    try:
+        cache = files.load_json(os.path.join(model_dir, CHECK_CACHE_FILE))
+    except utils.UserError:
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def remove_unfinished_checkpoints(args):
+    """Deletes what a failed save left (its temporary folder, files of a checkpoint the index does not
+    list), so a full disk is not left fuller; the index's checkpoints are untouched."""
+    state = tf.train.get_checkpoint_state(args.model_dir)
+    listed = {os.path.basename(p) for p in (state.all_model_checkpoint_paths if state else [])}
+    for path in glob.glob(glob.escape(os.path.join(args.model_dir, args.model_name)) + "-*"):
+        name = re.sub(r"(_temp|\.index|\.data-.*)$", "", os.path.basename(path))
+        if name not in listed:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
