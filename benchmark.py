@@ -33,12 +33,12 @@ utils.start_tensorflow()
 import numpy as np
 import tensorflow as tf
 
-import export
 import devices
+import export
 import model
+import module
 import options
 import translator
-import module
 
 
 def build_parser():
@@ -274,14 +274,15 @@ def main(argv=None):
 def work(args, gan, result):
     """The analytic FLOPs of a generator and a discriminator pass and of one training iteration, and
     the executed ones (see executed_conv_flops), into result; returns them as a dict."""
-    compute_dtype = module.residual_conv(gan.G_A2B).compute_dtype if args.n_blocks else "float32"
-    g_flops, g_image, g_call = generator_flops(gan.G_A2B, args.crop_size, compute_dtype)
-    d_flops = discriminator_flops(gan.D_A, args.crop_size)
-    g_passes = 6 if args.lambda_identity > 0 else 4
-    step_flops = 3 * (g_passes * g_flops + 6 * d_flops) * args.batch_size
-    # Executed: the 4 generator calls of a step (translation and identity share one) transform
-    # each Winograd kernel once forward and once for its gradient.
-    executed_step_flops = 3 * (g_passes * g_image + 6 * d_flops) * args.batch_size + 4 * 2 * g_call
+    passes = gan.passes()
+    compute_dtype = module.residual_conv(passes["G"]).compute_dtype if args.n_blocks else "float32"
+    g_flops, g_image, g_call = generator_flops(passes["G"], args.crop_size, compute_dtype)
+    d_flops = discriminator_flops(passes["D"], args.crop_size)
+    step_flops = 3 * (passes["generator"] * g_flops + passes["discriminator"] * d_flops) * args.batch_size
+    # Executed: each generator call of a step transforms each Winograd kernel once forward and
+    # once for its gradient.
+    executed_step_flops = (3 * (passes["generator"] * g_image + passes["discriminator"] * d_flops) * args.batch_size
+                           + passes["generator_calls"] * 2 * g_call)
     result.update(generator_forward_gflop=g_flops / 1e9, discriminator_forward_gflop=d_flops / 1e9,
                   train_iteration_gflop=step_flops / 1e9, train_iteration_executed_gflop=executed_step_flops / 1e9)
     return dict(g=g_flops, g_image=g_image, g_call=g_call, step=step_flops, executed_step=executed_step_flops)

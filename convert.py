@@ -26,8 +26,8 @@ utils.start_tensorflow()
 import numpy as np
 import progressbar
 
-import export
 import devices
+import export
 import options
 
 CYCLE_DIRS = ("reconstructed", "real_fake_rec")
@@ -64,7 +64,7 @@ class Converter:
 
     def __init__(self, translators, direction, args):
         self.fwd = translators[direction]
-        self.back = translators.get("B2A" if direction == "A2B" else "A2B") if args.save_cycle else None
+        self.back = translators.get(options.opposite(direction)) if args.save_cycle else None
         self.args = args
         self.pending = {}  # (h, w) -> [(path, rgb)]
         self.converted, self.skipped = [], []

@@ -12,9 +12,9 @@ import tensorflow as tf
 
 import module
 import options
+import training
 import translator
 import utils
-import training
 from training import ImagePool, gan_loss, gradient_penalty, l1_loss
 
 
@@ -203,6 +203,15 @@ class CycleGAN(training.Trainer):
 
     def trainable_variables(self):
         return self.G_vars + self.D_vars
+
+    def passes(self):
+        """What one training step runs, for benchmark.py's count of its work: forward passes of a
+        generator and of a discriminator per image pair (each backward counts as two forwards), the
+        generator calls (translation and identity share one), and a generator and a discriminator
+        of the step."""
+        generator_passes = 6 if self.lambda_identity > 0 else 4
+        return dict(generator=generator_passes, discriminator=6, generator_calls=4 if self.join_batches else
+                    generator_passes, G=self.G_A2B, D=self.D_A)
 
     def generator_losses(self, real_A, real_B):
         """The full objective of the generators (Eq. 3 plus the identity term).

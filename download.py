@@ -27,12 +27,12 @@ import numpy as np
 import progressbar
 import requests
 
-import options
-import pretrained
-import utils
 import files
 import image_io
+import options
+import pretrained
 import progress
+import utils
 
 # The reference implementation's server; any mirror with the same file names works (--base_url).
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/"

@@ -42,9 +42,7 @@ def distribution_scores(net, real, fake, args):
     """FID and KID of two lists of images."""
     if min(len(real), len(fake)) < 2:
         raise utils.UserError("FID and KID need at least 2 images on each side")
-    f_real, f_fake = metrics.features(net, real, args.batch_size), metrics.features(net, fake, args.batch_size)
-    kid_mean, kid_std = metrics.kid(f_real, f_fake, args.kid_subsets, args.kid_subset_size)
-    return {"fid": metrics.fid(f_real, f_fake), "kid": kid_mean, "kid_std": kid_std}
+    return metrics.distribution_scores(net, real, fake, args.batch_size, args.kid_subsets, args.kid_subset_size)
 
 
 def write_grid(path, images, fakes, recs, rows, height=128):

@@ -20,13 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 import cyclegan
+import files
+import module
 import options
+import pretrained
 import runs
 import translator
-import module
-import pretrained
 import utils
-import files
 
 ONNX_OPSET = 17
 
@@ -105,8 +105,16 @@ def _onnx(G, path):
 
 # ---------------------------------------------------------------------------- running exports
 
-class SavedModelTranslator:
-    """The translator.Translator interface over an exported SavedModel's signature (whole images only)."""
+class ExportedTranslator:
+    """The translator.Translator interface over an exported file: translate(images) is the subclass's;
+    one image goes whole (exports do not tile)."""
+
+    def translate_image(self, rgb, tile_size=None):
+        return self.translate(rgb[None])[0]
+
+
+class SavedModelTranslator(ExportedTranslator):
+    """Translates by an exported SavedModel's signature."""
 
     def __init__(self, loaded, direction):
         self.signature = loaded.signatures[direction]
@@ -115,12 +123,9 @@ class SavedModelTranslator:
     def translate(self, images):
         return np.asarray(self.signature(images=tf.convert_to_tensor(images, tf.uint8))["images"])
 
-    def translate_image(self, rgb, tile_size=None):
-        return self.translate(rgb[None])[0]
 
-
-class TFLiteTranslator:
-    """The translator.Translator interface over an exported .tflite file (input resized per image size)."""
+class TFLiteTranslator(ExportedTranslator):
+    """Translates by an exported .tflite file (input resized per image size)."""
 
     def __init__(self, path):
         with warnings.catch_warnings():  # its notice that LiteRT's interpreter will replace it
@@ -141,12 +146,9 @@ class TFLiteTranslator:
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output)
 
-    def translate_image(self, rgb, tile_size=None):
-        return self.translate(rgb[None])[0]
 
-
-class OnnxTranslator:
-    """The translator.Translator interface over an exported .onnx file, run by onnxruntime on the CPU."""
+class OnnxTranslator(ExportedTranslator):
+    """Translates by an exported .onnx file, run by onnxruntime on the CPU."""
 
     def __init__(self, path):
         try:
@@ -160,9 +162,6 @@ class OnnxTranslator:
 
     def translate(self, images):
         return self.session.run(None, {self.input: np.asarray(images, np.uint8)})[0]
-
-    def translate_image(self, rgb, tile_size=None):
-        return self.translate(rgb[None])[0]
 
 
 def load_translators(model_filepath, directions, jit_compile=False, running_statistics=False):

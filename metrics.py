@@ -11,8 +11,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import utils
 import image_io
+import options
+import utils
 
 INCEPTION_SIZE = 299
 # Where Keras caches the ImageNet weights of the pooled InceptionV3 after its first download.
@@ -121,15 +122,21 @@ def features(net, images, batch_size=32):
     return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
+def distribution_scores(net, real, fake, batch_size=32, subsets=100, subset_size=1000):
+    """FID, KID and KID's spread over its subsets between two lists of images, by InceptionV3 `net`."""
+    f_real, f_fake = features(net, real, batch_size), features(net, fake, batch_size)
+    kid_mean, kid_std = kid(f_real, f_fake, subsets, subset_size)
+    return {"fid": fid(f_real, f_fake), "kid": kid_mean, "kid_std": kid_std}
+
+
 def translation_scores(translators, direction, paths, images, truth_dir=None):
     """Translates images with translators[direction] and back; returns (scores, fakes, recs).
 
     scores: cycle_l1, the mean |reconstruction - input| in [-1, 1] units (the cycle loss before
     lambda); with truth_dir, psnr and ssim of the translations against the files of the same
     names there, and psnr_input, ssim_input of the untranslated inputs (the do-nothing baseline)."""
-    back = "B2A" if direction == "A2B" else "A2B"
     fakes = [translators[direction].translate_image(im) for im in images]
-    recs = [translators[back].translate_image(f) for f in fakes]
+    recs = [translators[options.opposite(direction)].translate_image(f) for f in fakes]
     scores = {"images": len(images),
               "cycle_l1": float(np.mean([tf.reduce_mean(tf.abs(image_io.to_float(r) - image_io.to_float(im)))
                                          for r, im in zip(recs, images)]))}

@@ -17,8 +17,8 @@ The interface of a method class (see cyclegan.CycleGAN, the first):
     architecture(args, train_size), saved_architecture(config)        what fixes the variables' shapes
     build_generator(architecture, direction)                          for convert.py and exports
     from_options(args, train_size, **kwargs)                          the training object, which has
-        train_step, checkpoint(), generators, translators, counters(), begin_epoch(), end_epoch(),
-        set_learning_rate(), weights_finite() (training.Trainer)
+        train_step, checkpoint(), generators, translators, passes() (what benchmark.py counts),
+        counters(), begin_epoch(), end_epoch(), set_learning_rate(), weights_finite() (training.Trainer)
 """
 import cyclegan
 import utils

@@ -26,6 +26,13 @@ PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_c
 # train.py --direction (which folders are the model's domain A) and a generator's direction.
 TRAIN_DIRECTIONS = ("AtoB", "BtoA")
 DIRECTIONS = ("A2B", "B2A")
+
+
+def opposite(direction):
+    """The other direction: "B2A" for "A2B" and the reverse."""
+    return DIRECTIONS[1 - DIRECTIONS.index(direction)]
+
+
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 CPU_KERNEL_MODES = ("auto", "fixed", "direct")
 CPU_KERNELS_ENV = "CYCLEGAN_CPU_KERNELS"

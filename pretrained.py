@@ -21,8 +21,8 @@ import zipfile
 
 import numpy as np
 
-import utils
 import files
+import utils
 
 # Where the official download_cyclegan_model.sh fetches NAME.pth.
 PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/"

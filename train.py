@@ -119,7 +119,7 @@ def load_validation(folder, channels):
 
 def preview_grid(gan, rgb, direction):
     """real | translated | reconstructed (where the method translates back), side by side, as a uint8 image."""
-    back = "B2A" if direction == "A2B" else "A2B"
+    back = options.opposite(direction)
     fake = gan.translators[direction].translate_image(rgb)
     row = [rgb, fake] + ([gan.translators[back].translate_image(fake)] if back in gan.translators else [])
     return np.concatenate([image_io.as_rgb8(im) for im in row], axis=1)
@@ -153,11 +153,10 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
             found, fakes, _ = metrics.translation_scores(gan.translators, direction, paths, images, truth)
             found.pop("images")
             scores.update({f"{direction}_{k}": v for k, v in found.items()})
-            target = val["B2A" if direction == "A2B" else "A2B"][1]
+            target = val[options.opposite(direction)][1]
             if inception is not None and min(len(target), len(fakes)) >= 2:
-                f_real, f_fake = metrics.features(inception, target), metrics.features(inception, fakes)
-                scores[f"{direction}_fid"] = metrics.fid(f_real, f_fake)
-                scores[f"{direction}_kid"] = metrics.kid(f_real, f_fake)[0]
+                found = metrics.distribution_scores(inception, target, fakes)
+                scores.update({f"{direction}_{k}": found[k] for k in ("fid", "kid")})
         else:
             count = len(images) if full else min(args.progress_images, len(images))
             fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]

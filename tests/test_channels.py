@@ -7,16 +7,16 @@ import pytest
 import tensorflow as tf
 
 import convert
-import export
-import model
-import options
 import cyclegan
-import runs
-import translator
-import train
-import utils
+import export
 import files
 import image_io
+import model
+import options
+import runs
+import train
+import translator
+import utils
 from conftest import SMALLEST_FLAGS, make_image
 
 

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-import convert
-import runs
-import translator
-import module
-import train
 import animation
+import convert
 import files
 import image_io
+import module
+import runs
+import train
+import translator
 from conftest import TINY_FLAGS, make_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

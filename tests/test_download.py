@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import download
-import train
-from conftest import TINY_FLAGS
 import files
 import image_io
+import train
+from conftest import TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,15 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
+import animation
+import cyclegan
 import download
 import evaluate
+import image_io
 import metrics
 import train
 import utils
-import animation
-import image_io
 from conftest import TINY_FLAGS, make_image, write_images
-import cyclegan
 
 
 @pytest.fixture(scope="module")

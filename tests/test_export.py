@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import convert
-from kernels import winograd
-import module
 import files
 import image_io
+import module
 from conftest import make_image
+from kernels import winograd
 from test_compat import FIXTURE
 
 SIZES = {"small.png": (17, 9), "mid.png": (301, 157)}

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import export
-import kernels
-from kernels import convolution, tuning, winograd
-import model
 import cyclegan
+import export
+import image_io
+import kernels
+import model
+import module
 import options
 import runs
 import training
 import translator
-import module
 import utils
-import image_io
 from conftest import SMALLEST, TINY, make_image
+from kernels import convolution, tuning, winograd
 
 
 def batch(seed, n=1, size=32):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kernels import convolution, winograd
 import module
 import translator
+from kernels import convolution, winograd
 
 
 @pytest.fixture(scope="module")

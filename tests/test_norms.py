@@ -9,9 +9,9 @@ import tensorflow as tf
 
 import convert
 import cyclegan
-import translator
-import module
 import image_io
+import module
+import translator
 from conftest import make_image
 
 # (official name, norm): trainable parameters of the official networks (ngf/ndf 64), counted once

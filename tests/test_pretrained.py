@@ -17,10 +17,10 @@ import pytest
 
 import convert
 import download
-import translator
-import pretrained
 import files
 import image_io
+import pretrained
+import translator
 from test_download import server  # noqa: F401 - the local HTTP server fixture
 
 PTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pth")

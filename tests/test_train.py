@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import model
-import cyclegan
-import train
-from conftest import TINY, TINY_FLAGS
 import animation
+import cyclegan
 import files
 import image_io
+import model
+import train
+from conftest import TINY, TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-import utils
 import animation
 import data
 import files
 import image_io
 import progress
+import utils
 from conftest import make_image, write_images
 
 
