@@ -308,6 +308,7 @@ class OptionParser(utils.ArgumentParser):
 
     methods = None
     one_line_errors = True
+    _table_defaults = None    # the table's defaults of the options some method has replaced
 
     def error(self, message):
         if self.one_line_errors:
@@ -321,7 +322,11 @@ class OptionParser(utils.ArgumentParser):
                 chosen, _ = self.parse_known_args(args)
             finally:
                 self.methods = methods
-            self.set_defaults(**methods[chosen.model].DEFAULTS)
+            # The table's own defaults first, so a parser used again does not keep another method's.
+            self._table_defaults = self._table_defaults or {}
+            for name in methods[chosen.model].DEFAULTS:
+                self._table_defaults.setdefault(name, self.get_default(name))
+            self.set_defaults(**{**self._table_defaults, **methods[chosen.model].DEFAULTS})
         return super().parse_known_args(args, namespace)
 
 

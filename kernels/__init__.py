@@ -26,10 +26,11 @@ import os
 import tensorflow as tf
 
 import module
+import options
 from kernels import convolution, tuning
 
-MODES = ("auto", "fixed", "direct")
-ENV_VAR = "CYCLEGAN_CPU_KERNELS"
+MODES = options.CPU_KERNEL_MODES
+ENV_VAR = options.CPU_KERNELS_ENV
 NORM_WAYS = ("fused", "moments")
 
 

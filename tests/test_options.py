@@ -49,6 +49,9 @@ def test_a_method_sets_its_defaults_and_the_command_line_still_wins(monkeypatch)
     given = parse("--model", "other", "--lr", "5e-4", "--pool_size", "3")
     assert (given.lr, given.n_epochs, given.pool_size) == (5e-4, 7, 3)
     assert (parse().lr, parse().n_epochs, parse().model) == (2e-4, 100, "cycle_gan")
+    # One parser used for both methods in turn: the second parse has CycleGAN's defaults again.
+    parser = train.build_parser()
+    assert parser.parse_args(["--model", "other"]).lr == 1e-3 and parser.parse_args([]).lr == 2e-4
     assert model.method(mine) is Other and model.method(parse()) is cyclegan.CycleGAN
     with pytest.raises(utils.UserError, match="invalid choice"):
         parse("--model", "nonesuch")
