@@ -36,6 +36,7 @@ import tensorflow as tf
 import devices
 import export
 import model
+import layers
 import module
 import options
 import translator
@@ -64,8 +65,8 @@ def executed_conv_flops(layer, input_shape, output_shape, dtype):
     a batch); for the others conv_flops. The transforms of the input and output (additions and
     scalings, or winograd_gather_conv's matmuls by constant matrices) are not counted, as norms
     and activations are not."""
-    rewrites = module.rewrites()
-    if rewrites is None or not isinstance(layer, module.Conv2D):
+    rewrites = layers.rewrites()
+    if rewrites is None or not isinstance(layer, layers.Conv2D):
         return conv_flops(layer, input_shape, output_shape), 0
     from kernels import convolution, winograd  # installed rewrites: the package is there
     if convolution.conv_rewrite(layer, input_shape, dtype, mode=rewrites.mode) == "winograd_gather":
@@ -334,7 +335,7 @@ def convert_speed(args, gan, peak, flops, real_A, result):
     result["convert_fraction_of_adjacent_peak"] = statistics.median(fractions)
     # Executed: each run of G transforms its Winograd kernels once; with the CPU rewrites a batch of
     # more than one image is two runs side by side (translator.Translator).
-    calls = 2 if args.convert_batch_size > 1 and module.rewrites() is not None else 1
+    calls = 2 if args.convert_batch_size > 1 and layers.rewrites() is not None else 1
     result["convert_executed_gflops"] = ((flops["g_image"] * args.convert_batch_size + calls * flops["g_call"]) / 1e9
                                          / statistics.median(times))
 

@@ -10,6 +10,7 @@ Names follow the paper: G_A2B maps domain A to B, D_B tells real B from fake B.
 """
 import tensorflow as tf
 
+import layers
 import module
 import options
 import training
@@ -182,7 +183,7 @@ class CycleGAN(training.Trainer):
         self.D_B = discriminator(self.netD, ndf, n_layers_D, channels_B, self.norm, name="D_B", dtype=p)
         if self.init != ("normal", 0.02):  # the layers' own draw is the default's
             for net in (self.G_A2B, self.G_B2A, self.D_A, self.D_B):
-                module.initialize(net, *self.init)
+                layers.initialize(net, *self.init)
         self.optimizer_G, self.optimizer_D = self.adam(beta1, beta2), self.adam(beta1, beta2)
         self.optimizers = {"optimizer_G": self.optimizer_G, "optimizer_D": self.optimizer_D}
         self.G_vars = self.G_A2B.trainable_variables + self.G_B2A.trainable_variables

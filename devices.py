@@ -4,7 +4,7 @@ place that imports kernels: without that package everything runs the direct way.
 """
 import os
 
-import module
+import layers
 import options
 import utils
 
@@ -23,7 +23,7 @@ def setup(cpu_kernels=None):
     if wanted not in options.CPU_KERNEL_MODES:
         raise utils.UserError(f"{options.CPU_KERNELS_ENV}={wanted}: use one of {', '.join(options.CPU_KERNEL_MODES)}")
     if wanted == "direct" or tf.config.list_physical_devices("GPU"):
-        module.install(None)
+        layers.install(None)
         return
     try:
         import kernels
@@ -33,6 +33,6 @@ def setup(cpu_kernels=None):
         if cpu_kernels:
             raise utils.UserError(f"--cpu_kernels {cpu_kernels}: this copy of the toolkit has no kernels/ "
                                   f"package (the CPU rewrites); use --cpu_kernels direct") from None
-        module.install(None)
+        layers.install(None)
         return
     kernels.set_mode(wanted)

@@ -8,7 +8,7 @@
 Every format holds the graph convert.py runs (translator.Translator.translate): uint8 RGB images
 (N, H, W, 3) of any size in, reflect-padded to multiples of 4 inside the graph, the generator,
 cropped back, uint8 of the same size out. It is traced with Keras' own convolution whatever the
-machine (module.plain(); TFLite and ONNX also with instance norm as plain ops, module.plain(portable=True)),
+machine (layers.plain(); TFLite and ONNX also with instance norm as plain ops, layers.plain(portable=True)),
 so nothing CPU-specific or XLA-compiled is in the files.
 """
 import os
@@ -21,7 +21,7 @@ import tensorflow as tf
 
 import cyclegan
 import files
-import module
+import layers
 import options
 import pretrained
 import runs
@@ -65,7 +65,7 @@ def write(generators, export_dir, export_format="savedmodel", quantize="none"):
 def _savedmodel(generators, folder):
     root = tf.Module()
     signatures = {}
-    with module.plain():
+    with layers.plain():
         for direction, G in generators.items():
             setattr(root, f"G_{direction}", G)
             signatures[direction] = _translation(G)
@@ -78,7 +78,7 @@ def _frozen(G):
     # TFLite's converter leaves Keras 3 variables as resource variables it never initialises;
     # freezing them first is what the converters themselves do for a graph (tf2onnx too).
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    with module.plain(portable=True):
+    with layers.plain(portable=True):
         return convert_variables_to_constants_v2(_translation(G).get_concrete_function())
 
 
@@ -97,7 +97,7 @@ def _onnx(G, path):
         import tf2onnx
     except ImportError:
         raise utils.UserError("--export_format onnx needs tf2onnx (pip install -r requirements.txt)") from None
-    with module.plain(portable=True):
+    with layers.plain(portable=True):
         # One output, not a dict: tf2onnx cannot name an output as its input ("images").
         tf2onnx.convert.from_function(_translation(G, None), input_signature=[translator.image_spec(G.input_shape[-1])],
                                       opset=ONNX_OPSET, output_path=path)
@@ -169,7 +169,7 @@ def load_translators(model_filepath, directions, jit_compile=False, running_stat
     exported_translators), a PyTorch ResnetGenerator .pth file (one generator, serving the one
     direction asked), or a run folder or checkpoint (runs.load_run_generators). Returns
     (translators, generators), generators None for an export. running_statistics: batch norms use
-    their running statistics (convert.py --eval; see module.BatchNorm). Raises utils.UserError."""
+    their running statistics (convert.py --eval; see layers.BatchNorm). Raises utils.UserError."""
     translators = exported_translators(model_filepath, directions)
     if translators is not None:
         if running_statistics:
@@ -184,7 +184,7 @@ def load_translators(model_filepath, directions, jit_compile=False, running_stat
     else:
         generators = runs.load_run_generators(model_filepath, directions)
     for G in generators.values():
-        module.use_running_statistics(G, running_statistics)
+        layers.use_running_statistics(G, running_statistics)
     return {d: translator.Translator(G, jit_compile) for d, G in generators.items()}, generators
 
 

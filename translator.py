@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import image_io
+import layers
 import module
 
 
@@ -71,7 +72,7 @@ class Translator:
         key = n, h, w, dtype
         if key not in self._graphs:
             self._met[key] = self._met.get(key, 0) + 1
-            rewrites = module.rewrites()
+            rewrites = layers.rewrites()
             if not (self._met[key] > 1 and rewrites is not None and rewrites.sized_graphs
                     and sum(k[1] is not None for k in self._graphs) < SIZED_GRAPHS):
                 key = n, None, None, dtype
@@ -94,7 +95,7 @@ class Translator:
                 fn.get_concrete_function()
             return fn
 
-        rewrites = module.rewrites()
+        rewrites = layers.rewrites()
         if (spec.shape[1] is None or self.jit_compile or rewrites is None or not rewrites.sized_graphs
                 or not tf.executing_eagerly()):
             return traced()
@@ -114,7 +115,7 @@ class Translator:
 
     def _translate(self, images):
         n = images.shape[0]
-        rewrites = module.rewrites()
+        rewrites = layers.rewrites()
         if n is not None and n > 1 and rewrites is not None and rewrites.split_batches:
             # Two halves of the batch as two independent runs of G, which TensorFlow executes side
             # by side (see kernels.CpuRewrites.split_batches).
@@ -201,7 +202,7 @@ class Translator:
     def _per_image_norm(layer):
         """Whether a layer normalises by the statistics of the whole image: instance norm, and
         batch norm unless set to its running statistics (convert.py --eval)."""
-        return isinstance(layer, module.InstanceNorm) or (isinstance(layer, module.BatchNorm)
+        return isinstance(layer, layers.InstanceNorm) or (isinstance(layer, layers.BatchNorm)
                                                           and not layer.running_statistics)
 
     @staticmethod
@@ -220,7 +221,7 @@ class Translator:
         mean = total / n
         scale = 1.0 / np.sqrt(np.maximum(squares / n - mean ** 2, 0.0) + layer.epsilon)
         offset = -mean * scale
-        if isinstance(layer, module.BatchNorm):
+        if isinstance(layer, layers.BatchNorm):
             gamma = layer.gamma.numpy()
             scale, offset = scale * gamma, offset * gamma + layer.beta.numpy()
         for r in range(0, x.shape[1], rows):

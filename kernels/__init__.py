@@ -4,7 +4,7 @@
     kernels.set_mode("auto")              # what devices.setup() does for --cpu_kernels auto (the default)
     kernels.set_mode("direct")            # TensorFlow's own ops everywhere (also: CYCLEGAN_CPU_KERNELS=direct)
 
-An opt-in: set_mode installs a CpuRewrites into module.py's layers (module.install), which never
+An opt-in: set_mode installs a CpuRewrites into layers.py's layers (layers.install), which never
 import this package; a toolkit without it computes everything the direct way. Every rewrite gives
 the convolution's values and gradients from the same variables, up to float rounding. The mode is
 read when a graph is traced, never inside it:
@@ -12,12 +12,12 @@ read when a graph is traced, never inside it:
 - "auto" (the default on a CPU-only machine): for each convolution shape a graph meets, the direct
   convolution and every rewrite that applies are timed once on this machine, as training uses them
   (forward and both gradients) or as conversion does (forward), and the fastest is kept; likewise
-  the two ways of computing instance norm (module.instance_norm). The choices are cached on disk per
+  the two ways of computing instance norm (layers.instance_norm). The choices are cached on disk per
   processor, thread count and TensorFlow version (see tuning.cache_path), so the measuring is paid
   once per machine, while a graph is first traced.
 - "fixed": the rewrites by fixed rules (see convolution.conv_rewrite); instance norm fused.
 - "direct": nothing installed: TensorFlow's own ops. What GPUs always get (cuDNN has none of these
-  gaps and picks Winograd itself), what every export is traced with (module.plain), and what
+  gaps and picks Winograd itself), what every export is traced with (layers.plain), and what
   `--cpu_kernels direct` asks for, to debug or compare.
 """
 import contextlib
@@ -25,7 +25,7 @@ import os
 
 import tensorflow as tf
 
-import module
+import layers
 import options
 from kernels import convolution, tuning
 
@@ -49,12 +49,12 @@ def set_mode(mode):
         raise ValueError(f"kernel mode {mode}: use one of {', '.join(MODES)}")
     # Physical devices: listing logical ones would start TensorFlow before a multi-worker strategy can.
     mode = "direct" if tf.config.list_physical_devices("GPU") else (mode or default_mode())
-    module.install(None if mode == "direct" else CpuRewrites(mode))
+    layers.install(None if mode == "direct" else CpuRewrites(mode))
 
 
 def mode():
-    """The mode graphs are traced in now ("direct" when nothing is installed, and inside module.plain())."""
-    installed = module.rewrites()
+    """The mode graphs are traced in now ("direct" when nothing is installed, and inside layers.plain())."""
+    installed = layers.rewrites()
     return installed.mode if isinstance(installed, CpuRewrites) else "direct"
 
 
@@ -64,7 +64,7 @@ def cpu_rewrites():
 
 
 class CpuRewrites:
-    """What module.py's layers and the Translator ask the installed rewrites (see module.install)."""
+    """What layers.py's layers and the Translator ask the installed rewrites (see layers.install)."""
 
     # The Translator runs a batch as two halves side by side: on a CPU one half's norms, padding and
     # ReLUs (a third of the time of a lone run on one core) overlap the other's convolutions.
@@ -101,7 +101,7 @@ class CpuRewrites:
             y._reflect_padding = (x, pad)
 
     def norm_way(self, shape, dtype, training):
-        """How module.instance_norm computes an input of this shape and dtype: "fused", or in "auto"
+        """How layers.instance_norm computes an input of this shape and dtype: "fused", or in "auto"
         mode the faster of NORM_WAYS timed once per shape (see tuning.measured_choice)."""
         if self.mode != "auto" or shape[3] is None:
             return "fused"
@@ -127,9 +127,9 @@ class CpuRewrites:
 
 
 def _norm_fn(way, spec, training, epsilon=1e-5):
-    """module.instance_norm by `way` as a tf.function of x traced for `spec`: forward only, or, as in
+    """layers.instance_norm by `way` as a tf.function of x traced for `spec`: forward only, or, as in
     training, forward and the gradient of x."""
-    norm = module.moments_norm if way == "moments" else module.fused_norm
+    norm = layers.moments_norm if way == "moments" else layers.fused_norm
     if not training:
         return tf.function(lambda x: norm(x, epsilon), input_signature=[spec])
 

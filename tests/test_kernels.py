@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import convert
 import kernels
+import layers
 import module
 from kernels import convolution, tuning, winograd
 from test_compat import FIXTURE
@@ -32,7 +33,7 @@ def op_types(layer, spec):
 @pytest.mark.parametrize("filters,k,shape", [(3, 7, (1, 18, 14, 5)), (6, 3, (1, 14, 10, 5)), (6, 4, (1, 17, 12, 5))])
 def test_direct_mode_is_keras_convolution(filters, k, shape, restore_mode, monkeypatch):
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)
-    ours = module.Conv2D(filters, k)
+    ours = layers.Conv2D(filters, k)
     reference = keras.layers.Conv2D(filters, k)
     spec = tf.TensorSpec(shape)
     ours.build(shape), reference.build(shape)
@@ -41,7 +42,7 @@ def test_direct_mode_is_keras_convolution(filters, k, shape, restore_mode, monke
     kernels.set_mode("direct")
     assert op_types(ours, spec) == op_types(reference, spec)
     kernels.set_mode("fixed")
-    with module.plain():
+    with layers.plain():
         assert op_types(ours, spec) == op_types(reference, spec)
     assert kernels.mode() == "fixed"
 
@@ -64,9 +65,9 @@ def test_portable_instance_norm_equals_the_fused_one(batch):
     x = np.random.default_rng(4).normal(2, 3, (3, 9, 7, 5)).astype(np.float32)
     spec = tf.TensorSpec([batch, None, None, 5])
     data = x[:1] if batch == 1 else x
-    fused = tf.function(lambda t: module.instance_norm(t, 1e-5), input_signature=[spec])
-    with module.plain(portable=True):
-        plain = tf.function(lambda t: module.instance_norm(t, 1e-5), input_signature=[spec])
+    fused = tf.function(lambda t: layers.instance_norm(t, 1e-5), input_signature=[spec])
+    with layers.plain(portable=True):
+        plain = tf.function(lambda t: layers.instance_norm(t, 1e-5), input_signature=[spec])
         types = [op.type for op in plain.get_concrete_function().graph.get_operations()]
     assert "FusedBatchNormV3" not in types
     np.testing.assert_allclose(plain(data), fused(data), atol=1e-5)
@@ -109,7 +110,7 @@ def test_tuning_avoids_a_slow_rewrite_and_caches_every_time(restore_mode, monkey
     monkeypatch.setattr(tuning, "_tuned", {})
     monkeypatch.setattr(convolution, "winograd_gather_conv", slow(winograd.winograd_gather_conv))
     kernels.set_mode("auto")
-    layer = module.Conv2D(16, 3)
+    layer = layers.Conv2D(16, 3)
     layer.build((1, 18, 18, 16))
     for training in (False, True):
         assert convolution.conv_rewrite(layer, (2, 18, 18, 16), tf.float32, training, mode="auto") is None  # not Winograd
@@ -127,8 +128,8 @@ def slow_norm(fn, repeats=30):
 
 
 def norm_way(shape, dtype, training):
-    """How module.instance_norm computes now: the installed rewrites' choice, else "fused"."""
-    return module.rewrites().norm_way(shape, dtype, training) if module.rewrites() else "fused"
+    """How layers.instance_norm computes now: the installed rewrites' choice, else "fused"."""
+    return layers.rewrites().norm_way(shape, dtype, training) if layers.rewrites() else "fused"
 
 
 @pytest.mark.parametrize("slow_way,function", [("moments", "moments_norm"), ("fused", "fused_norm")])
@@ -144,7 +145,7 @@ def test_norm_tuning_avoids_the_slow_way_for_training_and_conversion(slow_way, f
     assert set(entries) == {"instance norm 2x12x10x8 float32 convert", "instance norm 2x12x10x8 float32 train"}
     for entry in entries.values():
         assert entry["choice"] != slow_way and entry["seconds"][slow_way] > entry["seconds"][entry["choice"]]
-    # The other modes, and exports (module.plain()), always take the fused kernel.
+    # The other modes, and exports (layers.plain()), always take the fused kernel.
     for mode in ("fixed", "direct"):
         kernels.set_mode(mode)
         assert norm_way((2, 12, 10, 8), tf.float32, False) == "fused"
@@ -226,7 +227,7 @@ def test_winograd_gather_reads_through_the_reflect_padding(static, restore_mode,
     # The layers as the residual block has them; the choice is given (timing is tested above).
     monkeypatch.setattr(convolution, "tuned_choice", lambda k, stride, *rest: "winograd_gather")
     kernels.set_mode("auto")
-    pad, conv = module.ReflectionPad2D(1), module.Conv2D(5, 3, bias_initializer="random_normal")
+    pad, conv = layers.ReflectionPad2D(1), layers.Conv2D(5, 3, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(5, 3)
     x = tf.constant(np.random.default_rng(3).normal(size=(2, 10, 7, 4)), tf.float32)
     conv.build((2, 12, 9, 4)), reference.build((2, 12, 9, 4))

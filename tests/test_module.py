@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import layers
 import module
 import translator
 from kernels import convolution, winograd
@@ -45,7 +46,7 @@ def test_initialization_as_the_official_init_weights(init_type, gain):
     x = keras.Input((None, None, 64))
     net = keras.Model(x, [keras.layers.Conv2D(32, 3, bias_initializer="ones")(x),
                           keras.layers.Conv2DTranspose(32, 3, bias_initializer="ones")(x)])
-    module.initialize(net, init_type, gain)
+    layers.initialize(net, init_type, gain)
     # PyTorch's fans: a Conv2d(64, 32, 3) has fan in 9 x 64; a ConvTranspose2d(64, 32, 3), whose
     # weight is (64, 32, 3, 3), counts 9 x 32 as its fan in.
     for layer, fan_in in zip(net.layers[1:], (9 * 64, 9 * 32)):
@@ -58,7 +59,7 @@ def test_initialization_as_the_official_init_weights(init_type, gain):
 def test_orthogonal_initialization_with_gain():
     x = keras.Input((None, None, 16))
     net = keras.Model(x, keras.layers.Conv2D(32, 3)(x))
-    module.initialize(net, "orthogonal", 0.5)
+    layers.initialize(net, "orthogonal", 0.5)
     m = net.layers[1].kernel.numpy().reshape(9 * 16, 32)            # fan in x filters
     np.testing.assert_allclose(m.T @ m, 0.25 * np.eye(32), atol=1e-5)
 
@@ -81,7 +82,7 @@ def test_no_bias_free_or_affine_norm_layers():
     G = module.resnet_generator(ngf=8, n_blocks=2)
     convs = [l for l in G.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
     assert all(l.use_bias for l in convs)
-    norms = [l for l in G.layers if isinstance(l, module.InstanceNorm)]
+    norms = [l for l in G.layers if isinstance(l, layers.InstanceNorm)]
     assert norms and all(not l.weights for l in norms)
 
 
@@ -130,7 +131,7 @@ def test_generator_in_the_paper_order_and_run_layer_by_layer_is_the_model():
     assert stages == ["c7s1-4", "d8", "d16", "R16-1", "R16-2", "u8", "u4", "c7s1-3-out"]
     x = np.random.default_rng(2).uniform(-1, 1, (2, 24, 16, 3)).astype(np.float32)
     norms = []
-    y = translator.run_layers(G, x, lambda layer, h: (norms.append(layer.name) if isinstance(layer, module.InstanceNorm)
+    y = translator.run_layers(G, x, lambda layer, h: (norms.append(layer.name) if isinstance(layer, layers.InstanceNorm)
                                                   else None) or layer(h))
     np.testing.assert_allclose(y, G(x), atol=1e-6)
     assert len(norms) == 1 + 2 + 2 * 2 + 2  # encoder, downsampling, residual, upsampling
@@ -138,7 +139,7 @@ def test_generator_in_the_paper_order_and_run_layer_by_layer_is_the_model():
 
 def test_instance_norm_statistics():
     x = np.random.default_rng(1).normal(3.0, 5.0, size=(2, 6, 5, 4)).astype(np.float32)
-    y = np.asarray(module.InstanceNorm()(x))
+    y = np.asarray(layers.InstanceNorm()(x))
     want = (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(x.var(axis=(1, 2), keepdims=True) + 1e-5)
     np.testing.assert_allclose(y, want, atol=1e-4)
 
@@ -163,7 +164,7 @@ def test_instance_norm_values_and_gradient_in_each_layout(batch):
             loss = tf.reduce_sum(tf.square(y) * w + y * w)
         return y, tape.gradient(loss, x)
 
-    norm = module.InstanceNorm()
+    norm = layers.InstanceNorm()
     run = tf.function(lambda x: value_and_grad(norm, x), input_signature=[tf.TensorSpec((batch, 5, 7, 3))])
     (y, g), (y_want, g_want) = run(x), value_and_grad(formula, x)
     np.testing.assert_allclose(y, y_want, atol=1e-5)
@@ -173,7 +174,7 @@ def test_instance_norm_values_and_gradient_in_each_layout(batch):
 
 def test_crop_and_its_gradient():
     x = tf.reshape(tf.range(2 * 5 * 6 * 1, dtype=tf.float32), (2, 5, 6, 1))
-    crop = module.Crop2D(((1, 0), (2, 1)))
+    crop = layers.Crop2D(((1, 0), (2, 1)))
     with tf.GradientTape() as tape:
         tape.watch(x)
         y = crop(x)
@@ -189,7 +190,7 @@ def test_crop_and_its_gradient():
 
 def test_reflection_pad_mirrors_without_edge_repeat():
     x = np.arange(4, dtype=np.float32).reshape(1, 1, 4, 1) * np.ones((1, 4, 1, 1), np.float32)
-    y = np.asarray(module.ReflectionPad2D(2)(x))[0, 0, :, 0]
+    y = np.asarray(layers.ReflectionPad2D(2)(x))[0, 0, :, 0]
     np.testing.assert_array_equal(y, [2, 1, 0, 1, 2, 3, 2, 1])
 
 
@@ -219,7 +220,7 @@ def conv_graph_ops(layer, x_spec):
 ])
 def test_conv_rewrites_equal_keras_conv_values_and_gradients(filters, k, stride, shape, static, path, monkeypatch):
     monkeypatch.setattr(winograd, "WINOGRAD_MIN_CHANNELS", 1)    # small layers, to keep the test fast
-    ours = module.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
+    ours = layers.Conv2D(filters, k, strides=stride, bias_initializer="random_normal")
     reference = keras.layers.Conv2D(filters, k, strides=stride)
     x = tf.constant(np.random.default_rng(filters).normal(size=(*shape, 5)), tf.float32)
     ours.build(x.shape), reference.build(x.shape)

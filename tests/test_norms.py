@@ -10,6 +10,7 @@ import tensorflow as tf
 import convert
 import cyclegan
 import image_io
+import layers
 import module
 import translator
 from conftest import make_image
@@ -36,13 +37,13 @@ def test_parameter_counts_as_the_official_networks(name, norm):
              "pixel": lambda: module.pixel_discriminator(norm=norm)}[name]
     net = build()
     assert trainable(net) == OFFICIAL_COUNTS[name, norm]
-    norms = [layer for layer in net.layers if isinstance(layer, (module.InstanceNorm, module.BatchNorm))]
-    assert {type(layer) for layer in norms} == ({module.BatchNorm} if norm == "batch" else set())
+    norms = [layer for layer in net.layers if isinstance(layer, (layers.InstanceNorm, layers.BatchNorm))]
+    assert {type(layer) for layer in norms} == ({layers.BatchNorm} if norm == "batch" else set())
 
 
 def test_batch_norm_is_pytorchs_in_training_and_in_both_test_modes():
     x = np.random.default_rng(0).normal(2.0, 3.0, (2, 6, 5, 4)).astype(np.float32)
-    bn = module.BatchNorm()
+    bn = layers.BatchNorm()
     y = bn(x, training=True).numpy()
     gamma = bn.gamma.numpy()
     assert np.all(gamma != 1.0) and np.std(gamma) < 0.1                   # N(1, 0.02)
@@ -55,7 +56,7 @@ def test_batch_norm_is_pytorchs_in_training_and_in_both_test_modes():
     for image in x:
         m, v = image.mean((0, 1)), image.var((0, 1))
         np.testing.assert_allclose(bn(image[None]).numpy()[0], (image - m) / np.sqrt(v + 1e-5) * gamma, atol=1e-5)
-    module.use_running_statistics(keras.Sequential([bn]))
+    layers.use_running_statistics(keras.Sequential([bn]))
     running = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5) * gamma
     np.testing.assert_allclose(bn(x).numpy(), running, atol=1e-4)
 
@@ -82,7 +83,7 @@ def test_batch_norm_step_keeps_the_official_calls_apart():
     np.testing.assert_allclose(fake_B, gan.G_A2B(A, training=True), atol=1e-6)
     np.testing.assert_allclose(fake_A, gan.G_B2A(B, training=True), atol=1e-6)
     norms = [layer for net in (gan.G_A2B, gan.G_B2A, gan.D_A, gan.D_B) for layer in net.layers
-             if isinstance(layer, module.BatchNorm)]
+             if isinstance(layer, layers.BatchNorm)]
     before = [layer.moving_mean.numpy() for layer in norms]
     assert np.all(np.isfinite(gan.train_step(A, B).numpy()))
     assert all(not np.array_equal(b, layer.moving_mean.numpy()) for b, layer in zip(before, norms))
@@ -114,7 +115,7 @@ def test_batch_norm_translation_per_image_tiled_and_with_running_statistics(tmp_
                              "--output_dir", str(out), "--cpu_kernels", "direct", *flags]) == 0
         outputs[tuple(flags)] = np.stack([image_io.read_image(str(out / f"{i}.png")) for i in range(2)])
     np.testing.assert_array_equal(outputs[()], fakes)
-    module.use_running_statistics(G)
+    layers.use_running_statistics(G)
     evaluated = translator.Translator(G).translate(rgb).numpy()
     np.testing.assert_array_equal(outputs[("--eval",)], evaluated)
     assert np.abs(evaluated.astype(int) - fakes).max() > 10
