@@ -113,7 +113,8 @@ def build(args, train_size=None, **kwargs):
     """A CycleGAN from parsed options (options.py) for training images of train_size (see
     architecture()); kwargs add or override arguments."""
     settings = dict(architecture(args, train_size), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-                    lr=args.lr, beta1=args.beta1, batch_size=args.batch_size, jit_compile=args.jit_compile,
+                    lr=args.lr, beta1=args.beta1, beta2=args.beta2, batch_size=args.batch_size,
+                    jit_compile=args.jit_compile,
                     gan_mode=args.gan_mode, lr_policy=args.lr_policy, lr_decay_iters=args.lr_decay_iters,
                     init_type=args.init_type, init_gain=args.init_gain,
                     mixed_precision=args.mixed_precision)
@@ -132,8 +133,6 @@ class CycleGAN(training.Trainer):
     training (counters, schedule, distributed step) is training.Trainer's.
     """
 
-    # The defaults this method gives the options (options.OPTIONS' are already CycleGAN's).
-    DEFAULTS = {}
     LOSS_NAMES = LOSS_NAMES
     # The directions its generators translate, and their keys in a training checkpoint.
     DIRECTIONS = options.DIRECTIONS
@@ -148,6 +147,7 @@ class CycleGAN(training.Trainer):
     saved_architecture = staticmethod(saved_architecture)
     build_generator = staticmethod(generator)
     from_options = staticmethod(build)
+    load_size = staticmethod(lambda args, epoch: args.load_size)
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", norm="instance",
                  dropout=False, input_nc=3, output_nc=3, crop_size=256, train_size=None,

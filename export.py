@@ -22,7 +22,7 @@ import tensorflow as tf
 import cyclegan
 import files
 import layers
-import options
+import model
 import pretrained
 import runs
 import translator
@@ -193,7 +193,8 @@ def directions_held(model_filepath, asked):
     imported pretrained model), or [asked] for a file holding one generator (.pth, .tflite, .onnx)."""
     if pretrained.is_pth(model_filepath) or os.path.splitext(model_filepath)[1].lower() in (".tflite", ".onnx"):
         return [asked]
-    return list(runs.run_config(model_filepath)[1].get("directions", options.DIRECTIONS))
+    config = runs.run_config(model_filepath)[1]
+    return list(config.get("directions", model.method_of(config).DIRECTIONS))
 
 
 def _one_generator(path, directions):

@@ -297,3 +297,35 @@ def conv_transpose(filters, kernel, name, dtype, bias=True):
     return keras.layers.Conv2DTranspose(filters, kernel, strides=2, padding="valid", use_bias=bias,
                                         kernel_initializer=conv_init(), bias_initializer="zeros",
                                         name=name, dtype=dtype)
+
+
+class BlurPool(keras.layers.Layer):
+    """Antialiased downsampling (Zhang 2019), the official CUT code's Downsample: reflect-pad 1, then
+    every channel convolved with the fixed [1, 2, 1] x [1, 2, 1] / 16 filter at stride 2 (side s ->
+    ceil(s / 2)). The filter is a constant, not a weight (a buffer there)."""
+
+    def call(self, x):
+        taps = tf.constant([1.0, 2.0, 1.0]) / 4.0
+        kernel = tf.tile((taps[:, None] * taps[None, :])[:, :, None, None], [1, 1, x.shape[-1], 1])
+        y = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        return tf.nn.depthwise_conv2d(y, tf.cast(kernel, x.dtype), [1, 2, 2, 1], "VALID")
+
+    def compute_output_shape(self, shape):
+        half = lambda d: None if d is None else (d + 1) // 2
+        return (shape[0], half(shape[1]), half(shape[2]), shape[3])
+
+
+class BlurUpsample(keras.layers.Layer):
+    """The official CUT code's Upsample (filt_size 4): replicate-pad 1, a stride-2 transposed
+    convolution of every channel with the fixed [1, 3, 3, 1] x [1, 3, 3, 1] / 16 filter, cropped to
+    2H x 2W. Each output pixel is then 3/4 of its nearest input pixel and 1/4 of the next one along
+    each axis, the edges repeated: exactly bilinear resizing by 2 with half-pixel centres (checked
+    against the official module in tests/test_cut.py), which is how it is computed here."""
+
+    def call(self, x):
+        size = tf.shape(x)[1:3] * 2
+        return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
+
+    def compute_output_shape(self, shape):
+        double = lambda d: None if d is None else 2 * d
+        return (shape[0], double(shape[1]), double(shape[2]), shape[3])

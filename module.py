@@ -1,8 +1,12 @@
-"""The two CycleGAN networks, as in the paper (appendix 7.2) and the official implementation.
+"""The networks of CycleGAN (its paper's appendix 7.2) and CUT, as the official implementations.
 
     G = resnet_generator(ngf=64, n_blocks=9)        # c7s1-64, d128, d256, R256 x 9, u128, u64, c7s1-3
     D = patch_discriminator(ndf=64, n_layers=3)     # C64, C128, C256, C512, then a 1-channel score map
     D = pixel_discriminator(ndf=64)                 # 1x1 convolutions: a score per pixel
+    G = resnet_generator(antialias=True, antialias_up=True)   # CUT's: blur after the stride-1 convs
+    D = patch_discriminator(antialias=True)         # CUT's PatchGAN
+    E = encoder(G, [0, 4, 8, 12, 16])               # the features CUT's PatchNCE compares
+    F = patch_sample_mlps([3, 128, 256, 256, 256])  # CUT's projection heads (PatchSampleF), one model
 
 Builders only (the layers are layers.py's): shapes and widths are arguments, never globals. Every
 padding is explicit (reflect or zero, as the reference has it), because Keras 'same' padding puts
@@ -13,7 +17,7 @@ official dropout; the defaults are the paper's (instance norm, no dropout).
 """
 import keras
 
-from layers import Crop2D, ReflectionPad2D, conv, conv_transpose, has_bias, normalize
+from layers import BlurPool, BlurUpsample, Crop2D, ReflectionPad2D, conv, conv_transpose, has_bias, initializer, normalize
 
 
 # ---------------------------------------------------------------------------- generator
@@ -36,13 +40,15 @@ def c7s1(x, k, name, dtype, norm="instance", last=False):
     return keras.layers.ReLU(name=f"{name}_relu", dtype=dtype)(x)
 
 
-def dk(x, k, dtype, norm="instance"):
+def dk(x, k, dtype, norm="instance", antialias=False):
     """dk: zero-pad 1, conv 3x3 stride 2 with k filters, norm, ReLU (the reference pads downsampling
-    convolutions with zeros)."""
+    convolutions with zeros). antialias (CUT's default): the convolution at stride 1, and after the
+    ReLU the blur that halves the image (layers.BlurPool)."""
     x = keras.layers.ZeroPadding2D(1, name=f"d{k}_pad", dtype=dtype)(x)
-    x = conv(k, 3, stride=2, name=f"d{k}_conv", dtype=dtype, bias=has_bias(norm))(x)
+    x = conv(k, 3, stride=1 if antialias else 2, name=f"d{k}_conv", dtype=dtype, bias=has_bias(norm))(x)
     x = normalize(x, norm, f"d{k}_norm", dtype)
-    return keras.layers.ReLU(name=f"d{k}_relu", dtype=dtype)(x)
+    x = keras.layers.ReLU(name=f"d{k}_relu", dtype=dtype)(x)
+    return BlurPool(name=f"d{k}_blur", dtype=dtype)(x) if antialias else x
 
 
 def Rk(x, k, index, dtype, norm="instance", dropout=False):
@@ -61,18 +67,25 @@ def Rk(x, k, index, dtype, norm="instance", dropout=False):
     return keras.layers.Add(name=f"{name}_add", dtype=dtype)([x, y])
 
 
-def uk(x, k, dtype, norm="instance"):
+def uk(x, k, dtype, norm="instance", antialias=False):
     """uk: PyTorch's ConvTranspose2d(3, stride 2, padding 1, output_padding 1), H -> 2H, then norm and
     ReLU. The 'valid' transposed conv gives 2H + 1 rows; padding=1 drops the first row and column,
-    output_padding=1 keeps the last. Keras 'same' would drop the last (a one-pixel shift)."""
-    x = conv_transpose(k, 3, f"u{k}_convT", dtype, bias=has_bias(norm))(x)
-    x = Crop2D(((1, 0), (1, 0)), name=f"u{k}_crop", dtype=dtype)(x)
+    output_padding=1 keeps the last. Keras 'same' would drop the last (a one-pixel shift).
+    antialias (CUT's default): the fixed upsampling filter (layers.BlurUpsample), then a 3x3
+    convolution with zero padding 1, norm and ReLU."""
+    if antialias:
+        x = BlurUpsample(name=f"u{k}_up", dtype=dtype)(x)
+        x = keras.layers.ZeroPadding2D(1, name=f"u{k}_pad", dtype=dtype)(x)
+        x = conv(k, 3, name=f"u{k}_conv", dtype=dtype, bias=has_bias(norm))(x)
+    else:
+        x = conv_transpose(k, 3, f"u{k}_convT", dtype, bias=has_bias(norm))(x)
+        x = Crop2D(((1, 0), (1, 0)), name=f"u{k}_crop", dtype=dtype)(x)
     x = normalize(x, norm, f"u{k}_norm", dtype)
     return keras.layers.ReLU(name=f"u{k}_relu", dtype=dtype)(x)
 
 
 def resnet_generator(ngf=64, n_blocks=9, in_channels=3, out_channels=None, norm="instance", dropout=False,
-                     name="generator", dtype=None):
+                     name="generator", dtype=None, antialias=False, antialias_up=False):
     """The ResNet generator of Johnson et al. as CycleGAN uses it (the reference's ResnetGenerator):
 
         c7s1-ngf, d(2 ngf), d(4 ngf), R(4 ngf) x n_blocks, u(2 ngf), u(ngf), c7s1-out_channels, tanh
@@ -81,18 +94,69 @@ def resnet_generator(ngf=64, n_blocks=9, in_channels=3, out_channels=None, norm=
     H and W multiples of 4 (at least 8); returns (batch, H, W, out_channels) (default: in_channels).
     norm: "instance" (the paper's), "batch" or "none"; dropout: 0.5 in each residual block (the
     official default outside CycleGAN). dtype: a Keras dtype policy for every layer but the last
-    (e.g. "mixed_bfloat16"). The last stage is named c7s1-{out_channels}-out.
+    (e.g. "mixed_bfloat16"). The last stage is named c7s1-{out_channels}-out. antialias and
+    antialias_up: CUT's generator (see dk, uk; its defaults are both True, --no_antialias and
+    --no_antialias_up turn them off). The model's official_modules names, for each index of the
+    official nn.Sequential, the layer whose output is that module's (see official_modules()).
     """
     out_channels = out_channels or in_channels
     x = inputs = keras.Input((None, None, in_channels), name="image")
     x = c7s1(x, ngf, f"c7s1-{ngf}", dtype, norm)
-    x = dk(x, 2 * ngf, dtype, norm)
-    x = dk(x, 4 * ngf, dtype, norm)
+    x = dk(x, 2 * ngf, dtype, norm, antialias)
+    x = dk(x, 4 * ngf, dtype, norm, antialias)
     for i in range(1, n_blocks + 1):
         x = Rk(x, 4 * ngf, i, dtype, norm, dropout)
-    x = uk(x, 2 * ngf, dtype, norm)
-    x = uk(x, ngf, dtype, norm)
+    x = uk(x, 2 * ngf, dtype, norm, antialias_up)
+    x = uk(x, ngf, dtype, norm, antialias_up)
     outputs = c7s1(x, out_channels, f"c7s1-{out_channels}-out", dtype, last=True)
+    G = keras.Model(inputs, outputs, name=name)
+    # Not a tracked attribute: names only, no weights.
+    object.__setattr__(G, "official_modules", official_modules(ngf, n_blocks, out_channels, norm, antialias,
+                                                               antialias_up))
+    return G
+
+
+def official_modules(ngf, n_blocks, out_channels, norm="instance", antialias=False, antialias_up=False):
+    """For each module of the official ResnetGenerator's nn.Sequential, in order, the name of the
+    layer of resnet_generator() whose output is that module's output: what CUT's --nce_layers
+    indices count (0 the reflect-padded input; with antialiasing 4 and 8 the downsampling
+    convolutions, before their norm; 12... the residual blocks). A norm of --norm none is the
+    official Identity module, whose output is the layer before it."""
+    names = []
+    add = lambda *layers: names.extend(names[-1] if n is None else n for n in layers)
+    norm_of = lambda stage: None if norm == "none" else f"{stage}_norm"
+    first = f"c7s1-{ngf}"
+    add(f"{first}_pad", f"{first}_conv", norm_of(first), f"{first}_relu")
+    for k in (2 * ngf, 4 * ngf):
+        add(f"d{k}_conv", norm_of(f"d{k}"), f"d{k}_relu", *([f"d{k}_blur"] if antialias else []))
+    add(*(f"R{4 * ngf}-{i}_add" for i in range(1, n_blocks + 1)))
+    for k in (2 * ngf, ngf):
+        add(*([f"u{k}_up", f"u{k}_conv"] if antialias_up else [f"u{k}_crop"]), norm_of(f"u{k}"), f"u{k}_relu")
+    last = f"c7s1-{out_channels}-out"
+    add(f"{last}_pad", f"{last}_conv", f"{last}_tanh")
+    return tuple(names)
+
+
+def encoder(G, indices, with_output=False):
+    """A model of G's layers (the same weights) returning the outputs of the official modules at
+    `indices` (increasing; see official_modules), and stopping there, as the official
+    netG(x, layers, encode_only=True); with_output: G's image too, first (one pass for both)."""
+    feats = [G.get_layer(G.official_modules[i]).output for i in indices]
+    return keras.Model(G.input, [G.output, *feats] if with_output else feats, name=f"{G.name}_encoder")
+
+
+def patch_sample_mlps(channels, nc=256, init=("xavier", 0.02), name="F", dtype=None):
+    """The projection heads of the official PatchSampleF (--netF mlp_sample), as one model of a list
+    of inputs: for each feature layer of `channels` channels, rows of features (patches, C) through
+    Linear(C, nc), ReLU, Linear(nc, nc); weights drawn by the official init_weights (see
+    layers.initializer), biases 0. Built here for the known channels, where the official code
+    creates them at the first forward pass. The L2 normalisation that follows is the method's."""
+    inputs, outputs = [], []
+    for i, c in enumerate(channels):
+        dense = lambda j: keras.layers.Dense(nc, kernel_initializer=initializer(*init), bias_initializer="zeros",
+                                             name=f"mlp_{i}_linear{j}", dtype=dtype)
+        inputs.append(keras.Input((c,), name=f"mlp_{i}_features"))
+        outputs.append(dense(2)(keras.layers.ReLU(name=f"mlp_{i}_relu", dtype=dtype)(dense(1)(inputs[-1]))))
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -148,20 +212,26 @@ def residual_conv(G, block=1, which=1):
 
 # ---------------------------------------------------------------------------- discriminator
 
-def patch_map_size(size, n_layers=3):
+def patch_map_size(size, n_layers=3, antialias=False):
     """Side of the discriminator's score map for an input side `size` (30 for 256);
     0 or less means the image is too small for this discriminator."""
     for i in range(n_layers + 2):
-        size = (size + 2 - 4) // (2 if i < n_layers else 1) + 1
+        if antialias and i < n_layers:   # 4x4 at stride 1 (s - 1), then the blur halves it (rounding up)
+            size = size // 2 if size > 2 else 0   # (the blur's reflect padding needs 2 pixels)
+        else:
+            size = (size + 2 - 4) // (2 if i < n_layers else 1) + 1
     return size
 
 
-def patch_discriminator(ndf=64, n_layers=3, channels=3, norm="instance", name="discriminator", dtype=None):
+def patch_discriminator(ndf=64, n_layers=3, channels=3, norm="instance", name="discriminator", dtype=None,
+                        antialias=False):
     """The 70x70 PatchGAN discriminator (NLayerDiscriminator with n_layers=3): C64-C128-C256-C512,
     where Ck is a 4x4 Convolution-Norm-LeakyReLU(0.2) with k filters (stride 2 for the first
     n_layers, then 1; widths capped at 8 ndf; no norm on the first), then a 4x4 convolution to one
     channel. Zero padding 1 before every convolution. The first and last convolutions have a bias,
-    the others only with instance norm (as the official).
+    the others only with instance norm (as the official). antialias (CUT's default): the first
+    n_layers convolutions at stride 1, each LeakyReLU followed by the blur that halves the image
+    (layers.BlurPool), as the official CUT code; the score map is then as large (30x30 for 256).
 
     Takes (batch, H, W, channels) images in [-1, 1]; returns raw scores (no sigmoid, the LSGAN
     loss wants them), (batch, h, w, 1): 30x30 for 256x256, in float32 whatever dtype's policy.
@@ -170,11 +240,13 @@ def patch_discriminator(ndf=64, n_layers=3, channels=3, norm="instance", name="d
     widths = [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
     for i, width in enumerate(widths):
         x = keras.layers.ZeroPadding2D(1, name=f"conv{i}_pad", dtype=dtype)(x)
-        x = conv(width, 4, stride=2 if i < n_layers else 1, name=f"conv{i}", dtype=dtype,
+        x = conv(width, 4, stride=2 if i < n_layers and not antialias else 1, name=f"conv{i}", dtype=dtype,
                  bias=i == 0 or has_bias(norm))(x)
         if i > 0:
             x = normalize(x, norm, f"conv{i}_norm", dtype)
         x = keras.layers.LeakyReLU(0.2, name=f"conv{i}_lrelu", dtype=dtype)(x)
+        if antialias and i < n_layers:
+            x = BlurPool(name=f"conv{i}_blur", dtype=dtype)(x)
     x = keras.layers.ZeroPadding2D(1, name="score_pad", dtype=dtype)(x)
     x = conv(1, 4, name="score_conv", dtype=dtype)(x)
     outputs = keras.layers.Activation("linear", dtype="float32", name="score")(x)

@@ -33,6 +33,35 @@ def opposite(direction):
     return DIRECTIONS[1 - DIRECTIONS.index(direction)]
 
 
+# CUT's --CUT_mode (read in any letter case, as the official) and --netF.
+CUT_MODES = ("CUT", "FastCUT")
+NET_F = ("mlp_sample", "sample")
+
+
+def cut_mode(value):
+    """--CUT_mode's value as CUT_MODES spells it (any letter case in)."""
+    found = {m.lower(): m for m in CUT_MODES}.get(str(value).lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(CUT_MODES)} (any letter case)")
+    return found
+
+
+def str2bool(value):
+    """A boolean option's value, as the official util.str2bool: yes/true/t/y/1 or no/false/f/n/0."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"a boolean value is expected, not {value!r}")
+
+
+def boolean(help):
+    """The official form of a boolean option: the bare flag means True, and --flag False|True also works."""
+    return dict(type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help)
+
+
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 CPU_KERNEL_MODES = ("auto", "fixed", "direct")
 CPU_KERNELS_ENV = "CYCLEGAN_CPU_KERNELS"
@@ -159,6 +188,7 @@ OPTIONS = {
     # objective and optimiser
     "lr": ("objective and optimiser", dict(type=float, default=2e-4, help="initial Adam learning rate")),
     "beta1": ("objective and optimiser", dict(type=float, default=0.5, help="Adam beta1")),
+    "beta2": ("objective and optimiser", dict(type=float, default=0.999, help="Adam beta2")),
     "batch_size": ("objective and optimiser", dict(type=int, default=1, help="images of each domain per step (per replica)")),
     "lambda_cycle": ("objective and optimiser", dict(type=float, default=10.0, help="weight of the cycle-consistency loss")),
     "lambda_identity": ("objective and optimiser", dict(
@@ -175,6 +205,30 @@ OPTIONS = {
              "--n_epochs_decay), step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 every 6 epochs, "
              "as the official code's plateau rule on its constant metric), cosine (over --n_epochs)")),
     "lr_decay_iters": ("objective and optimiser", dict(type=int, default=50, help="--lr_policy step: epochs between decays")),
+    # CUT and FastCUT (--model cut): default None here, the mode's default set by cut.CUT.defaults
+    "CUT_mode": ("cut", dict(type=cut_mode, help="CUT (PatchNCE with identity, 200 + 200 epochs) or FastCUT (no "
+                                                 "identity, lambda_NCE 10, flip equivariance, 150 + 50 epochs); "
+                                                 "any letter case. Default CUT")),
+    "lambda_GAN": ("cut", dict(type=float, help="weight of the GAN loss (default 1)")),
+    "lambda_NCE": ("cut", dict(type=float, help="weight of the PatchNCE loss (default 1 for CUT, 10 for FastCUT)")),
+    "nce_idt": ("cut", boolean("also the PatchNCE loss of G(B) against B, averaged with A's (default true for CUT, "
+                               "false for FastCUT)")),
+    "nce_layers": ("cut", dict(help="the generator's layers PatchNCE compares, as the official indices of its "
+                                    "modules, increasing (default 0,4,8,12,16)")),
+    "nce_includes_all_negatives_from_minibatch": ("cut", boolean(
+        "negatives from every image of the batch, not only the same image (default false; for single-image "
+        "translation)")),
+    "netF": ("cut", dict(choices=NET_F, help="the patch features: mlp_sample (a 2-layer MLP per layer, trained with "
+                                             "G; the default) or sample (the features themselves)")),
+    "netF_nc": ("cut", dict(type=int, help="width of netF's MLP (default 256)")),
+    "nce_T": ("cut", dict(type=float, help="temperature of the PatchNCE loss (default 0.07)")),
+    "num_patches": ("cut", dict(type=int, help="patches sampled per layer (default 256)")),
+    "flip_equivariance": ("cut", boolean("flip the batch horizontally with probability 1/2 before G and the "
+                                         "query features back (default false for CUT, true for FastCUT)")),
+    "no_antialias": ("cut", boolean("strided convolutions instead of the antialiased downsampling (conv, then "
+                                    "blur) in G and D (default false)")),
+    "no_antialias_up": ("cut", boolean("the learned transposed convolution instead of the fixed upsampling filter "
+                                       "and a convolution in G (default false)")),
     # devices
     "jit_compile": ("devices", dict(action="store_true", help="compile with XLA: the training step (train.py) and "
                                                               "translations (once per image size)")),
@@ -278,8 +332,11 @@ VARIANTS = {
 }
 
 _GROUPS = {name: [n for n, (g, _) in OPTIONS.items() if g == name] for name in dict.fromkeys(g for g, _ in OPTIONS.values())}
-_TRAINING = ["model", *_GROUPS["architecture"], *_GROUPS["objective and optimiser"], "jit_compile", "mixed_precision",
-             "cpu_kernels"]
+_TRAINING = ["model", *_GROUPS["architecture"], *_GROUPS["objective and optimiser"], *_GROUPS["cut"], "jit_compile",
+             "mixed_precision", "cpu_kernels"]
+# The options only one method reads: {option group: the method (--model)}. Given to another, they are refused.
+METHOD_GROUPS = {"cut": "cut"}
+GROUP_TITLES = {"cut": "CUT and FastCUT (--model cut)"}
 # The options each command takes, in the order --help lists them.
 COMMANDS = {
     "train": [*_GROUPS["data"], *_GROUPS["run folder"], *_GROUPS["schedule"], *_TRAINING, "verbose"],
@@ -303,10 +360,12 @@ def option(command, name):
 
 class OptionParser(utils.ArgumentParser):
     """The parser of one command's options. methods: {--model name: method class} for the commands that
-    build one; the chosen method's DEFAULTS (see model.py) replace the table's before the command line
-    is read, so a flag given always wins."""
+    build one; the chosen method's defaults (its defaults(chosen), see model.py) replace the table's
+    before the command line is read, so a flag given always wins. An option of a method's own group
+    (METHOD_GROUPS) given with another --model is refused."""
 
     methods = None
+    command = None
     one_line_errors = True
     _table_defaults = None    # the table's defaults of the options some method has replaced
 
@@ -316,18 +375,26 @@ class OptionParser(utils.ArgumentParser):
         argparse.ArgumentParser.error(self, message)
 
     def parse_known_args(self, args=None, namespace=None):
-        if self.methods and namespace is None:
-            methods, self.methods = self.methods, None   # the first pass only finds --model
-            try:
-                chosen, _ = self.parse_known_args(args)
-            finally:
-                self.methods = methods
-            # The table's own defaults first, so a parser used again does not keep another method's.
-            self._table_defaults = self._table_defaults or {}
-            for name in methods[chosen.model].DEFAULTS:
-                self._table_defaults.setdefault(name, self.get_default(name))
-            self.set_defaults(**{**self._table_defaults, **methods[chosen.model].DEFAULTS})
-        return super().parse_known_args(args, namespace)
+        if not (self.methods and namespace is None):
+            return super().parse_known_args(args, namespace)
+        methods, self.methods = self.methods, None   # the first pass only finds --model (and a mode)
+        # The table's own defaults first, so a parser used again does not keep another method's.
+        self._table_defaults = self._table_defaults or {}
+        self.set_defaults(**self._table_defaults)
+        try:
+            chosen, _ = self.parse_known_args(args)
+        finally:
+            self.methods = methods
+        defaults = methods[chosen.model].defaults(chosen)
+        for name in defaults:
+            self._table_defaults.setdefault(name, self.get_default(name))
+        self.set_defaults(**{**self._table_defaults, **defaults})
+        parsed, rest = super().parse_known_args(args, namespace)
+        for name, keywords in ((n, OPTIONS[n]) for n in COMMANDS.get(self.command, ())):
+            owner = METHOD_GROUPS.get(keywords[0])
+            if owner and owner != parsed.model and getattr(parsed, name, None) is not None:
+                self.error(f"--{name} is an option of --model {owner}, not of --model {parsed.model}")
+        return parsed, rest
 
 
 def parser(command, description, epilog=None, methods=None, one_line_errors=True, **values):
@@ -336,7 +403,7 @@ def parser(command, description, epilog=None, methods=None, one_line_errors=True
     name what the command knows (download.py's datasets...). one_line_errors: a bad flag is a
     utils.UserError (one line, the command's own exit status), else argparse's usage and status 2."""
     p = OptionParser(description=description, epilog=epilog)
-    p.methods, p.one_line_errors = methods, one_line_errors
+    p.methods, p.one_line_errors, p.command = methods, one_line_errors, command
     values = dict(values, methods=", ".join(methods or ()))
     groups = {}
     for name in COMMANDS[command]:
@@ -344,7 +411,7 @@ def parser(command, description, epilog=None, methods=None, one_line_errors=True
         if name == "model":
             keywords = dict(keywords, choices=tuple(methods))
         if group not in groups:
-            groups[group] = p.add_argument_group(group)
+            groups[group] = p.add_argument_group(GROUP_TITLES.get(group, group))
         if "{" in keywords.get("help", ""):
             keywords = dict(keywords, help=keywords["help"].format(**values))
         groups[group].add_argument(f"--{name}", **keywords)

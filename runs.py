@@ -66,6 +66,12 @@ def load_run_generators(model_filepath, directions):
     method = model.method_of(config)
     held = config.get("directions", method.DIRECTIONS)
     missing = [d for d in directions if d not in held]
+    if missing and "pretrained" not in config and len(method.DIRECTIONS) == 1:
+        way = (" (trained with --direction BtoA: images like its folders named B into those named A)"
+               if config.get("direction") == "BtoA" else " (its domain A into B)")
+        cycle = "; --save_cycle needs both directions" if len(directions) > 1 else ""
+        raise utils.UserError(f"{model_filepath}: a --model {config.get('model')} run translates one way only, "
+                              f"{held[0]}{way}, not {', '.join(missing)}{cycle}")
     if missing:
         why = " (--save_cycle needs both)" if len(directions) > 1 else ""
         if "pretrained" in config:

@@ -323,7 +323,8 @@ class Run:
 
 def data_pipeline(a, inputs, epoch, done, replicas, shard, size):
     """data.make_dataset for this run's options: the batches of one epoch from step `done` on."""
-    return data.make_dataset(inputs.paths_A, inputs.paths_B, epoch, a.random_seed, a.load_size, a.crop_size, not a.no_flip,
+    load_size = model.method(a).load_size(a, epoch)
+    return data.make_dataset(inputs.paths_A, inputs.paths_B, epoch, a.random_seed, load_size, a.crop_size, not a.no_flip,
                              a.batch_size, skip_steps=done, replicas=replicas, shard=shard,
                              channels=(a.input_nc, a.output_nc), preprocess=a.preprocess, size=size,
                              serial=a.serial_batches)[0]

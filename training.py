@@ -135,6 +135,14 @@ class Trainer:
     """
 
     LOSS_NAMES = ()
+    DEFAULTS = {}
+
+    @classmethod
+    def defaults(cls, chosen):
+        """{option: default} where this method's differ from options.OPTIONS, as the official
+        modify_commandline_options; chosen: the options parsed with the table's defaults (a method
+        whose defaults depend on a mode reads it there). By default DEFAULTS."""
+        return dict(cls.DEFAULTS)
 
     def init_training(self, lr, lr_policy, lr_decay_iters, strategy, mixed_precision):
         """The settings every method's step needs; call first in a method's __init__."""

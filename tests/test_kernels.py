@@ -137,7 +137,7 @@ def test_norm_tuning_avoids_the_slow_way_for_training_and_conversion(slow_way, f
                                                                      monkeypatch, tmp_path):
     monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(tuning, "_tuned", {})
-    monkeypatch.setattr(module, function, slow_norm(getattr(module, function)))
+    monkeypatch.setattr(layers, function, slow_norm(getattr(layers, function)))
     kernels.set_mode("auto")
     for training in (False, True):
         assert norm_way((2, 12, 10, 8), tf.float32, training) != slow_way

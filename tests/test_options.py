@@ -59,7 +59,7 @@ def test_a_method_sets_its_defaults_and_the_command_line_still_wins(monkeypatch)
 
 def test_the_method_interface_is_complete():
     # What train.py, convert.py, export.py, evaluate.py and benchmark.py use of a method (model.py).
-    for name in ("DEFAULTS", "LOSS_NAMES", "DIRECTIONS", "GENERATOR_KEYS", "BAR", "PLOTTED", "check_options",
+    for name in ("defaults", "LOSS_NAMES", "DIRECTIONS", "GENERATOR_KEYS", "BAR", "PLOTTED", "check_options",
                  "check_train_size", "architecture", "saved_architecture", "build_generator", "from_options", "passes"):
         for method in model.METHODS.values():
             assert hasattr(method, name), (method, name)
