@@ -2,7 +2,7 @@
 Translation", ECCV 2020): one generator, no cycle, a patchwise contrastive loss (PatchNCE) between
 the features of an input and of its translation; as the official cut_model.py and patchnce.py.
 
-    gan = CUT(ngf=8, ndf=8, n_blocks=2, crop_size=32, num_patches=16)   # mode defaults: see DEFAULTS
+    gan = CUT(ngf=8, ndf=8, n_blocks=2, crop_size=32, num_patches=16)   # the options give the mode defaults (defaults())
     losses = gan.train_step(real_A, real_B)      # images in [-1, 1], (batch, crop, crop, 3)
     fake_B = gan.translators["A2B"].translate(uint8_images_A)
 
@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import layers
 import module
+import options
 import training
 import translator
 import utils
@@ -51,21 +52,10 @@ def nce_layers(text):
     return found
 
 
-def resnet_blocks(args):
-    """The number of residual blocks that --netG (resnet_Nblocks) or --n_blocks gives."""
-    netG = args.netG or "resnet"
-    return int(netG[len("resnet_"):-len("blocks")]) if netG.startswith("resnet_") else args.n_blocks
-
-
 def check_options(args):
     """One-line errors (utils.UserError) for CUT options that cannot work."""
-    for name in ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters", "netF_nc",
-                 "num_patches"):
-        if getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} must be at least 1")
-    for name in ("n_blocks", "lambda_GAN", "lambda_NCE"):
-        if getattr(args, name) < 0:
-            raise utils.UserError(f"--{name} must not be negative")
+    training.check_bounds(args, ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters",
+                                 "netF_nc", "num_patches"), ("n_blocks", "lambda_GAN", "lambda_NCE"))
     if args.nce_T <= 0:
         raise utils.UserError("--nce_T must be positive")
     if args.netG and not args.netG.startswith("resnet_"):
@@ -77,7 +67,7 @@ def check_options(args):
     if args.input_nc != args.output_nc:
         raise utils.UserError(f"--input_nc {args.input_nc} and --output_nc {args.output_nc} differ: PatchNCE compares "
                               f"G's features of its input and of its output, so both domains need the same channels")
-    deepest = len(module.official_modules(args.ngf, resnet_blocks(args), args.output_nc, args.norm, not args.no_antialias,
+    deepest = len(module.official_modules(args.ngf, options.resnet_blocks(args), args.output_nc, args.norm, not args.no_antialias,
                                           not args.no_antialias_up)) - 1
     layers_given = nce_layers(args.nce_layers)
     if layers_given[-1] > deepest:
@@ -98,7 +88,7 @@ def architecture(args, train_size=None):
     """The settings of parsed options that fix CUT's variables' shapes: G's and D's (as CycleGAN's,
     netG always the ResNet, and the antialiasing) and F's (netF, netF_nc, the layers it projects)."""
     settings = {k: getattr(args, k) for k in ARCHITECTURE_KEYS}
-    return {"netG": "resnet", **settings, "n_blocks": resnet_blocks(args), "nce_layers": list(nce_layers(args.nce_layers)),
+    return {"netG": "resnet", **settings, "n_blocks": options.resnet_blocks(args), "nce_layers": list(nce_layers(args.nce_layers)),
             "train_size": list(train_size or (args.crop_size, args.crop_size))}
 
 
@@ -119,7 +109,7 @@ def generator(architecture, direction="A2B", dtype=None):
 
 def build(args, train_size=None, **kwargs):
     """A CUT from parsed options (options.py) for training images of train_size; kwargs add or override."""
-    settings = dict(architecture(args, train_size), mode=args.CUT_mode, lambda_GAN=args.lambda_GAN,
+    settings = dict(architecture(args, train_size), lambda_GAN=args.lambda_GAN,
                     lambda_NCE=args.lambda_NCE, nce_idt=args.nce_idt, nce_T=args.nce_T, num_patches=args.num_patches,
                     nce_includes_all_negatives_from_minibatch=args.nce_includes_all_negatives_from_minibatch,
                     flip_equivariance=args.flip_equivariance, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
@@ -168,8 +158,8 @@ def l2_normalize(x):
 class CUT(training.Trainer):
     """The CUT and FastCUT model: G, D, F, their optimizers, the counters and the training step.
 
-    mode sets nothing by itself: its defaults reach the arguments through the options (defaults());
-    it is kept for the record. The architecture (as CycleGAN's, plus no_antialias, no_antialias_up,
+    --CUT_mode is no argument: its defaults reach the arguments through the options (defaults()).
+    The architecture (as CycleGAN's, plus no_antialias, no_antialias_up,
     netF, netF_nc, nce_layers) and train_size are fixed at construction.
     """
 
@@ -193,14 +183,14 @@ class CUT(training.Trainer):
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", norm="instance", dropout=False,
                  input_nc=3, output_nc=3, crop_size=256, train_size=None, no_antialias=False, no_antialias_up=False,
-                 netF="mlp_sample", netF_nc=256, nce_layers=(0, 4, 8, 12, 16), mode="CUT", lambda_GAN=1.0,
+                 netF="mlp_sample", netF_nc=256, nce_layers=(0, 4, 8, 12, 16), lambda_GAN=1.0,
                  lambda_NCE=1.0, nce_idt=True, nce_T=0.07, num_patches=256,
                  nce_includes_all_negatives_from_minibatch=False, flip_equivariance=False, lr=2e-4, beta1=0.5,
                  beta2=0.999, gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="xavier",
                  init_gain=0.02, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
                  mixed_precision=False):
         self.init_training(lr, lr_policy, lr_decay_iters, strategy, mixed_precision)
-        self.mode, self.gan_mode = mode, gan_mode
+        self.gan_mode = gan_mode
         self.lambda_GAN, self.lambda_NCE, self.nce_T = float(lambda_GAN), float(lambda_NCE), float(nce_T)
         self.nce_idt, self.flip_equivariance = bool(nce_idt), bool(flip_equivariance)
         self.num_patches, self.all_negatives = int(num_patches), bool(nce_includes_all_negatives_from_minibatch)
@@ -356,7 +346,3 @@ class CUT(training.Trainer):
         if F_trained:
             self.optimizer_F.apply_gradients(zip(grads_F, self.F_vars))
         return tf.stack([tf.cast(losses[k], tf.float32) for k in LOSS_NAMES]) * scale
-
-    def generator(self, direction="A2B"):
-        return self.generators[direction]
-

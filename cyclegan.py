@@ -35,12 +35,8 @@ GENERATOR_KEYS = {"A2B": "G_A2B", "B2A": "G_B2A"}
 
 def check_model_flags(args):
     """One-line errors (utils.UserError) for model flags that cannot work."""
-    for name in ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters"):
-        if getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} must be at least 1")
-    for name in ("n_blocks", "pool_size"):
-        if getattr(args, name) < 0:
-            raise utils.UserError(f"--{name} must not be negative")
+    training.check_bounds(args, ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters"),
+                          ("n_blocks", "pool_size"))
     if args.input_nc != args.output_nc and args.lambda_identity > 0:
         raise utils.UserError(f"--input_nc {args.input_nc} and --output_nc {args.output_nc} differ, so there is no "
                               f"identity loss (G_A2B cannot take domain A's images): add --lambda_identity 0")
@@ -72,7 +68,7 @@ def architecture(args, train_size=None):
     settings["train_size"] = list(train_size or (args.crop_size, args.crop_size))
     netG = args.netG or "resnet"
     if netG.startswith("resnet_"):
-        netG, settings["n_blocks"] = "resnet", int(netG[len("resnet_"):-len("blocks")])
+        netG, settings["n_blocks"] = "resnet", options.resnet_blocks(args)
     return {"netG": netG, **settings}
 
 
@@ -147,7 +143,6 @@ class CycleGAN(training.Trainer):
     saved_architecture = staticmethod(saved_architecture)
     build_generator = staticmethod(generator)
     from_options = staticmethod(build)
-    load_size = staticmethod(lambda args, epoch: args.load_size)
 
     def __init__(self, ngf=64, ndf=64, n_blocks=9, n_layers_D=3, netD="basic", netG="resnet", norm="instance",
                  dropout=False, input_nc=3, output_nc=3, crop_size=256, train_size=None,

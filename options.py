@@ -17,6 +17,13 @@ import utils
 # ---------------------------------------------------------------------------- the vocabulary
 NET_G = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
 NET_D = ("basic", "n_layers", "pixel")
+
+
+def resnet_blocks(args):
+    """The residual blocks of the ResNet generator that parsed options name: --netG resnet_Nblocks
+    means N, else --n_blocks."""
+    netG = args.netG or ""
+    return int(netG[len("resnet_"):-len("blocks")]) if netG.startswith("resnet_") else args.n_blocks
 NORMS = ("instance", "batch", "none")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
 GAN_MODES = ("lsgan", "vanilla", "wgangp")

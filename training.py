@@ -8,6 +8,8 @@ import math
 import keras
 import tensorflow as tf
 
+import utils
+
 
 GRADIENT_PENALTY_WEIGHT = 10.0      # the official cal_gradient_penalty's lambda_gp
 
@@ -47,6 +49,16 @@ def gradient_penalty(D, real, fake, alpha):
 def l1_loss(x, y):
     """Mean absolute error, the paper's ||x - y||_1 (Eq. 2) averaged over pixels."""
     return tf.reduce_mean(tf.abs(tf.cast(x, tf.float32) - tf.cast(y, tf.float32)))
+
+
+def check_bounds(args, at_least_one=(), not_negative=()):
+    """One-line errors (utils.UserError) for parsed options below 1 or below 0."""
+    for name in at_least_one:
+        if getattr(args, name) < 1:
+            raise utils.UserError(f"--{name} must be at least 1")
+    for name in not_negative:
+        if getattr(args, name) < 0:
+            raise utils.UserError(f"--{name} must not be negative")
 
 
 def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50):
@@ -143,6 +155,11 @@ class Trainer:
         modify_commandline_options; chosen: the options parsed with the table's defaults (a method
         whose defaults depend on a mode reads it there). By default DEFAULTS."""
         return dict(cls.DEFAULTS)
+
+    @staticmethod
+    def load_size(args, epoch):
+        """The size training images are loaded at in 1-based `epoch`: --load_size (a method may vary it)."""
+        return args.load_size
 
     def init_training(self, lr, lr_policy, lr_decay_iters, strategy, mixed_precision):
         """The settings every method's step needs; call first in a method's __init__."""

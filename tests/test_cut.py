@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import convert
 import cut
+import image_io
 import layers
 import module
 import train
-import convert
+import utils
 from conftest import TINY_FLAGS
 from test_train import final_weights
 
@@ -117,7 +119,6 @@ def test_mode_defaults_are_the_official_and_a_given_flag_wins():
     # CycleGAN keeps its own defaults and refuses CUT's options.
     c = parse()
     assert (c.n_epochs, c.pool_size, c.init_type, c.CUT_mode) == (100, 50, "normal", None)
-    import utils
     with pytest.raises(utils.UserError, match="--lambda_NCE is an option of --model cut"):
         parse("--lambda_NCE", "3")
     with pytest.raises(utils.UserError, match="CUT_mode"):
@@ -131,7 +132,6 @@ def test_mode_defaults_are_the_official_and_a_given_flag_wins():
     (["--netG", "unet_128"], "ResNet"),
 ])
 def test_impossible_cut_options_are_one_line_errors(argv, message):
-    import utils
     args = parse("--model", "cut", *TINY_FLAGS, *argv)
     with pytest.raises(utils.UserError, match=message):
         cut.check_options(args)
@@ -207,7 +207,6 @@ def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_di
     assert convert.main(["--model_filepath", str(tmp_path / "onnx" / "A2B.onnx"), "--img_dir",
                          str(dataset_dirs / "testA"), "--output_dir", str(tmp_path / "out_onnx")]) == 0
     for name in os.listdir(out):
-        import image_io
         diff = np.abs(image_io.read_image(str(out / name)).astype(int)
                       - image_io.read_image(str(tmp_path / "out_onnx" / name)).astype(int))
         assert diff.max() <= 2, name
