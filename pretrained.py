@@ -225,13 +225,20 @@ def read_state_dict(path):
 
 # ---------------------------------------------------------------------------- the ResNet generator
 
+# The fixed filters of the official CUT's Downsample and Upsample buffers ("filt", one per channel).
+BLUR_FILTERS = {"_blur": np.outer([1, 2, 1], [1, 2, 1]) / 16.0, "_up": np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 16.0}
+
+
 def resnet_layout(state, path):
-    """Checks that `state` is the official ResnetGenerator (any ngf and number of blocks,
-    instance norm, with or without dropout) and returns (architecture, weights): architecture
-    {"ngf", "n_blocks", "channels"}, weights {module.resnet_generator layer name: [kernel, bias]}
-    with kernels in Keras' layout. InstanceNorm's stale running_mean/running_var keys, which old
-    files carry and the official loader drops too, are ignored. Raises PthError naming what
-    does not match."""
+    """Checks that `state` is the official ResnetGenerator (any ngf and number of blocks, instance
+    norm, with or without dropout; CycleGAN's, or CUT's with its antialiased down- and upsampling,
+    found by their fixed "filt" buffers) and returns (architecture, weights): architecture
+    {"ngf", "n_blocks", "channels", "dropout", "antialias", "antialias_up"}, weights {module.resnet_generator
+    layer name: [kernel, bias]} with kernels in Keras' layout. The module indices are those
+    module.official_modules counts. InstanceNorm's stale running_mean/running_var keys, which old
+    files carry and the official loader drops too, are ignored. Raises PthError naming what does
+    not match."""
+    import module  # here: download.py lists and fetches without loading TensorFlow
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
              if not k.endswith((".running_mean", ".running_var", ".num_batches_tracked"))}
     first = state.get("model.1.weight")
@@ -239,30 +246,46 @@ def resnet_layout(state, path):
         found = ", ".join(sorted(state)[:3]) or "no tensors"
         raise PthError(f"{path}: not the official ResnetGenerator (no 7x7 model.1.weight; found {found}, ...): "
                        f"U-Net generators and discriminators cannot be imported")
-    ngf, channels = first.shape[:2]
+    ngf, channels = (int(n) for n in first.shape[:2])
+    antialias = "model.7.filt" in state    # CUT's Downsample after the first stride-1 convolution
+    start = 12 if antialias else 10        # the first residual block
     n_blocks = 0
-    while f"model.{10 + n_blocks}.conv_block.1.weight" in state:
+    while f"model.{start + n_blocks}.conv_block.1.weight" in state:
         n_blocks += 1
+    antialias_up = f"model.{start + n_blocks}.filt" in state
     # With dropout (the official default outside CycleGAN) a Dropout sits before the second pad.
-    second = 6 if f"model.10.conv_block.6.weight" in state else 5
-    up = 10 + n_blocks
-    expected = {  # PyTorch module -> (Keras layer, PyTorch weight shape)
-        "model.1": (f"c7s1-{ngf}_conv", (ngf, channels, 7, 7)),
-        "model.4": (f"d{2 * ngf}_conv", (2 * ngf, ngf, 3, 3)),
-        "model.7": (f"d{4 * ngf}_conv", (4 * ngf, 2 * ngf, 3, 3)),
-        **{f"model.{10 + i}.conv_block.{j}": (f"R{4 * ngf}-{i + 1}_conv{n}", (4 * ngf, 4 * ngf, 3, 3))
-           for i in range(n_blocks) for n, j in ((1, 1), (2, second))},
-        f"model.{up}": (f"u{2 * ngf}_convT", (4 * ngf, 2 * ngf, 3, 3)),
-        f"model.{up + 3}": (f"u{ngf}_convT", (2 * ngf, ngf, 3, 3)),
-        f"model.{up + 7}": (f"c7s1-{channels}-out_conv", (channels, ngf, 7, 7)),
-    }
-    keys = {f"{m}.{p}" for m in expected for p in ("weight", "bias")}
+    second = 6 if f"model.{start}.conv_block.6.weight" in state else 5
+    names = module.official_modules(ngf, n_blocks, channels, "instance", antialias, antialias_up)
+    expected, buffers = {}, {}  # PyTorch module -> (Keras layer, PyTorch weight shape); buffer -> shape, filter
+    for index, name in enumerate(names):
+        stage = name.rsplit("_", 1)[0]
+        k = int(stage[1:]) if stage[0] in "du" else None   # dk, uk: k filters
+        if name.endswith("_add"):
+            for n, j in ((1, 1), (2, second)):
+                expected[f"model.{index}.conv_block.{j}"] = (f"{stage}_conv{n}", (4 * ngf, 4 * ngf, 3, 3))
+        elif name == f"c7s1-{ngf}_conv":
+            expected[f"model.{index}"] = (name, (ngf, channels, 7, 7))
+        elif name == f"c7s1-{channels}-out_conv":
+            expected[f"model.{index}"] = (name, (channels, ngf, 7, 7))
+        elif name.endswith("_conv"):   # dk, or uk after CUT's Upsample: Conv2d (out, in, 3, 3)
+            expected[f"model.{index}"] = (name, (k, k // 2 if stage[0] == "d" else 2 * k, 3, 3))
+        elif name.endswith("_crop"):   # uk: ConvTranspose2d (in, out, 3, 3)
+            expected[f"model.{index}"] = (f"{stage}_convT", (2 * k, k, 3, 3))
+        elif name.endswith(tuple(BLUR_FILTERS)):
+            filt = BLUR_FILTERS["_" + name.rsplit("_", 1)[1]]
+            buffers[f"model.{index}.filt"] = ((2 * k if stage[0] == "u" else k, 1, *filt.shape), filt)
+    keys = {f"{m}.{p}" for m in expected for p in ("weight", "bias")} | set(buffers)
     missing = sorted(keys - set(state), key=_natural)
     extra = sorted(set(state) - keys, key=_natural)
+    kind = "CUT's antialiased ResnetGenerator" if antialias or antialias_up else "the official ResnetGenerator"
     if missing or extra:
         what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise PthError(f"{path}: not the official ResnetGenerator with ngf {ngf} and {n_blocks} blocks ({what}"
+        raise PthError(f"{path}: not {kind} with ngf {ngf} and {n_blocks} blocks ({what}"
                        f"{f' and {len(missing) + len(extra) - 1} more differences' if len(missing) + len(extra) > 1 else ''})")
+    for key, (shape, filt) in buffers.items():
+        if state[key].shape != shape or not np.allclose(state[key], filt[None, None], atol=1e-6):
+            raise PthError(f"{path}: {key} is not the official fixed {filt.shape[0]}x{filt.shape[1]} filter "
+                           f"of {shape[0]} channels")
     weights = {}
     for m, (layer, shape) in expected.items():
         w, b = state[f"{m}.weight"], state[f"{m}.bias"]
@@ -273,7 +296,8 @@ def resnet_layout(state, path):
         # (h, w, in, out) and Conv2DTranspose (h, w, out, in): one permutation serves both. Neither
         # framework flips a transposed convolution's kernel (both compute the adjoint of correlation).
         weights[layer] = [np.transpose(w, (2, 3, 1, 0)).astype(np.float32), b.astype(np.float32)]
-    return {"ngf": int(ngf), "n_blocks": n_blocks, "channels": int(channels)}, weights
+    return {"ngf": ngf, "n_blocks": n_blocks, "channels": channels, "dropout": second == 6, "antialias": antialias,
+            "antialias_up": antialias_up}, weights
 
 
 def _natural(key):
@@ -281,16 +305,28 @@ def _natural(key):
 
 
 def resnet_generator(path, name="G_A2B"):
-    """A module.resnet_generator holding the weights of an official ResnetGenerator .pth file.
-    Returns (G, architecture). Raises PthError."""
+    """A module.resnet_generator holding the weights of an official ResnetGenerator .pth file
+    (CycleGAN's or CUT's). Returns (G, architecture) (see resnet_layout). Raises PthError."""
     import module  # here, not at the top: download.py lists and fetches without loading TensorFlow
-    architecture, weights = resnet_layout(read_state_dict(path), path)
-    if architecture["channels"] != 3:
-        raise PthError(f"{path}: a generator of {architecture['channels']}-channel images; only RGB is supported")
-    G = module.resnet_generator(architecture["ngf"], architecture["n_blocks"], architecture["channels"], name=name)
+    a, weights = resnet_layout(read_state_dict(path), path)
+    if a["channels"] != 3:
+        raise PthError(f"{path}: a generator of {a['channels']}-channel images; only RGB is supported")
+    G = module.resnet_generator(a["ngf"], a["n_blocks"], a["channels"], dropout=a["dropout"], name=name,
+                                antialias=a["antialias"], antialias_up=a["antialias_up"])
     for layer, values in weights.items():
         G.get_layer(layer).set_weights(values)
-    return G, architecture
+    return G, a
+
+
+def run_settings(a):
+    """(method name, its architecture for config.json) of a generator resnet_layout read: a CUT
+    run's for an antialiased one (what the official CUT trains), else a CycleGAN run's."""
+    if a["antialias"] or a["antialias_up"]:
+        return "cut", {"netG": "resnet", "ngf": a["ngf"], "n_blocks": a["n_blocks"], "input_nc": a["channels"],
+                       "output_nc": a["channels"], "norm": "instance", "dropout": a["dropout"],
+                       "no_antialias": not a["antialias"], "no_antialias_up": not a["antialias_up"]}
+    return "cycle_gan", {"netG": "resnet", "ngf": a["ngf"], "n_blocks": a["n_blocks"], "input_nc": a["channels"],
+                         "output_nc": a["channels"], "norm": "instance", "dropout": a["dropout"]}
 
 
 def sha256(path):
@@ -302,26 +338,29 @@ def sha256(path):
 
 
 def write_run(pth_path, run_dir, source=None):
-    """Imports a ResnetGenerator .pth file as a run folder that convert.py and the exports take like
-    a trained one: config.json (architecture, the one direction A2B, the file's origin and SHA-256)
-    and a checkpoint holding G_A2B. Written beside run_dir and renamed into place."""
+    """Imports a ResnetGenerator .pth file (CycleGAN's or CUT's) as a run folder that convert.py and
+    the exports take like a trained one: config.json (the method, the architecture, the one
+    direction A2B, the file's origin and SHA-256) and a checkpoint holding the generator under
+    the method's key. Written beside run_dir and renamed into place."""
     utils.start_tensorflow()  # only here does download.py need TensorFlow: loaded without its start-up noise
     import tensorflow as tf
 
-    import cyclegan
+    import model
     import options
     import runs
-    G, architecture = resnet_generator(pth_path)
+    G, a = resnet_generator(pth_path)
+    method, architecture = run_settings(a)
     parent = os.path.dirname(os.path.abspath(run_dir))
     tmp = files.make_temp_dir(parent, f".{os.path.basename(os.path.abspath(run_dir))}.tmp-")
     try:
         files.save_json(os.path.join(tmp, runs.CONFIG_FILE), {
-            "architecture": architecture, "directions": ["A2B"],
+            "model": method, "architecture": architecture, "directions": ["A2B"],
             "pretrained": {"source": source or os.path.abspath(pth_path), "sha256": sha256(pth_path)}})
-        tf.train.Checkpoint(**{cyclegan.GENERATOR_KEYS["A2B"]: G}).save(os.path.join(tmp, options.CHECKPOINT_NAME))
+        key = model.METHODS[method].GENERATOR_KEYS["A2B"]
+        tf.train.Checkpoint(**{key: G}).save(os.path.join(tmp, options.CHECKPOINT_NAME))
         files.swap_into_place(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"imported {pth_path}: ResnetGenerator, ngf {architecture['ngf']}, {architecture['n_blocks']} blocks "
-          f"-> {run_dir}", file=sys.stderr)
-    return architecture
+    kind = "CUT's antialiased ResnetGenerator" if method == "cut" else "ResnetGenerator"
+    print(f"imported {pth_path}: {kind}, ngf {a['ngf']}, {a['n_blocks']} blocks -> {run_dir}", file=sys.stderr)
+    return a

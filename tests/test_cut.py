@@ -2,12 +2,14 @@
 mode defaults, one step, and tiny runs through train.py and convert.py."""
 import csv
 import os
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import convert
+import pretrained
 import cut
 import image_io
 import layers
@@ -16,6 +18,10 @@ import train
 import utils
 from conftest import TINY_FLAGS
 from test_train import final_weights
+
+CUT_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "cut")
+sys.path.insert(0, CUT_FIXTURES)
+from seeded import seeded_state  # noqa: E402
 
 
 def test_patch_nce_is_the_official_loss_by_hand():
@@ -217,3 +223,34 @@ def test_decay_epochs_load_images_at_the_crop_size():
     assert [cut.load_size(a, e) for e in (1, 3, 4)] == [286, 286, 256]
     c = parse("--n_epochs", "3")
     assert [train.model.method(c).load_size(c, e) for e in (1, 4)] == [286, 286]
+
+
+def test_patch_nce_of_a_generator_matches_the_official_code():
+    """The official calculate_NCE_loss at its defaults on a 6-block ngf 32 generator, 64x64 images,
+    a batch of two (tests/fixtures/cut/make_fixtures.py): the same weights and patch ids give each
+    layer's PatchNCE within 1e-4, which needs the encoder at the official indices, PatchSampleF's
+    heads and sampling, the L2 normalisation and the per-image negatives all to be the official ones."""
+    f = np.load(os.path.join(CUT_FIXTURES, "patchnce.npz"))
+    shape = lambda s: tuple(int(n) for n in s if n)
+    g_state = seeded_state(list(f["g_keys"]), [shape(s) for s in f["g_shapes"]])
+    f_state = seeded_state(list(f["f_keys"]), [shape(s) for s in f["f_shapes"]])
+    for key, filt in (("model.7.filt", "_blur"), ("model.11.filt", "_blur"), ("model.18.filt", "_up"),
+                      ("model.22.filt", "_up")):
+        channels = {"model.7": 64, "model.11": 128, "model.18": 128, "model.22": 64}[key[:-5]]
+        g_state[key] = np.tile(pretrained.BLUR_FILTERS[filt], (channels, 1, 1, 1)).astype(np.float32)
+    architecture, weights = pretrained.resnet_layout(g_state, "fixture")
+    assert architecture["n_blocks"] == 6 and architecture["antialias"] and architecture["antialias_up"]
+    gan = cut.CUT(ngf=32, ndf=8, n_blocks=6, crop_size=64)
+    for layer, values in weights.items():
+        gan.G.get_layer(layer).set_weights(values)
+    for i in range(len(f["layers"])):
+        gan.F.get_layer(f"mlp_{i}_linear1").set_weights([f_state[f"mlp_{i}.0.weight"].T, f_state[f"mlp_{i}.0.bias"]])
+        gan.F.get_layer(f"mlp_{i}_linear2").set_weights([f_state[f"mlp_{i}.2.weight"].T, f_state[f"mlp_{i}.2.bias"]])
+    real_A = f["images"].astype(np.float32) / 127.5 - 1
+    fake_B = gan.G(real_A, training=True)
+    np.testing.assert_allclose(fake_B.numpy(), f["fake_B"], atol=1e-4)
+    ids = [tf.constant(f[f"ids_{i}"], tf.int32) for i in range(len(f["layers"]))]
+    queries = gan.patch_features(gan.E(fake_B, training=True), ids)
+    keys = gan.patch_features(gan.E(real_A, training=True), ids)
+    found = [float(tf.reduce_mean(cut.patch_nce_loss(q, k, 2, 0.07))) for q, k in zip(queries, keys)]
+    np.testing.assert_allclose(found, f["losses"], atol=1e-4)

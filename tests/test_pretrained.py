@@ -7,6 +7,7 @@ import collections
 import io
 import os
 import pickle
+import re
 import shutil
 import sys
 import types
@@ -26,6 +27,9 @@ from test_download import server  # noqa: F401 - the local HTTP server fixture
 PTH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pth")
 ZIP_FILE = os.path.join(PTH, "resnet_ngf8_2blocks_zip.pth")
 LEGACY_FILE = os.path.join(PTH, "resnet_ngf8_2blocks_legacy.pth")
+# Written by the official CUT code (tests/fixtures/cut/make_fixtures.py).
+CUT_FILE = os.path.join(PTH, "..", "cut", "cut_ngf8_2blocks.pth")
+CUT_OUTPUT = os.path.join(PTH, "..", "cut", "cut_output.png")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,8 @@ def grey_levels(a, b):
 @pytest.mark.parametrize("path", [ZIP_FILE, LEGACY_FILE], ids=["zip", "legacy"])
 def test_both_formats_translate_as_pytorch_does(path, torch_io):
     G, architecture = pretrained.resnet_generator(path)
-    assert architecture == {"ngf": 8, "n_blocks": 2, "channels": 3}
+    assert architecture == {"ngf": 8, "n_blocks": 2, "channels": 3, "dropout": False, "antialias": False,
+                            "antialias_up": False}
     rgb, want = torch_io
     assert grey_levels(translator.Translator(G).translate(rgb[None])[0], want) <= 1
 
@@ -231,3 +236,35 @@ def test_convert_takes_a_pth_file_for_the_direction_asked(tmp_path, torch_io):
     assert grey_levels(image_io.read_image(str(tmp_path / "out" / "x.png")), want) <= 1
     assert convert.main(["--model_filepath", LEGACY_FILE, "--img_dir", str(images), "--output_dir",
                          str(tmp_path / "out2"), "--save_cycle"]) == 1
+
+
+def test_a_cut_generator_translates_as_the_official_code_and_imports_as_a_cut_run(tmp_path, torch_io):
+    rgb, _ = torch_io
+    want = image_io.read_image(CUT_OUTPUT)
+    G, architecture = pretrained.resnet_generator(CUT_FILE)
+    assert architecture == {"ngf": 8, "n_blocks": 2, "channels": 3, "dropout": False, "antialias": True,
+                            "antialias_up": True}
+    assert grey_levels(translator.Translator(G).translate(rgb[None])[0], want) <= 2
+    pretrained.write_run(CUT_FILE, str(tmp_path / "run"))
+    config = files.load_json(str(tmp_path / "run" / "config.json"))
+    assert config["model"] == "cut" and config["architecture"]["no_antialias"] is False
+    images = tmp_path / "in"
+    images.mkdir()
+    image_io.write_image(str(images / "x.png"), rgb)
+    for source, out in ((str(tmp_path / "run"), "out"), (CUT_FILE, "out_pth")):
+        assert convert.main(["--model_filepath", source, "--img_dir", str(images), "--output_dir",
+                             str(tmp_path / out)]) == 0
+        assert grey_levels(image_io.read_image(str(tmp_path / out / "x.png")), want) <= 2
+
+
+def test_a_cut_generator_with_a_foreign_filter_is_refused():
+    state = pretrained.read_state_dict(CUT_FILE)
+    assert state["model.7.filt"].shape == (16, 1, 3, 3) and state["model.14.filt"].shape == (32, 1, 4, 4)
+    pretrained.resnet_layout(state, "G.pth")
+    for key in ("model.7.filt", "model.14.filt"):
+        with pytest.raises(pretrained.PthError, match=rf"{re.escape(key)} is not the official fixed"):
+            pretrained.resnet_layout(dict(state, **{key: state[key] * 2}), "G.pth")
+    missing = {k: v for k, v in state.items() if k != "model.19.weight"}
+    with pytest.raises(pretrained.PthError, match=r"not CUT's antialiased ResnetGenerator with ngf 8 and 2 blocks "
+                                                  r"\(missing model\.19\.weight\)"):
+        pretrained.resnet_layout(missing, "G.pth")
