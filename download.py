@@ -9,7 +9,8 @@ Downloads stream to download/NAME.zip.part and continue where they stopped (HTTP
 when run again; the zip is checked (size, every member's CRC, no member leaving the target)
 before it is extracted into a temporary folder that is renamed into place, so data/NAME
 is either complete or absent. A pretrained NAME.pth is fetched the same way to download/ and
-imported (pretrained.py) into a run folder that convert.py takes. Exit status: 0 all done, 1 some
+imported (pretrained.py) into a run folder that convert.py takes; the six CUT and FastCUT names
+(horse2zebra_cut, ...) come from the official CUT archive, fetched once and kept. Exit status: 0 all done, 1 some
 dataset or model failed, 2 bad arguments.
 """
 import errno
@@ -17,6 +18,7 @@ import os
 import shutil
 import stat
 import sys
+import tarfile
 import time
 import urllib.parse
 import urllib.request
@@ -64,8 +66,8 @@ class NoRoomError(DownloadError):
 def build_parser():
     return options.parser("download", "Download CycleGAN datasets (or generate the offline sample set) and the "
                                       "official pretrained generators.", one_line_errors=False,
-                          datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join(pretrained.PRETRAINED),
-                          base_url=BASE_URL, pretrained_url=pretrained.PRETRAINED_URL)
+                          datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join([*pretrained.PRETRAINED, *pretrained.CUT_PRETRAINED]), base_url=BASE_URL,
+                          pretrained_url=pretrained.PRETRAINED_URL, cut_pretrained_url=pretrained.CUT_PRETRAINED_URL)
 
 
 def _bar(total, name):
@@ -274,11 +276,11 @@ def _url(base, file):
     return urllib.parse.urljoin(base if base.endswith("/") else base + "/", file)
 
 
-def _fetch_file(name, file, base_url, args):
-    """DOWNLOAD_DIR/file, downloaded from base_url unless already there (--force: fetched again).
-    Returns (path, url)."""
+def _fetch_file(name, file, base_url, args, force=None):
+    """DOWNLOAD_DIR/file, downloaded from base_url unless already there (--force, or force: fetched
+    again). Returns (path, url)."""
     path, url = os.path.join(args.download_dir, file), _url(base_url, file)
-    if os.path.exists(path) and args.force:
+    if os.path.exists(path) and (args.force if force is None else force):
         os.remove(path)
     if os.path.exists(path):
         print(f"{name}: using {path}", file=sys.stderr)
@@ -288,17 +290,44 @@ def _fetch_file(name, file, base_url, args):
 
 
 def fetch_pretrained(name, args):
-    """Downloads (unless present) the official NAME.pth and imports it as MODEL_DIR/NAME_pretrained/."""
+    """Downloads (unless present) the official NAME.pth, or for a CUT name the official CUT archive
+    (kept, so the other five come from it too), and imports the generator as MODEL_DIR/NAME_pretrained/."""
     run_dir = os.path.join(args.model_dir, f"{name}_pretrained")
     if os.path.isdir(run_dir) and not args.force:
         print(f"{name}: already in {run_dir}, skipping (--force to fetch again)", file=sys.stderr)
         return
-    path, url = _fetch_file(name, f"{name}.pth", args.base_url or pretrained.PRETRAINED_URL, args)
+    if name in pretrained.CUT_PRETRAINED:
+        archive, url = _fetch_file(name, pretrained.CUT_ARCHIVE, args.base_url or pretrained.CUT_PRETRAINED_URL, args,
+                                   force=False)
+        path = extract_generator(archive, f"{name}_pretrained/latest_net_G.pth",
+                                 os.path.join(args.download_dir, f"{name}_pretrained_net_G.pth"))
+        source = f"{url}:{name}_pretrained/latest_net_G.pth"
+    else:
+        path, source = _fetch_file(name, f"{name}.pth", args.base_url or pretrained.PRETRAINED_URL, args)
     try:
-        pretrained.write_run(path, run_dir, source=url)
+        pretrained.write_run(path, run_dir, source=source)
     except pretrained.PthError:
         os.remove(path)  # a corrupt or foreign file: the next run fetches it again
         raise
+
+
+def extract_generator(archive, member, dest):
+    """Copies the one regular file of the tar `archive` whose path ends in `member` (under any
+    top folder) to `dest`, reading nothing else from it: links, devices and paths are never
+    written. Raises DownloadError; a damaged archive is deleted so that the next run fetches it."""
+    try:
+        with tarfile.open(archive) as tar:
+            found = [m for m in tar.getmembers() if m.name.lstrip("./") == member or m.name.endswith("/" + member)]
+            if not found or not found[0].isfile():
+                raise DownloadError(f"{archive}: holds no file {member}")
+            if found[0].size > _free_bytes(dest):
+                raise NoRoomError(f"{dest}: needs {found[0].size / 1e6:.1f} MB, less is free (disk full)")
+            with tar.extractfile(found[0]) as src:
+                files.atomic_write_bytes(dest, src.read())
+    except (tarfile.TarError, EOFError) as e:
+        os.remove(archive)
+        raise DownloadError(f"{archive}: not a complete tar archive ({utils.first_line(e)}); deleted, run again") from None
+    return dest
 
 
 # ---------------------------------------------------------------------------- sample set
@@ -379,7 +408,7 @@ def main(argv=None):
             print(f"  {name:24s} about {mb} MB{note}")
         print(f"  {SAMPLE:24s} generated locally, about 8 MB")
         print("pretrained generators (--pretrained), each translating its input domain A:")
-        for name, what in pretrained.PRETRAINED.items():
+        for name, what in {**pretrained.PRETRAINED, **pretrained.CUT_PRETRAINED}.items():
             print(f"  {name:24s} {what}")
         return 0
     unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
@@ -387,9 +416,10 @@ def main(argv=None):
         print(f"error: unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}",
               file=sys.stderr)
         return 2
-    unknown = [n for n in args.pretrained if n not in pretrained.PRETRAINED]
+    names = {**pretrained.PRETRAINED, **pretrained.CUT_PRETRAINED}
+    unknown = [n for n in args.pretrained if n not in names]
     if unknown:
-        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(pretrained.PRETRAINED)}",
+        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(names)}",
               file=sys.stderr)
         return 2
     if not args.datasets and not args.pretrained:

@@ -309,8 +309,10 @@ OPTIONS = {
                                     help="official pretrained generators to fetch and import as "
                                          "MODEL_DIR/NAME_pretrained/: {pretrained}")),
     "list": ("download", dict(action="store_true", help="list the datasets and pretrained models and exit")),
-    "base_url": ("download", dict(help="server or mirror holding NAME.zip and NAME.pth (http://, https:// or "
-                                       "file://); default: {base_url} for datasets, {pretrained_url} for models")),
+    "base_url": ("download", dict(help="server or mirror holding NAME.zip, NAME.pth and the CUT archive "
+                                       "pretrained_models.tar (http://, https:// or file://); default: {base_url} "
+                                       "for datasets, {pretrained_url} for CycleGAN models, {cut_pretrained_url} "
+                                       "for CUT's")),
     "force": ("download", dict(action="store_true", help="download and extract again even if present")),
     "retries": ("download", dict(type=int, default=5, help="attempts per download on connection errors and timeouts")),
     "retry_wait": ("download", dict(type=float, default=2.0, help="seconds before the first retry; doubles each time")),

@@ -49,6 +49,19 @@ PRETRAINED = {
     "iphone2dslr_flower": "iPhone flower photos to DSLR-like shallow depth of field (iphone2dslr_flower's testA)",
 }
 
+# The official CUT's six generators, all in one archive (its README's pretrained_models.tar), each at
+# NAME_pretrained/latest_net_G.pth inside it; the Cityscapes ones were trained --direction BtoA.
+CUT_PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/CUT/"
+CUT_ARCHIVE = "pretrained_models.tar"
+CUT_PRETRAINED = {
+    "horse2zebra_cut": "CUT: horses to zebras (horse2zebra's testA)",
+    "horse2zebra_fastcut": "FastCUT: horses to zebras (horse2zebra's testA)",
+    "cat2dog_cut": "CUT: cats to dogs (AFHQ cat2dog's testA)",
+    "cat2dog_fastcut": "FastCUT: cats to dogs (AFHQ cat2dog's testA)",
+    "cityscapes_cut": "CUT: Cityscapes label colours to street photos (trained BtoA)",
+    "cityscapes_fastcut": "FastCUT: Cityscapes label colours to street photos (trained BtoA)",
+}
+
 # torch.save's first pickle in the legacy format.
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 

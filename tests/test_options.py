@@ -27,7 +27,7 @@ def test_every_command_takes_flags_of_the_table_and_variants_name_real_ones():
     for command, names in options.COMMANDS.items():
         assert len(names) == len(set(names)) and set(names) <= set(options.OPTIONS), command
         p = options.parser(command, command, methods=model.METHODS, datasets="d", sample="s", pretrained="p",
-                           base_url="u", pretrained_url="v")
+                           base_url="u", pretrained_url="v", cut_pretrained_url="w")
         flags = {a.option_strings[0] for a in p._actions if a.option_strings and a.dest != "help"}
         assert flags == {f"--{n}" for n in names}
     assert all(name in options.COMMANDS[command] for command, name in options.VARIANTS)

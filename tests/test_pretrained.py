@@ -268,3 +268,56 @@ def test_a_cut_generator_with_a_foreign_filter_is_refused():
     with pytest.raises(pretrained.PthError, match=r"not CUT's antialiased ResnetGenerator with ngf 8 and 2 blocks "
                                                   r"\(missing model\.19\.weight\)"):
         pretrained.resnet_layout(missing, "G.pth")
+
+
+def make_cut_archive(path, names):
+    """An archive laid out as the official pretrained_models.tar, with the fixture generator under
+    each name, and members that extracting everything would make dangerous (never read)."""
+    import tarfile
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            tar.add(CUT_FILE, f"checkpoints/{name}_pretrained/latest_net_G.pth")
+        link = tarfile.TarInfo("checkpoints/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+        outside = tarfile.TarInfo("../outside.txt")
+        outside.size = 2
+        tar.addfile(outside, io.BytesIO(b"no"))
+
+
+def test_download_cut_pretrained_from_the_official_archive(server, tmp_path, capsys, torch_io):  # noqa: F811
+    archive = os.path.join(server.cfg["root"], pretrained.CUT_ARCHIVE)
+    make_cut_archive(archive, ["horse2zebra_cut", "horse2zebra_fastcut"])
+    flags = ["--base_url", server.url, "--download_dir", str(tmp_path / "download"),
+             "--model_dir", str(tmp_path / "model"), "--retries", "1"]
+    server.cfg["drop"] = 1  # the first response stops half way: the .part stays, the rerun resumes
+    assert download.main(["--pretrained", "horse2zebra_cut", *flags]) == 1
+    assert download.main(["--pretrained", "horse2zebra_cut", "horse2zebra_fastcut", *flags]) == 0
+    assert server.cfg["requests"][-1][0] == f"/{pretrained.CUT_ARCHIVE}" and server.cfg["requests"][-1][1]
+    assert len(server.cfg["requests"]) == 2   # one archive serves both names, and is kept
+    assert os.path.getsize(tmp_path / "download" / pretrained.CUT_ARCHIVE) == os.path.getsize(archive)
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "download" / "checkpoints").exists()
+    rgb, _ = torch_io
+    want = image_io.read_image(CUT_OUTPUT)
+    images = tmp_path / "in"
+    images.mkdir()
+    image_io.write_image(str(images / "x.png"), rgb)
+    for name in ("horse2zebra_cut", "horse2zebra_fastcut"):
+        run_dir = tmp_path / "model" / f"{name}_pretrained"
+        config = files.load_json(str(run_dir / "config.json"))
+        assert config["model"] == "cut" and config["pretrained"]["source"].endswith(f"{name}_pretrained/latest_net_G.pth")
+        assert convert.main(["--model_filepath", str(run_dir), "--img_dir", str(images), "--output_dir",
+                             str(tmp_path / name)]) == 0
+        assert grey_levels(image_io.read_image(str(tmp_path / name / "x.png")), want) <= 2
+    capsys.readouterr()
+    # A name the archive lacks: one line. A damaged archive: one line, deleted, fetched again next time.
+    assert download.main(["--pretrained", "cat2dog_cut", *flags]) == 1
+    assert "holds no file cat2dog_cut_pretrained/latest_net_G.pth" in capsys.readouterr().err
+    with open(tmp_path / "download" / pretrained.CUT_ARCHIVE, "r+b") as f:
+        f.truncate(3000)
+    assert download.main(["--pretrained", "horse2zebra_cut", "--force", *flags]) == 1
+    err = capsys.readouterr().err
+    assert "not a complete tar archive" in err and not (tmp_path / "download" / pretrained.CUT_ARCHIVE).exists()
+    assert download.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in pretrained.CUT_PRETRAINED)
