@@ -51,6 +51,8 @@ def classify(path):
 
 
 def list_inputs(folder):
+    if os.path.isfile(folder):
+        raise utils.UserError(f"{folder}: is a file, not a folder (--img_dir takes a folder of images, GIFs or videos)")
     if not os.path.isdir(folder):
         raise utils.UserError(f"{folder}: no such folder")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if classify(f))
@@ -179,12 +181,25 @@ def check_args(args):
         raise utils.UserError("--jpeg_quality must be between 1 and 100")
     if args.img_dir and os.path.realpath(args.img_dir) == os.path.realpath(args.output_dir):
         raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
+    if args.img_dir:
+        blocking = _file_in_the_way(args.output_dir)
+        if blocking:
+            raise utils.UserError(f"--output_dir {args.output_dir}: {blocking} is a file, not a folder; choose another "
+                                  f"--output_dir")
     if args.export_dir and os.path.exists(args.export_dir) and not args.overwrite:
         raise utils.UserError(f"{args.export_dir}: exists; choose another --export_dir or add --overwrite")
     if args.export_dir and export.is_export(args.model_filepath):
         raise utils.UserError(f"{args.model_filepath}: is already an export; export from the run folder")
     if args.quantize != "none" and args.export_format != "tflite":
         raise utils.UserError(f"--quantize {args.quantize}: only for --export_format tflite")
+
+
+def _file_in_the_way(folder):
+    """The existing path at or above `folder` that is not a folder (so the folder cannot be made), or None."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
 
 
 def convert(args):

@@ -176,6 +176,9 @@ def test_checkpoint_prefixes_and_only_the_needed_generator(run_dir, tmp_path, mo
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN"], "outputs would replace the inputs"),
     (["--model_filepath", "EMPTY", "--img_dir", "IN"], "holds no checkpoint"),
     (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such folder"),
+    (["--model_filepath", "RUN", "--img_dir", "IN/x.png"], "x.png: is a file, not a folder"),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder"),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png/out"], "x.png is a file, not a folder"),
     (["--model_filepath", "RUN"], "nothing to do"),
 ])
 def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
@@ -184,7 +187,8 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
     names = {"RUN": str(run_dir), "IN": str(tmp_path / "in"), "EMPTY": str(tmp_path / "empty")}
     capsys.readouterr()
-    assert convert.main([names.get(a, a) for a in argv]) == 1
+    argv = [names.get(a, a.replace("IN/", names["IN"] + "/")) for a in argv]
+    assert convert.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
 
