@@ -56,6 +56,7 @@ def check_options(args):
     """One-line errors (utils.UserError) for CUT options that cannot work."""
     training.check_bounds(args, ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters",
                                  "netF_nc", "num_patches"), ("n_blocks", "lambda_GAN", "lambda_NCE"))
+    training.check_optimizer(args)
     if args.nce_T <= 0:
         raise utils.UserError("--nce_T must be positive")
     if args.netG and not args.netG.startswith("resnet_"):

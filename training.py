@@ -61,6 +61,16 @@ def check_bounds(args, at_least_one=(), not_negative=()):
             raise utils.UserError(f"--{name} must not be negative")
 
 
+def check_optimizer(args):
+    """One-line errors (utils.UserError) for Adam settings that cannot train: a learning rate not
+    above 0 (a negative one climbs the losses), betas outside [0, 1)."""
+    if not args.lr > 0:
+        raise utils.UserError(f"--lr {args.lr:g}: the learning rate must be positive")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(args, name) < 1:
+            raise utils.UserError(f"--{name} {getattr(args, name):g}: must be at least 0 and below 1")
+
+
 def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50):
     """Learning-rate multiplier for 1-based `epoch` under --lr_policy.
 

@@ -176,6 +176,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_p
     (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder"),
     (["--crop_size", "30"], "multiple of 4"),
     (["--crop_size", "16"], "too small for a discriminator"),
+    (["--lr", "-1"], "--lr -1: the learning rate must be positive"),
+    (["--lambda_identity", "-1"], "--lambda_identity must not be negative"),
+    (["--beta2", "1"], "--beta2 1: must be at least 0 and below 1"),
+    (["--model", "cut", "--lr", "0"], "--lr 0: the learning rate must be positive"),
+    (["--model", "cut", "--lambda_NCE", "-1"], "--lambda_NCE must not be negative"),
 ])
 def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.setattr(model, "build", None)  # building a model would fail loudly
