@@ -66,8 +66,8 @@ class NoRoomError(DownloadError):
 def build_parser():
     return options.parser("download", "Download CycleGAN datasets (or generate the offline sample set) and the "
                                       "official pretrained generators.", one_line_errors=False,
-                          datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join([*pretrained.PRETRAINED, *pretrained.CUT_PRETRAINED]), base_url=BASE_URL,
-                          pretrained_url=pretrained.PRETRAINED_URL, cut_pretrained_url=pretrained.CUT_PRETRAINED_URL)
+                          datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join(pretrained.ALL_PRETRAINED),
+                          base_url=BASE_URL, pretrained_url=pretrained.PRETRAINED_URL, cut_pretrained_url=pretrained.CUT_PRETRAINED_URL)
 
 
 def _bar(total, name):
@@ -317,7 +317,7 @@ def extract_generator(archive, member, dest):
     written. Raises DownloadError; a damaged archive is deleted so that the next run fetches it."""
     try:
         with tarfile.open(archive) as tar:
-            found = [m for m in tar.getmembers() if m.name.lstrip("./") == member or m.name.endswith("/" + member)]
+            found = [m for m in tar.getmembers() if m.name.removeprefix("./") == member or m.name.endswith("/" + member)]
             if not found or not found[0].isfile():
                 raise DownloadError(f"{archive}: holds no file {member}")
             if found[0].size > _free_bytes(dest):
@@ -408,7 +408,7 @@ def main(argv=None):
             print(f"  {name:24s} about {mb} MB{note}")
         print(f"  {SAMPLE:24s} generated locally, about 8 MB")
         print("pretrained generators (--pretrained), each translating its input domain A:")
-        for name, what in {**pretrained.PRETRAINED, **pretrained.CUT_PRETRAINED}.items():
+        for name, what in pretrained.ALL_PRETRAINED.items():
             print(f"  {name:24s} {what}")
         return 0
     unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
@@ -416,10 +416,9 @@ def main(argv=None):
         print(f"error: unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}",
               file=sys.stderr)
         return 2
-    names = {**pretrained.PRETRAINED, **pretrained.CUT_PRETRAINED}
-    unknown = [n for n in args.pretrained if n not in names]
+    unknown = [n for n in args.pretrained if n not in pretrained.ALL_PRETRAINED]
     if unknown:
-        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(names)}",
+        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(pretrained.ALL_PRETRAINED)}",
               file=sys.stderr)
         return 2
     if not args.datasets and not args.pretrained:

@@ -61,6 +61,8 @@ CUT_PRETRAINED = {
     "cityscapes_cut": "CUT: Cityscapes label colours to street photos (trained BtoA)",
     "cityscapes_fastcut": "FastCUT: Cityscapes label colours to street photos (trained BtoA)",
 }
+# Every name download.py --pretrained takes.
+ALL_PRETRAINED = {**PRETRAINED, **CUT_PRETRAINED}
 
 # torch.save's first pickle in the legacy format.
 LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
@@ -334,12 +336,11 @@ def resnet_generator(path, name="G_A2B"):
 def run_settings(a):
     """(method name, its architecture for config.json) of a generator resnet_layout read: a CUT
     run's for an antialiased one (what the official CUT trains), else a CycleGAN run's."""
+    architecture = {"netG": "resnet", "ngf": a["ngf"], "n_blocks": a["n_blocks"], "input_nc": a["channels"],
+                    "output_nc": a["channels"], "norm": "instance", "dropout": a["dropout"]}
     if a["antialias"] or a["antialias_up"]:
-        return "cut", {"netG": "resnet", "ngf": a["ngf"], "n_blocks": a["n_blocks"], "input_nc": a["channels"],
-                       "output_nc": a["channels"], "norm": "instance", "dropout": a["dropout"],
-                       "no_antialias": not a["antialias"], "no_antialias_up": not a["antialias_up"]}
-    return "cycle_gan", {"netG": "resnet", "ngf": a["ngf"], "n_blocks": a["n_blocks"], "input_nc": a["channels"],
-                         "output_nc": a["channels"], "norm": "instance", "dropout": a["dropout"]}
+        return "cut", dict(architecture, no_antialias=not a["antialias"], no_antialias_up=not a["antialias_up"])
+    return "cycle_gan", architecture
 
 
 def sha256(path):
