@@ -140,7 +140,7 @@ OPTIONS = {
                                                   "Keras' cached ImageNet weights if present; never downloaded)")),
     # schedule
     "n_epochs": ("schedule", dict(type=int, default=100, help="epochs at the initial learning rate")),
-    "n_epochs_decay": ("schedule", dict(type=int, default=100, help="epochs of linear decay of the learning rate to 0")),
+    "n_epochs_decay": ("schedule", dict(type=int, default=100, help="epochs of linear decay of the learning rate (the official rule: the last trains at lr / (n_epochs_decay + 1))")),
     "epoch_count": ("schedule", dict(
         type=int, default=1,
         help="the number of the first epoch, as the official option: a new run starts there (earlier "
@@ -208,8 +208,8 @@ OPTIONS = {
              "discriminators, the official lambda_gp)")),
     "lr_policy": ("objective and optimiser", dict(
         choices=LR_POLICIES, default="linear",
-        help="learning-rate schedule by epoch: linear (constant for --n_epochs, then to 0 over "
-             "--n_epochs_decay), step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 every 6 epochs, "
+        help="learning-rate schedule by epoch: linear (constant for --n_epochs, then down by lr / "
+             "(n_epochs_decay + 1) each epoch), step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 every 6 epochs, "
              "as the official code's plateau rule on its constant metric), cosine (over --n_epochs)")),
     "lr_decay_iters": ("objective and optimiser", dict(type=int, default=50, help="--lr_policy step: epochs between decays")),
     # CUT and FastCUT (--model cut): default None here, the mode's default set by cut.CUT.defaults

@@ -359,8 +359,8 @@ def train_epochs(run, inputs):
     """The epochs still to do, top to bottom; returns the exit status."""
     gan, args = run.gan, run.args
     for epoch in range(gan.counters()[0] + 1, run.total_epochs + 1):
-        # -- the learning rate of this epoch (constant, then linear decay to 0, or --lr_policy)
-        lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay)
+        # -- the learning rate of this epoch (constant, then the official linear decay, or --lr_policy)
+        lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay, args.epoch_count)
         start, done = time.time(), gan.begin_epoch()
         bar = progress_bar(epoch, run.total_epochs, run.steps, run.method.BAR)
         bar.start(init_value=done)

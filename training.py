@@ -71,26 +71,28 @@ def check_optimizer(args):
             raise utils.UserError(f"--{name} {getattr(args, name):g}: must be at least 0 and below 1")
 
 
-def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50):
-    """Learning-rate multiplier for 1-based `epoch` under --lr_policy.
+def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50, epoch_count=1):
+    """Learning-rate multiplier for 1-based `epoch` under --lr_policy, exactly as the official
+    get_scheduler with its scheduler stepped at the end of every epoch (the official CUT train.py, and
+    CycleGAN's as the paper was trained): in epoch e the scheduler has stepped s = e - epoch_count
+    times since the run started at --epoch_count.
 
-    linear: 1 for epochs 1..n_epochs, then falls linearly to exactly 0 at the last epoch:
-        factor(e) = 1 - max(0, e - n_epochs) / n_epochs_decay
-    so with 100 + 100 epochs: epoch 1 -> 1, 100 -> 1, 101 -> 0.99, 150 -> 0.5, 200 -> 0.
-    The others are the official schedulers' values in epoch e (which have stepped e times by then):
-    step 0.1^floor(e / decay_iters); plateau 0.2^floor((e - 1) / 6) (ReduceLROnPlateau, patience 5,
-    fed the constant metric 0 by the official code, so it decays every 6 epochs); cosine
-    (1 + cos(pi e / n_epochs)) / 2 (CosineAnnealingLR with T_max = n_epochs).
+    linear: 1 - max(0, s + epoch_count - n_epochs) / (n_epochs_decay + 1) = 1 - max(0, e - n_epochs) /
+        (n_epochs_decay + 1): 1 for epochs 1..n_epochs, then d/(d+1), (d-1)/(d+1), ... and 1/(d+1) in
+        the last epoch (never 0): with 100 + 100 epochs 101 -> 100/101, 150 -> 51/101, 200 -> 1/101.
+    step: 0.1^floor(s / decay_iters) (StepLR). plateau: 0.2^floor((s - 1) / 6) for s >= 1 (the
+    official ReduceLROnPlateau, patience 5, is fed the constant metric 0: its first step sets the
+    best, every later one is 'bad', and each sixth bad step in a row decays, at steps 7, 13, ...). cosine:
+    (1 + cos(pi s / n_epochs)) / 2 (CosineAnnealingLR with T_max = n_epochs).
     """
+    s = epoch - epoch_count
     if policy == "step":
-        return 0.1 ** (epoch // decay_iters)
+        return 0.1 ** (s // decay_iters)
     if policy == "plateau":
-        return 0.2 ** ((epoch - 1) // 6)
+        return 0.2 ** (max(0, s - 1) // 6)
     if policy == "cosine":
-        return (1.0 + math.cos(math.pi * epoch / max(1, n_epochs))) / 2.0
-    if n_epochs_decay <= 0 or epoch <= n_epochs:
-        return 1.0
-    return max(0.0, 1.0 - (epoch - n_epochs) / float(n_epochs_decay))
+        return (1.0 + math.cos(math.pi * s / max(1, n_epochs))) / 2.0
+    return 1.0 - max(0, epoch - n_epochs) / float(n_epochs_decay + 1)
 
 
 class ImagePool:
@@ -245,10 +247,10 @@ class Trainer:
         """(epochs done, steps done in the current epoch, steps done in all) as ints."""
         return int(self.epoch.numpy()), int(self.epoch_step.numpy()), int(self.step.numpy())
 
-    def set_learning_rate(self, epoch, n_epochs, n_epochs_decay):
-        """Sets every optimizer's rate for 1-based `epoch` (see lr_factor, with this model's
-        --lr_policy); returns it."""
-        lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay, self.lr_policy, self.lr_decay_iters)
+    def set_learning_rate(self, epoch, n_epochs, n_epochs_decay, epoch_count=1):
+        """Sets every optimizer's rate for 1-based `epoch` of a run started at --epoch_count (see
+        lr_factor, with this model's --lr_policy); returns it."""
+        lr = self.lr * lr_factor(epoch, n_epochs, n_epochs_decay, self.lr_policy, self.lr_decay_iters, epoch_count)
         for optimizer in self.optimizers.values():
             optimizer.learning_rate = lr
         return lr

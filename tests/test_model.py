@@ -94,24 +94,44 @@ def test_batched_passes_equal_separate_calls(tiny_gan):
     assert float(tiny_gan.discriminator_loss(D_A, A, fake_A)) == pytest.approx(float(d_loss), rel=1e-5)
 
 
-@pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (101, 0.99), (150, 0.5), (200, 0.0)])
+def official_linear_rule(epoch, n_epochs, n_epochs_decay, epoch_count):
+    """The official get_scheduler's lambda_rule as it reads, fed the scheduler's own count (0 in the
+    first epoch of a run, then one more at the end of every epoch)."""
+    steps_taken = epoch - epoch_count
+    return 1.0 - max(0, steps_taken + epoch_count - n_epochs) / float(n_epochs_decay + 1)
+
+
+@pytest.mark.parametrize("n_epochs,n_epochs_decay,epoch_count", [(100, 100, 1), (2, 2, 1), (200, 200, 1), (5, 3, 4)])
+def test_learning_rate_schedule_is_the_official_linear_rule(n_epochs, n_epochs_decay, epoch_count):
+    last = n_epochs + n_epochs_decay
+    for epoch in (epoch_count, n_epochs, n_epochs + 1, (n_epochs + last) // 2, last):  # first, first decay, middle, last
+        if epoch >= epoch_count:
+            assert training.lr_factor(epoch, n_epochs, n_epochs_decay, epoch_count=epoch_count) == pytest.approx(
+                official_linear_rule(epoch, n_epochs, n_epochs_decay, epoch_count), abs=1e-12)
+    # The last epoch still trains, at lr / (d + 1); the first decay epoch at lr * d / (d + 1).
+    assert training.lr_factor(last, n_epochs, n_epochs_decay) == pytest.approx(1 / (n_epochs_decay + 1))
+    assert training.lr_factor(n_epochs + 1, n_epochs, n_epochs_decay) == pytest.approx(
+        n_epochs_decay / (n_epochs_decay + 1))
+
+
+@pytest.mark.parametrize("epoch,factor", [(1, 1.0), (100, 1.0), (101, 100 / 101), (150, 51 / 101), (200, 1 / 101)])
 def test_learning_rate_schedule(epoch, factor):
     assert training.lr_factor(epoch, 100, 100) == pytest.approx(factor)
 
 
 def test_learning_rate_set_on_both_optimizers(tiny_gan):
     try:
-        assert tiny_gan.set_learning_rate(150, 100, 100) == pytest.approx(1e-4)
+        assert tiny_gan.set_learning_rate(150, 100, 100) == pytest.approx(2e-4 * 51 / 101)
         for opt in (tiny_gan.optimizer_G, tiny_gan.optimizer_D):
-            assert float(opt.learning_rate) == pytest.approx(1e-4)
+            assert float(opt.learning_rate) == pytest.approx(2e-4 * 51 / 101)
     finally:
         tiny_gan.set_learning_rate(1, 100, 100)
 
 
 @pytest.mark.parametrize("policy,epoch,factor", [
-    ("step", 49, 1.0), ("step", 50, 0.1), ("step", 100, 0.01),           # StepLR(50, 0.1) after e steps
-    ("plateau", 6, 1.0), ("plateau", 7, 0.2), ("plateau", 13, 0.04),     # ReduceLROnPlateau on a constant
-    ("cosine", 50, 0.5), ("cosine", 100, 0.0), ("cosine", 150, 0.5),     # CosineAnnealingLR(T_max=100)
+    ("step", 50, 1.0), ("step", 51, 0.1), ("step", 101, 0.01),           # StepLR(50, 0.1) after e - 1 steps
+    ("plateau", 7, 1.0), ("plateau", 8, 0.2), ("plateau", 14, 0.04),     # ReduceLROnPlateau on a constant
+    ("cosine", 1, 1.0), ("cosine", 51, 0.5), ("cosine", 101, 0.0), ("cosine", 151, 0.5),  # CosineAnnealingLR(100)
 ])
 def test_other_learning_rate_policies_as_the_official_schedulers(policy, epoch, factor):
     assert training.lr_factor(epoch, 100, 100, policy, 50) == pytest.approx(factor, abs=1e-12)
@@ -192,7 +212,7 @@ def test_flags_reach_the_model():
     assert cyclegan.architecture(args)["netD"] == "pixel"
     first = gan.G_A2B.get_layer("c7s1-4_conv").kernel.numpy()          # 7x7x3 fan in: std sqrt(2 / 147)
     assert first.std() == pytest.approx((2 / 147) ** 0.5, rel=0.15)
-    assert gan.set_learning_rate(3, 100, 100) == pytest.approx(2e-5)
+    assert gan.set_learning_rate(4, 100, 100) == pytest.approx(2e-5)     # step: 3 steps taken by epoch 4
 
 
 def pool_fn(pool, rng):

@@ -55,7 +55,8 @@ def test_run_folder_describes_itself(full_run, dataset_dirs):
     with open(full_run / "losses.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == 0.0
+    # The official linear rule: the one decay epoch (the last) trains at lr / (n_epochs_decay + 1).
+    assert float(rows[0]["lr"]) == pytest.approx(2e-4) and float(rows[1]["lr"]) == pytest.approx(1e-4)
     assert all(np.isfinite(float(rows[1][k])) for k in cyclegan.LOSS_NAMES)
     # All validation images every --validation_every epochs; a frame per epoch for --progress_images.
     assert os.listdir(full_run / "validation") == ["epoch_002"]
@@ -333,10 +334,10 @@ def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
     assert (config["images_A"], config["images_B"], config["steps_per_epoch"]) == (4, 2, 4)
     assert config["architecture"]["train_size"] == [32, 64] and config["direction"] == "BtoA"
     assert config["serial_batches"] and config["preprocess"] == "scale_width"
-    # --epoch_count 2: the run starts at epoch 2, the last, whose learning rate is 0.
+    # --epoch_count 2: the run starts at epoch 2, the last, at lr / (n_epochs_decay + 1).
     with open(run / "losses.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["epoch"] for r in rows] == ["2"] and float(rows[0]["lr"]) == 0.0
+    assert [r["epoch"] for r in rows] == ["2"] and float(rows[0]["lr"]) == pytest.approx(1e-4)
     assert tf.train.load_checkpoint(str(run)).get_tensor(
         "pool_A_images/.ATTRIBUTES/VARIABLE_VALUE").shape == (2, 32, 64, 3)
     # testB is the model's A: its validation images translate A2B, at their own size.
