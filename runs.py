@@ -30,7 +30,7 @@ def find_checkpoint(model_filepath):
     Raises utils.UserError with a one-line reason."""
     path = model_filepath.rstrip("/") or "/"
     if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
+        latest = next(iter(checkpoint_candidates(path)), None)
         if latest is None:
             raise utils.UserError(f"{model_filepath}: folder holds no checkpoint (and no saved_model.pb)")
         return latest, path
@@ -43,6 +43,69 @@ def find_checkpoint(model_filepath):
         return numbered[-1][:-len(".index")], folder
     raise utils.UserError(f"{model_filepath}: no such model (expected a run folder, a checkpoint prefix "
                           f"or a SavedModel folder)")
+
+
+def is_damage(error):
+    """True for what reading a damaged checkpoint raises (a truncated data file: IndexError 'Read less
+    bytes than requested'; a missing or garbled file: OpError, NotFoundError, DataLossError), not for a
+    checkpoint of another model (ValueError, AssertionError, InvalidArgumentError)."""
+    return isinstance(error, (IndexError, tf.errors.NotFoundError, tf.errors.DataLossError,
+                              tf.errors.OutOfRangeError)) or type(error) is tf.errors.OpError
+
+
+def checkpoint_candidates(folder, name=None):
+    """The checkpoint prefixes of `folder` (of checkpoint name `name`, else any), newest first: those its
+    'checkpoint' index lists and any numbered one on disk, whose index file may be all that is left."""
+    state = tf.train.get_checkpoint_state(folder) if os.path.isfile(os.path.join(folder, "checkpoint")) else None
+    listed = [os.path.join(folder, os.path.basename(p)) for p in (state.all_model_checkpoint_paths if state else [])]
+    on_disk = [p[:-len(".index")] for p in glob.glob(os.path.join(glob.escape(folder), "*-*.index"))]
+    numbered = {}
+    for prefix in listed + on_disk:
+        head, _, number = prefix.rpartition("-")
+        if number.isdigit() and (name is None or os.path.basename(head) == name):
+            numbered[prefix] = int(number)
+    return sorted(numbered, key=numbered.get, reverse=True)
+
+
+def checkpoint_damage(prefix):
+    """Why the files of checkpoint `prefix` cannot be whole (None if they may be): a missing or unreadable
+    index, a missing data shard. A truncated shard shows only when read (see restore_newest)."""
+    if not os.path.isfile(prefix + ".index"):
+        return "its .index file is missing"
+    try:
+        tf.train.load_checkpoint(prefix)
+    except tf.errors.OpError as e:
+        return f"its .index file is damaged ({utils.first_line(e, 120)})"
+    shards = glob.glob(glob.escape(prefix) + ".data-*-of-*")
+    total = re.search(r"-of-(\d+)$", shards[0]).group(1) if shards else "00001"
+    for i in range(int(total)):
+        shard = f"{prefix}.data-{i:05d}-of-{total}"
+        if not os.path.isfile(shard):
+            return f"its data file {os.path.basename(shard)} is missing"
+    return None
+
+
+def restore_newest(folder, restore_fn, name=None):
+    """Restores the newest checkpoint of `folder` (of checkpoint name `name`) whose files are whole:
+    restore_fn(prefix) is called on each, newest first, and a damaged one (see checkpoint_damage and
+    is_damage) is skipped with one warning line naming it. Returns (prefix, restore_fn's value), or
+    (None, None) if the folder has none. Raises utils.UserError if none is intact."""
+    candidates, reasons = checkpoint_candidates(folder, name), []
+    for prefix in candidates:
+        reason = checkpoint_damage(prefix)
+        if reason is None:
+            try:
+                return prefix, restore_fn(prefix)
+            except Exception as e:  # noqa: BLE001 -- only damage falls back; the rest is re-raised
+                if not is_damage(e):
+                    raise
+                reason = f"cannot be read ({utils.first_line(e, 120)})"
+        reasons.append(reason)
+        utils.warn(f"{prefix}: {reason}; skipped, trying the one before it")
+    if candidates:
+        raise utils.UserError(f"{folder}: none of its {len(candidates)} checkpoints is intact (the oldest, "
+                              f"{os.path.basename(candidates[-1])}: {reasons[-1]})")
+    return None, None
 
 
 def run_config(model_filepath):
@@ -78,7 +141,12 @@ def load_run_generators(model_filepath, directions):
             why += "; a pretrained model translates its own input domain, as A2B"
         raise utils.UserError(f"{model_filepath}: holds only the {' and '.join(held)} generator, not "
                               f"{', '.join(missing)}{why}")
-    generators = load_generators(checkpoint, method.saved_architecture(config), directions, method)
+    architecture = method.saved_architecture(config)
+    if os.path.isdir(model_filepath):  # the newest intact checkpoint (a damaged one is skipped)
+        checkpoint, generators = restore_newest(
+            model_filepath, lambda prefix: load_generators(prefix, architecture, directions, method, damage_raises=True))
+    else:
+        generators = load_generators(checkpoint, architecture, directions, method)
     print(f"model: {checkpoint}", file=sys.stderr)
     if config.get("direction") == "BtoA":  # train.py --direction: its domain A is the folders named B
         print("the run was trained with --direction BtoA: A2B translates images like those of its folders named B "
@@ -86,16 +154,18 @@ def load_run_generators(model_filepath, directions):
     return generators
 
 
-def load_generators(checkpoint_path, architecture, directions, method=None):
+def load_generators(checkpoint_path, architecture, directions, method=None, damage_raises=False):
     """Builds only the generators asked for and restores them from a training checkpoint of `method`
     (a class of model.METHODS; default CycleGAN). Raises utils.UserError if the checkpoint does not
-    hold them with this architecture."""
+    hold them with this architecture, or (unless damage_raises: see restore_newest) if it is damaged."""
     method = method or model.METHODS[model.DEFAULT_METHOD]
     generators = {d: method.build_generator(architecture, d) for d in directions}
     ckpt = tf.train.Checkpoint(**{method.GENERATOR_KEYS[d]: G for d, G in generators.items()})
     try:
         ckpt.read(checkpoint_path).assert_existing_objects_matched().expect_partial()
-    except (ValueError, AssertionError, tf.errors.OpError) as e:
+    except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:
+        if damage_raises and is_damage(e):
+            raise  # restore_newest tries the checkpoint before it
         raise utils.UserError(f"{checkpoint_path}: cannot restore the generators ({utils.first_line(e)})") from None
     return generators
 
@@ -160,10 +230,13 @@ def recorded_config(saved):
 
 
 def restore(ckpt, path, model_dir):
-    """Restores every variable or fails with one line; never half-loads a checkpoint."""
+    """Restores every variable or fails with one line; never half-loads a checkpoint. What a damaged
+    checkpoint raises (is_damage) is left to restore_newest."""
     try:
         ckpt.restore(path).assert_existing_objects_matched()
     except (ValueError, AssertionError, tf.errors.OpError) as e:
+        if is_damage(e):
+            raise
         raise utils.UserError(f"{path}: does not match this model ({utils.first_line(e, 300)}); "
                               f"use another --model_dir than {model_dir}") from None
 

@@ -273,9 +273,9 @@ class Run:
             args.model_dir, ".workers", f"worker_{self.strategy.cluster_resolver.task_id}")
         self.manager = tf.train.CheckpointManager(ckpt, self.save_dir, max_to_keep=args.keep_checkpoints,
                                                   checkpoint_name=args.model_name)
-        latest = tf.train.latest_checkpoint(args.model_dir)
+        latest, _ = runs.restore_newest(args.model_dir, lambda prefix: runs.restore(ckpt, prefix, args.model_dir),
+                                        args.model_name)
         if latest:
-            runs.restore(ckpt, latest, args.model_dir)
             epochs, steps_done, _ = self.gan.counters()
             print(f"resuming from {latest} (epoch {epochs} done, {steps_done} steps into the next)", file=sys.stderr)
         apply_epoch_count(args, self.gan, self.config_path, resumed=latest is not None)
