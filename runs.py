@@ -5,12 +5,15 @@ check cache of the training images; finding a run's newest checkpoint and loadin
     generators = load_run_generators("model/horse2zebra", ["A2B"])
 """
 import csv
+import datetime
+import fcntl
 import glob
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 
 import tensorflow as tf
@@ -171,6 +174,32 @@ def load_generators(checkpoint_path, architecture, directions, method=None, dama
 
 
 LOSSES_FILE = "losses.csv"
+
+# Held (fcntl.flock) by the train.py that trains in a run folder; it names the holder.
+LOCK_FILE = "train.lock"
+
+
+def lock_run_folder(model_dir):
+    """Takes the run folder for this process, or raises utils.UserError naming who holds it (pid, host,
+    since when). The lock is the kernel's (flock on MODEL_DIR/train.lock): it ends with its holder,
+    however that dies (kill -9 included), so a stale lock never blocks. Returns the open lock file;
+    keep it open while training."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, LOCK_FILE)
+    lock = open(path, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise utils.UserError(f"{model_dir}: in use by {holder}; wait for it to finish or stop it (or use "
+                              f"another --model_dir)") from None
+    lock.truncate(0)
+    lock.write(f"train.py pid {os.getpid()} on {socket.gethostname()} since "
+               f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}\n")
+    lock.flush()
+    return lock
 
 
 # Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.

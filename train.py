@@ -4,7 +4,8 @@
     python train.py --img_A_dir a/ --img_B_dir b/ --model_dir model/a2b
 
 The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
-losses.csv and, with validation folders, the translated validation images of every epoch.
+losses.csv, train.lock (held while a train.py trains there; a second one is refused) and, with
+validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
 Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
 checkpoint is kept), 2 bad input, 130 interrupted (checkpoint saved).
@@ -232,6 +233,22 @@ class Run:
         devices.setup(args.cpu_kernels)
         self.strategy = make_strategy(args.distribute)
         self.chief = is_chief(self.strategy)
+        # One training per run folder: a second train.py is refused (workers of a cluster leave it to the chief).
+        self.lock = runs.lock_run_folder(args.model_dir) if self.chief else None
+        try:
+            self._build(args, inputs)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Lets the run folder go (see runs.lock_run_folder)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def _build(self, args, inputs):
+        """The model, restored, and on the chief the run folder's records (see the class)."""
         self.replicas = self.strategy.num_replicas_in_sync if self.strategy else 1
         global_batch = args.batch_size * self.replicas
         if max(len(inputs.paths_A), len(inputs.paths_B)) < global_batch:
@@ -358,6 +375,10 @@ class Diverged(Exception):
 def train_epochs(run, inputs):
     """The epochs still to do, top to bottom; returns the exit status."""
     gan, args = run.gan, run.args
+    if gan.counters()[0] >= run.total_epochs:
+        print(f"{args.model_dir}: already finished: {gan.counters()[0]} epochs; nothing to do (raise --n_epochs or "
+              f"--n_epochs_decay to train longer)", file=sys.stderr)
+        return 0
     for epoch in range(gan.counters()[0] + 1, run.total_epochs + 1):
         # -- the learning rate of this epoch (constant, then the official linear decay, or --lr_policy)
         lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay, args.epoch_count)
@@ -450,7 +471,11 @@ def train(args):
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE))  # the flags alone, first
         inputs = TrainingData(args)
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE), inputs.train_size)
-        return train_epochs(Run(args, inputs), inputs)
+        run = Run(args, inputs)
+        try:
+            return train_epochs(run, inputs)
+        finally:
+            run.close()
     except Diverged as e:
         print(f"error: {e}. The last good checkpoint is kept: {tf.train.latest_checkpoint(args.model_dir)}",
               file=sys.stderr)

@@ -3,6 +3,9 @@ files truncated or deleted. convert.py and train.py fall back to the newest inta
 one warning naming the damaged one; with none intact, one line."""
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,8 +13,9 @@ import tensorflow as tf
 
 import convert
 import image_io
+import runs
 import train
-from test_train import final_weights, flags
+from test_train import ROOT, final_weights, flags
 
 # Each file of a checkpoint, and what happens to it.
 DAMAGE = [(".index", "truncate"), (".index", "delete"),
@@ -89,3 +93,39 @@ def test_no_intact_checkpoint_is_one_line(saved_run, dataset_dirs, tmp_path, cap
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("none of its 3 checkpoints is intact" in e for e in errors), err
     assert "Traceback" not in err
+
+
+def test_a_finished_run_rerun_says_so_and_changes_nothing(saved_run, dataset_dirs, tmp_path, capsys):
+    run, weights = saved_run
+    shutil.copytree(run, tmp_path / "run")
+    before = sorted(os.listdir(tmp_path / "run"))
+    capsys.readouterr()
+    assert train.main(flags(dataset_dirs, tmp_path / "run", "--n_epochs", "1", "--n_epochs_decay", "0",
+                            "--save_every_steps", "2", "--progress_images", "0")) == 0
+    assert f"{tmp_path / 'run'}: already finished: 1 epochs; nothing to do" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "run")) == before
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("cyclegan.ckpt-6")
+
+
+def test_a_run_folder_in_use_is_refused_and_a_killed_holder_does_not_block(saved_run, dataset_dirs, tmp_path, capsys):
+    run, _ = saved_run
+    folder = tmp_path / "run"
+    shutil.copytree(run, folder)
+    argv = flags(dataset_dirs, folder, "--n_epochs", "50", "--n_epochs_decay", "0", "--progress_images", "0")
+    holder = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in holder.stderr:  # the holder is training once it reports its steps
+            if "steps per epoch" in line:
+                break
+        capsys.readouterr()
+        assert train.main(argv) == 2
+        out = capsys.readouterr().err
+        err = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(err) == 1 and "Traceback" not in out and err[0].startswith(f"error: {folder}: in use by train.py pid {holder.pid} on "
+                                                   f"{socket.gethostname()} since "), err
+        assert "resuming" not in out
+    finally:
+        holder.kill()  # SIGKILL: the holder cleans nothing up
+        holder.wait()
+    # The kernel let the lock go with its holder: the folder is free again.
+    runs.lock_run_folder(str(folder)).close()
