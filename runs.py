@@ -33,10 +33,10 @@ def find_checkpoint(model_filepath):
     Raises utils.UserError with a one-line reason."""
     path = model_filepath.rstrip("/") or "/"
     if os.path.isdir(path):
-        latest = next(iter(checkpoint_candidates(path)), None)
-        if latest is None:
+        candidates = checkpoint_candidates(path)
+        if not candidates:
             raise utils.UserError(f"{model_filepath}: folder holds no checkpoint (and no saved_model.pb)")
-        return latest, path
+        return candidates[0], path
     folder = os.path.dirname(path) or "."
     if os.path.exists(path + ".index"):
         return path, folder

@@ -375,11 +375,12 @@ class Diverged(Exception):
 def train_epochs(run, inputs):
     """The epochs still to do, top to bottom; returns the exit status."""
     gan, args = run.gan, run.args
-    if gan.counters()[0] >= run.total_epochs:
-        print(f"{args.model_dir}: already finished: {gan.counters()[0]} epochs; nothing to do (raise --n_epochs or "
+    done_epochs = gan.counters()[0]
+    if done_epochs >= run.total_epochs:
+        print(f"{args.model_dir}: already finished: {done_epochs} epochs; nothing to do (raise --n_epochs or "
               f"--n_epochs_decay to train longer)", file=sys.stderr)
         return 0
-    for epoch in range(gan.counters()[0] + 1, run.total_epochs + 1):
+    for epoch in range(done_epochs + 1, run.total_epochs + 1):
         # -- the learning rate of this epoch (constant, then the official linear decay, or --lr_policy)
         lr = gan.set_learning_rate(epoch, args.n_epochs, args.n_epochs_decay, args.epoch_count)
         start, done = time.time(), gan.begin_epoch()
