@@ -76,13 +76,15 @@ def _gif_blocks(data):
     raise ValueError("no GIF trailer")
 
 
-def append_animation_frame(path, rgb, duration):
+def append_animation_frame(path, rgb, duration, frames_before=None):
     """Adds one uint8 RGB frame, shown `duration` ms, at the end of an animated GIF of frames of the
-    same size (made if missing), atomically. The frames already there are neither decoded nor encoded
+    same size (made if missing), atomically. With frames_before N, the frames after the first N are
+    dropped first, so the new frame is the (N+1)-th however often it is added (an epoch redone after
+    an interruption adds its frame once). The frames kept are neither decoded nor encoded
     again: the new frame is encoded alone and its blocks (timing, image with its palette as the
     frame's own colour table) go before the trailer, so adding the 200th frame costs what the first
     did. A file that is not such a GIF is rewritten whole."""
-    if not os.path.exists(path):
+    if not os.path.exists(path) or frames_before == 0:
         write_animation(path, [rgb], [duration])
         return
     old = open(path, "rb").read()
@@ -97,8 +99,12 @@ def append_animation_frame(path, rgb, duration):
             raise ValueError("another frame size")
     except ValueError:
         frames, durations, loop = read_animation(path)
+        frames, durations = frames[:frames_before], durations[:frames_before]
         write_animation(path, frames + [rgb], durations + [duration], loop)
         return
+    images = [end for kind, _, end in old_blocks if kind == "image"]
+    # Where the new frame goes: after the last frame kept (before the trailer if all are kept).
+    cut = images[frames_before - 1] if frames_before is not None and frames_before < len(images) else len(old) - 1
     screen_flags, palette = one[10], one[13:new_blocks[0][2]]
     tail = []
     for kind, start, end in new_blocks[1:]:
@@ -111,7 +117,7 @@ def append_animation_frame(path, rgb, duration):
                 tail.append(bytes(descriptor) + palette + one[start + 10:end])
             else:
                 tail.append(one[start:end])
-    files.atomic_write_bytes(path, old[:-1] + b"".join(tail) + b";")
+    files.atomic_write_bytes(path, old[:cut] + b"".join(tail) + b";")
 
 
 def open_video(path):

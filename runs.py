@@ -202,6 +202,47 @@ def lock_run_folder(model_dir):
     return lock
 
 
+# The end-of-epoch work still to do (validation, losses.csv row, GIF frames, TensorBoard): written
+# before the epoch's checkpoint, removed once that work is done.
+PENDING_FILE = "end_of_epoch.json"
+
+
+def write_pending_epoch(model_dir, epoch, lr, seconds, means):
+    """Records what the end of `epoch` needs besides its weights (its learning rate, seconds and mean
+    losses), before the checkpoint that marks it done is written: however training is stopped
+    after that checkpoint, the next start finds this record and does that work (pending_epoch)."""
+    files.save_json(os.path.join(model_dir, PENDING_FILE),
+                    {"epoch": int(epoch), "lr": float(lr), "seconds": float(seconds),
+                     "means": [float(m) for m in means]})
+
+
+def pending_epoch(model_dir, done_epochs):
+    """The record of write_pending_epoch whose end-of-epoch work is undone, as (epoch, lr, seconds,
+    means), if it is that of the restored checkpoint's last epoch (`done_epochs`); else None. A record
+    of another epoch (its checkpoint never completed, or an older checkpoint was restored: that
+    epoch is trained again) or an unreadable one is removed."""
+    path = os.path.join(model_dir, PENDING_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        record = files.load_json(path)
+        pending = int(record["epoch"]), float(record["lr"]), float(record["seconds"]), [
+            float(m) for m in record["means"]]
+    except (utils.UserError, KeyError, TypeError, ValueError):
+        pending = None
+    if pending is None or pending[0] != done_epochs:
+        clear_pending_epoch(model_dir)
+        return None
+    return pending
+
+
+def clear_pending_epoch(model_dir):
+    """The end-of-epoch work is done (see write_pending_epoch)."""
+    path = os.path.join(model_dir, PENDING_FILE)
+    if os.path.exists(path):
+        os.remove(path)
+
+
 # Each training image's size, modification time and decoding verdict, so a restart does not decode them all again.
 CHECK_CACHE_FILE = "image_check.json"
 
@@ -297,10 +338,15 @@ class LossLog:
         self.rows = rows
 
     def add(self, epoch, lr, seconds, means, scores=None):
+        """The row of `epoch`, replacing any row it had (an end of epoch redone after an interruption)."""
         row = {"epoch": epoch, "lr": f"{lr:.8g}", "seconds": f"{seconds:.1f}",
                **{k: f"{v:.6f}" for k, v in zip(self.loss_names, means)},
                **{k: f"{v:.6f}" for k, v in (scores or {}).items()}}
-        self._write(self.rows + [row])
+        self._write([r for r in self.rows if int(r["epoch"]) != epoch] + [row])
+
+    def epochs_before(self, epoch):
+        """How many epochs before `epoch` have a row: the frames a progress GIF has before epoch's."""
+        return sum(int(r["epoch"]) < epoch for r in self.rows)
 
     def plot(self, path):
         """losses.png: the mean losses per epoch."""

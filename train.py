@@ -4,12 +4,14 @@
     python train.py --img_A_dir a/ --img_B_dir b/ --model_dir model/a2b
 
 The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
-losses.csv, train.lock (held while a train.py trains there; a second one is refused) and, with
+losses.csv, train.lock (held while a train.py trains there; a second one is refused),
+end_of_epoch.json while an epoch's bookkeeping is undone (the next start does it) and, with
 validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
 Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
 checkpoint is kept), 2 bad input, 130 interrupted (checkpoint saved).
 """
+import glob
 import os
 import shutil
 import sys
@@ -139,13 +141,20 @@ def eval_fields(val, truth_dir, fid, truth_for="A2B"):
     return fields
 
 
-def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
+def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False, frames_before=None):
     """Translates the first --progress_images validation images of each direction and appends each
-    one's frame to its progress GIF (MODEL_DIR/progress/DIR/NAME.gif); when `full` (every
-    --validation_every epochs, the last, and when scoring) translates them all into
-    OUTPUT_DIR/epoch_NNN/DIR. When evaluate_now, returns the scores of these translations
+    one's frame to its progress GIF (MODEL_DIR/progress/DIR/NAME.gif) after its first frames_before
+    frames (those of the epochs before; None: after all); when `full` (every --validation_every
+    epochs, the last, and when scoring) translates them all into OUTPUT_DIR/epoch_NNN/DIR, a folder
+    that appears whole (written beside it, then renamed into place; a half-written one of an
+    interrupted start is replaced). When evaluate_now, returns the scores of these translations
     (metrics.translation_scores, FID/KID with inception)."""
     scores = {}
+    folder = os.path.join(args.output_dir, f"epoch_{epoch:03d}")
+    if full:
+        for stale in glob.glob(os.path.join(glob.escape(args.output_dir), f".epoch_{epoch:03d}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+        ready = files.make_temp_dir(args.output_dir, f".epoch_{epoch:03d}.tmp-")
     for direction, (paths, images) in val.items():
         if not paths:
             continue
@@ -162,13 +171,15 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False):
             count = len(images) if full else min(args.progress_images, len(images))
             fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]
         if full:
-            out = os.path.join(args.output_dir, f"epoch_{epoch:03d}", direction)
             for path, fake in zip(paths, fakes):
-                image_io.write_image(os.path.join(out, os.path.basename(path)), fake)
+                image_io.write_image(os.path.join(ready, direction, os.path.basename(path)), fake)
         for path, fake in zip(paths[:args.progress_images], fakes):
             name = os.path.splitext(os.path.basename(path))[0] + ".gif"
             animation.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
-                                         progress.label(image_io.as_rgb8(fake), f"epoch {epoch}"), 300)
+                                             progress.label(image_io.as_rgb8(fake), f"epoch {epoch}"), 300,
+                                             frames_before)
+    if full:
+        files.swap_into_place(ready, folder)
     return scores
 
 
@@ -292,6 +303,7 @@ class Run:
                                                   checkpoint_name=args.model_name)
         latest, _ = runs.restore_newest(args.model_dir, lambda prefix: runs.restore(ckpt, prefix, args.model_dir),
                                         args.model_name)
+        self.restored = latest
         if latest:
             epochs, steps_done, _ = self.gan.counters()
             print(f"resuming from {latest} (epoch {epochs} done, {steps_done} steps into the next)", file=sys.stderr)
@@ -376,6 +388,10 @@ def train_epochs(run, inputs):
     """The epochs still to do, top to bottom; returns the exit status."""
     gan, args = run.gan, run.args
     done_epochs = gan.counters()[0]
+    # -- the end of the last epoch, if an interruption came between its checkpoint and its bookkeeping
+    pending = runs.pending_epoch(args.model_dir, done_epochs) if run.chief else None
+    if pending and end_epoch(run, inputs, *pending, run.restored, redone=True) == 130:
+        return 130
     if done_epochs >= run.total_epochs:
         print(f"{args.model_dir}: already finished: {done_epochs} epochs; nothing to do (raise --n_epochs or "
               f"--n_epochs_decay to train longer)", file=sys.stderr)
@@ -414,31 +430,39 @@ def train_epochs(run, inputs):
                   f"run the same command to resume", file=sys.stderr)
             return 130
         bar.finish()
-        # -- the epoch's checkpoint; on the chief, validation, losses.csv and TensorBoard
-        means = gan.end_epoch(epoch)
+        # -- the epoch's checkpoint, after the record of what its end still needs (the chief's
+        #    validation, losses.csv row, GIF frames and TensorBoard), which is removed once done
+        means, seconds = gan.end_epoch(epoch), time.time() - start
+        if run.chief:
+            runs.write_pending_epoch(args.model_dir, epoch, lr, seconds, means)
         path = run.save()
-        if run.chief and end_epoch(run, inputs, epoch, (lr, time.time() - start, means), path) == 130:
+        if run.chief and end_epoch(run, inputs, epoch, lr, seconds, means, path) == 130:
             return 130
     return 0
 
 
-def end_epoch(run, inputs, epoch, record, path):
-    """On the chief, after the epoch's checkpoint `path`: translates validation images (see validate;
-    scored every --eval_every epochs), adds the losses.csv row (record: lr, seconds, mean losses),
-    redraws losses.png, and writes the previews and scores to TensorBoard. Returns None, or 130 on
-    Ctrl-C (the epoch's row is then written without scores)."""
+def end_epoch(run, inputs, epoch, lr, seconds, means, path, redone=False):
+    """On the chief, after the checkpoint `path` of `epoch` (trained at rate lr in `seconds`, with these
+    mean losses): translates validation images (see validate; scored every --eval_every epochs), adds
+    the losses.csv row, redraws losses.png, writes the previews and scores to TensorBoard, then
+    removes the pending record (runs.write_pending_epoch). Each part replaces what an interrupted
+    earlier try wrote, so redone (at the next start) it leaves what one uninterrupted try does.
+    Returns None, or 130 on Ctrl-C (the row is then written without scores; the next start redoes it all)."""
     gan, args = run.gan, run.args
-    lr, seconds, means = record
     logged = False
     try:
         evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
         full = evaluate_now or epoch % args.validation_every == 0 or epoch == run.total_epochs
         start = time.time()
         count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in inputs.val.values())
+        if redone:
+            print(f"epoch {epoch}: its checkpoint was saved, not all of its end-of-epoch work (stopped in "
+                  f"between); doing that now", file=sys.stderr)
         if count:
             print(f"epoch {epoch}: {'scoring' if evaluate_now else 'translating'} {count} validation images",
                   file=sys.stderr, flush=True)
-        scores = validate(gan, epoch, inputs.val, args, full, inputs.inception, evaluate_now)
+        scores = validate(gan, epoch, inputs.val, args, full, inputs.inception, evaluate_now,
+                          run.log.epochs_before(epoch))
         validation_seconds = time.time() - start
         run.log.add(epoch, lr, seconds, means, scores)
         logged = True
@@ -450,11 +474,12 @@ def end_epoch(run, inputs, epoch, record, path):
             for name, value in scores.items():
                 tf.summary.scalar(f"eval/{name}", value)
         run.writer.flush()
+        runs.clear_pending_epoch(args.model_dir)
     except KeyboardInterrupt:
         if not logged:
             run.log.add(epoch, lr, seconds, means)
         print(f"interrupted after epoch {epoch} (during its validation); saved {path}; "
-              f"run the same command to resume", file=sys.stderr)
+              f"run the same command to finish its validation and resume", file=sys.stderr)
         return 130
     if scores:
         print("scores: " + " ".join(f"{k} {v:.4g}" for k, v in scores.items()), file=sys.stderr)

@@ -267,6 +267,15 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-6")
     with open(tmp_path / "run" / "losses.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+    # Never half a validation folder: epoch 1's was being written beside its place.
+    assert not os.path.exists(tmp_path / "run" / "validation" / "epoch_001")
+    # The rerun (here as a finished run of 1 epoch) finishes epoch 1's validation and scores first.
+    assert train.main(argv[:argv.index("--n_epochs") + 1] + ["1"] + argv[argv.index("--n_epochs") + 2:]) == 0
+    assert len(os.listdir(tmp_path / "run" / "validation" / "epoch_001" / "A2B")) == 200
+    assert [p for p in os.listdir(tmp_path / "run" / "validation") if p.startswith(".")] == []
+    with open(tmp_path / "run" / "losses.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1"] and rows[0]["A2B_cycle_l1"]
 
 
 def test_weights_made_non_finite_by_an_update_are_never_saved(dataset_dirs, tmp_path, capsys):

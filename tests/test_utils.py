@@ -11,6 +11,7 @@ import data
 import files
 import image_io
 import progress
+import runs
 import utils
 from conftest import make_image, write_images
 
@@ -256,6 +257,38 @@ def test_requirements_state_a_floor_that_the_installed_packages_meet():
     assert all(hasattr(cv2, f) for f in ("Animation", "imdecodeanimation", "imencodeanimation"))
     import progressbar
     assert version(floors["progressbar2"]) >= (3, 45) and hasattr(progressbar, "Variable")
+
+
+def test_a_frame_added_after_frames_before_replaces_the_frames_after_them(tmp_path):
+    # An epoch redone after an interruption: its frame (and any of later epochs) is replaced, not added again.
+    rng = np.random.default_rng(5)
+    frames = [progress.label(make_image(rng, 40, 48), f"epoch {i}") for i in range(4)]
+    path = str(tmp_path / "progress.gif")
+    for frame in frames[:3]:
+        animation.append_animation_frame(path, frame, 300)
+    again = progress.label(make_image(rng, 40, 48), "epoch 1, again")
+    animation.append_animation_frame(path, again, 300, frames_before=1)
+    got, durations, _ = animation.read_animation(path)
+    animation.write_animation(str(tmp_path / "whole.gif"), [frames[0], again], [300] * 2)
+    want = animation.read_animation(str(tmp_path / "whole.gif"))[0]
+    assert len(got) == 2 and durations == [300, 300]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    animation.append_animation_frame(path, frames[3], 300, frames_before=5)  # fewer there: appended
+    assert len(animation.read_animation(path)[0]) == 3
+    animation.append_animation_frame(path, frames[3], 300, frames_before=0)
+    assert len(animation.read_animation(path)[0]) == 1
+
+
+def test_a_losses_row_added_again_replaces_the_epochs_row(tmp_path):
+    path = str(tmp_path / "losses.csv")
+    log = runs.LossLog(path, 0, ("G", "D"), extra_fields=("A2B_fid",))
+    log.add(1, 2e-4, 3.0, [1.0, 2.0])
+    log.add(2, 2e-4, 3.0, [1.5, 2.5], {"A2B_fid": 9.0})
+    log.add(2, 2e-4, 4.0, [1.5, 2.5], {"A2B_fid": 8.0})
+    rows = runs.LossLog(path, 2, ("G", "D")).rows
+    assert [(r["epoch"], r["seconds"], r["A2B_fid"]) for r in rows] == [("1", "3.0", ""), ("2", "4.0", "8.000000")]
+    assert log.epochs_before(2) == 1 and log.epochs_before(5) == 2
 
 
 def test_frames_appended_to_a_gif_leave_its_bytes_and_decode_as_one_encoding(tmp_path):

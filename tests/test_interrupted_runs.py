@@ -1,0 +1,95 @@
+"""A run killed (SIGKILL, nothing cleaned up) at the worst moments, between an epoch's checkpoint
+and its bookkeeping, then rerun until it finishes: every epoch has exactly one losses.csv row, one
+validation folder and one frame in each progress GIF, the same as an uninterrupted run's."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import animation
+import image_io
+import runs
+from test_train import ROOT, flags
+
+# 6 steps per epoch, each saved: the epoch's last step and its end share one checkpoint number.
+ARGV = ("--n_epochs", "2", "--n_epochs_decay", "2", "--save_every_steps", "1", "--validation_every", "1",
+        "--progress_images", "2")
+
+
+def with_validation(data, run):
+    return flags(data, run, *ARGV, "--validation_A_dir", str(data / "testA"), "--validation_B_dir", str(data / "testB"))
+
+
+def train_until(argv, line_part=None):
+    """Runs train.py; with line_part, kills it -9 as soon as a line of its stderr contains it (and checks
+    that one did). Returns its stderr."""
+    proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if line_part and line_part in line:
+                proc.kill()
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    err = "".join(seen)
+    if line_part:
+        assert line_part in err, err
+    else:
+        assert proc.returncode == 0, err
+    return err
+
+
+def records(run):
+    """What the run folder holds per epoch: losses.csv without its timings, the validation images,
+    the progress GIFs' frames, and any file left half-made."""
+    with open(run / runs.LOSSES_FILE, newline="") as f:
+        rows = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    validation = {}
+    for root, _, names in os.walk(run / "validation"):
+        for name in names:
+            path = os.path.join(root, name)
+            validation[os.path.relpath(path, run)] = image_io.read_image(path)
+    gifs = {}
+    for root, _, names in os.walk(run / "progress"):
+        for name in names:
+            gifs[os.path.relpath(os.path.join(root, name), run)] = animation.read_animation(os.path.join(root, name))[0]
+    leftovers = sorted(p for p in os.listdir(run / "validation") if p.startswith("."))
+    return rows, validation, gifs, leftovers
+
+
+def test_kills_between_checkpoints_and_bookkeeping_lose_nothing(dataset_dirs, tmp_path):
+    whole = tmp_path / "whole"
+    train_until(with_validation(dataset_dirs, whole))
+    want_rows, want_validation, want_gifs, _ = records(whole)
+    assert [r["epoch"] for r in want_rows] == ["1", "2", "3", "4"]
+
+    run = tmp_path / "killed"
+    argv = with_validation(dataset_dirs, run)
+    # Each kill lands after an epoch's checkpoint, during its validation: the first two in epoch 1's
+    # (the second while the rerun redoes it), then in epoch 3's and in the last epoch's.
+    train_until(argv, "epoch 1: translating")
+    err = train_until(argv, "epoch 1: translating")
+    assert "epoch 1: its checkpoint was saved, not all of its end-of-epoch work" in err
+    train_until(argv, "epoch 3: translating")
+    train_until(argv, "epoch 4: translating")
+    # The finished run's rerun does the last epoch's undone work before it says it is finished.
+    err = train_until(argv)
+    assert "epoch 4: its checkpoint was saved" in err and f"{run}: already finished: 4 epochs" in err
+    assert not os.path.exists(run / runs.PENDING_FILE)
+
+    rows, validation, gifs, leftovers = records(run)
+    assert rows == want_rows
+    assert leftovers == []
+    assert validation.keys() == want_validation.keys() and len(validation) == 4 * 4
+    for name in validation:
+        np.testing.assert_array_equal(validation[name], want_validation[name], err_msg=name)
+    assert gifs.keys() == want_gifs.keys() and len(gifs) == 4
+    for name in gifs:
+        assert len(gifs[name]) == 4, name
+        for got, want in zip(gifs[name], want_gifs[name]):
+            np.testing.assert_array_equal(got, want, err_msg=name)
