@@ -91,10 +91,17 @@ def checkpoint_damage(prefix):
 def restore_newest(folder, restore_fn, name=None):
     """Restores the newest checkpoint of `folder` (of checkpoint name `name`) whose files are whole:
     restore_fn(prefix) is called on each, newest first, and a damaged one (see checkpoint_damage and
-    is_damage) is skipped with one warning line naming it. Returns (prefix, restore_fn's value), or
-    (None, None) if the folder has none. Raises utils.UserError if none is intact."""
-    candidates, reasons = checkpoint_candidates(folder, name), []
-    for prefix in candidates:
+    is_damage) is skipped with one warning line naming it. One that fails while a newer one has
+    appeared (or whose files have all gone) was deleted by a training in the folder, which keeps only
+    its --keep_checkpoints newest: it is skipped without a word for the newest then. Returns (prefix,
+    restore_fn's value), or (None, None) if the folder has none. Raises utils.UserError if none is intact."""
+    tried, damaged = set(), []
+    for _ in range(MAX_TRIES):
+        fresh = [p for p in checkpoint_candidates(folder, name) if p not in tried]
+        if not fresh:
+            break
+        prefix = fresh[0]
+        tried.add(prefix)
         reason = checkpoint_damage(prefix)
         if reason is None:
             try:
@@ -103,12 +110,20 @@ def restore_newest(folder, restore_fn, name=None):
                 if not is_damage(e):
                     raise
                 reason = f"cannot be read ({utils.first_line(e, 120)})"
-        reasons.append(reason)
+        newest = checkpoint_candidates(folder, name)
+        if not glob.glob(glob.escape(prefix) + ".*") or (newest and newest[0] not in tried):
+            continue  # replaced by a newer one as it was read: not damage
+        damaged.append((prefix, reason))
         utils.warn(f"{prefix}: {reason}; skipped, trying the one before it")
-    if candidates:
-        raise utils.UserError(f"{folder}: none of its {len(candidates)} checkpoints is intact (the oldest, "
-                              f"{os.path.basename(candidates[-1])}: {reasons[-1]})")
+    if damaged:
+        prefix, reason = damaged[-1]
+        raise utils.UserError(f"{folder}: none of its {len(damaged)} checkpoints is intact (the oldest, "
+                              f"{os.path.basename(prefix)}: {reason})")
     return None, None
+
+
+# How many checkpoints restore_newest tries at most, in a folder whose training keeps adding them.
+MAX_TRIES = 1000
 
 
 def run_config(model_filepath):

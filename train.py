@@ -417,8 +417,8 @@ def train_epochs(run, inputs):
                     return 1
                 # -- log: TensorBoard and the bar
                 bar.update(epoch_step, **run.log_step(losses, lr, step))
-                # -- checkpoint every --save_every_steps
-                if args.save_every_steps and step % args.save_every_steps == 0:
+                # -- checkpoint every --save_every_steps (the epoch's last step: by its end, below)
+                if args.save_every_steps and step % args.save_every_steps == 0 and epoch_step < run.steps:
                     run.save()
         except (Diverged, OSError, tf.errors.OpError):
             bar.finish(dirty=True)

@@ -5,6 +5,7 @@ import csv
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -93,3 +94,34 @@ def test_kills_between_checkpoints_and_bookkeeping_lose_nothing(dataset_dirs, tm
         assert len(gifs[name]) == 4, name
         for got, want in zip(gifs[name], want_gifs[name]):
             np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_convert_reads_a_whole_checkpoint_of_a_run_in_training(dataset_dirs, tmp_path, capsys):
+    # A real train.py saving every step and keeping one checkpoint: each is written, then its
+    # predecessor deleted, many times a second, while convert.py reads the run folder.
+    import convert
+    run = tmp_path / "run"
+    argv = flags(dataset_dirs, run, "--n_epochs", "1000", "--n_epochs_decay", "0", "--save_every_steps", "1",
+                 "--keep_checkpoints", "1", "--progress_images", "0")
+    trainer = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in trainer.stderr:
+            if "epoch 2/1000" in line:  # saving checkpoints
+                break
+        assert trainer.poll() is None
+        threading.Thread(target=trainer.stderr.read, daemon=True).start()  # a full pipe would stop it
+        used = set()
+        for i in range(8):
+            capsys.readouterr()
+            out = tmp_path / f"out{i}"
+            status = convert.main(["--model_filepath", str(run), "--img_dir", str(dataset_dirs / "testA"),
+                                   "--output_dir", str(out)])
+            err = capsys.readouterr().err
+            assert status == 0, err
+            assert "warning" not in err and "Traceback" not in err, err
+            used.add(next(line for line in err.splitlines() if line.startswith("model: ")))
+            assert sorted(os.listdir(out)) == sorted(os.listdir(dataset_dirs / "testA"))
+        assert trainer.poll() is None and len(used) > 1  # it trained on throughout
+    finally:
+        trainer.kill()
+        trainer.wait()
