@@ -175,10 +175,6 @@ def progress_bar(n):
 def check_args(args):
     if not args.img_dir and not args.export_dir:
         raise utils.UserError("nothing to do: give --img_dir (to convert) and/or --export_dir (to export)")
-    if args.batch_size < 1 or args.tile_size < 8:
-        raise utils.UserError("--batch_size must be at least 1 and --tile_size at least 8")
-    if not 1 <= args.jpeg_quality <= 100:
-        raise utils.UserError("--jpeg_quality must be between 1 and 100")
     if args.img_dir and os.path.realpath(args.img_dir) == os.path.realpath(args.output_dir):
         raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
     if args.img_dir:

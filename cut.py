@@ -53,12 +53,8 @@ def nce_layers(text):
 
 
 def check_options(args):
-    """One-line errors (utils.UserError) for CUT options that cannot work."""
-    training.check_bounds(args, ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters",
-                                 "netF_nc", "num_patches"), ("n_blocks", "lambda_GAN", "lambda_NCE"))
-    training.check_optimizer(args)
-    if args.nce_T <= 0:
-        raise utils.UserError("--nce_T must be positive")
+    """One-line errors (utils.UserError) for CUT options that cannot work together (each flag's own
+    bounds are its type's, options.number)."""
     if args.netG and not args.netG.startswith("resnet_"):
         raise utils.UserError(f"--model cut takes the ResNet generators (resnet_9blocks, resnet_6blocks), not {args.netG}")
     if args.netD == "pixel":

@@ -34,10 +34,8 @@ GENERATOR_KEYS = {"A2B": "G_A2B", "B2A": "G_B2A"}
 
 
 def check_model_flags(args):
-    """One-line errors (utils.UserError) for model flags that cannot work."""
-    training.check_bounds(args, ("load_size", "crop_size", "batch_size", "ngf", "ndf", "n_layers_D", "lr_decay_iters"),
-                          ("n_blocks", "pool_size", "lambda_cycle", "lambda_identity"))
-    training.check_optimizer(args)
+    """One-line errors (utils.UserError) for model flags that cannot work together (each flag's own
+    bounds are its type's, options.number)."""
     if args.input_nc != args.output_nc and args.lambda_identity > 0:
         raise utils.UserError(f"--input_nc {args.input_nc} and --output_nc {args.output_nc} differ, so there is no "
                               f"identity loss (G_A2B cannot take domain A's images): add --lambda_identity 0")

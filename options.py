@@ -11,6 +11,7 @@ The choices each flag accepts are the toolkit's vocabulary and live here too, so
 --help starts without TensorFlow and docs/OPTIONS.md can be written from this table alone.
 """
 import argparse
+import math
 
 import utils
 
@@ -64,6 +65,31 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"a boolean value is expected, not {value!r}")
 
 
+def number(kind, low, high=None, above=False, below=False):
+    """The argparse type of a numeric option: an int, or a finite float, from `low` (above it when
+    `above`) up to `high` (below it when `below`); anything else is refused in one line naming the
+    option and the bound."""
+    if high is None:
+        bound = ("must be positive" if low == 0 else f"must be above {low}") if above else (
+            "must not be negative" if low == 0 else f"must be at least {low}")
+    else:
+        bound = f"must be {'above' if above else 'at least'} {low} and {'below' if below else 'at most'} {high}"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text}: must be a finite number")
+        if value < low or (above and value == low) or (high is not None and (value > high or (below and value == high))):
+            raise argparse.ArgumentTypeError(f"{text}: {bound}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def boolean(help):
     """The official form of a boolean option: the bare flag means True, and --flag False|True also works."""
     return dict(type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help)
@@ -109,7 +135,7 @@ OPTIONS = {
              "--load_size, height in proportion, at least --crop_size), scale_width_and_crop (then a random "
              "--crop_size square), none (sides rounded to multiples of 4). Without a crop every image "
              "must come out the same size (the training step has one shape)")),
-    "max_dataset_size": ("data", dict(type=int, help="use only the first N images (in sorted order) of each training "
+    "max_dataset_size": ("data", dict(type=number(int, 1), help="use only the first N images (in sorted order) of each training "
                                                      "folder; default all")),
     "serial_batches": ("data", dict(action="store_true",
                                     help="pair the images in order (A i with B i, each folder sorted, wrapping round) "
@@ -124,29 +150,29 @@ OPTIONS = {
     "model_name": ("run folder", dict(default=CHECKPOINT_NAME, help="checkpoint file prefix inside --model_dir")),
     "output_dir": ("run folder", dict(help="validation translations go to OUTPUT_DIR/epoch_NNN/{{A2B,B2A}} "
                                            "(default: MODEL_DIR/validation)")),
-    "validation_every": ("run folder", dict(type=int, default=10, help="every N epochs (and at the last) translate all "
+    "validation_every": ("run folder", dict(type=number(int, 1), default=10, help="every N epochs (and at the last) translate all "
                                                                       "validation images into OUTPUT_DIR/epoch_NNN")),
-    "progress_images": ("run folder", dict(type=int, default=4,
+    "progress_images": ("run folder", dict(type=number(int, 0), default=4,
                                            help="the first N validation images of each direction get a frame per "
                                                 "epoch in their progress GIF (MODEL_DIR/progress/DIR/NAME.gif)")),
-    "save_every_steps": ("run folder", dict(type=int, default=0, help="also checkpoint every N steps (0: only at the "
+    "save_every_steps": ("run folder", dict(type=number(int, 0), default=0, help="also checkpoint every N steps (0: only at the "
                                                                       "end of each epoch)")),
-    "keep_checkpoints": ("run folder", dict(type=int, default=3, help="how many recent checkpoints to keep")),
-    "eval_every": ("run folder", dict(type=int, default=0,
+    "keep_checkpoints": ("run folder", dict(type=number(int, 1), default=3, help="how many recent checkpoints to keep")),
+    "eval_every": ("run folder", dict(type=number(int, 0), default=0,
                                       help="every N epochs (and at the last) score the validation translations: cycle "
                                            "L1, PSNR/SSIM against --validation_truth_dir, FID/KID if InceptionV3 "
                                            "weights are at hand (0: off)")),
     "inception_weights": ("run folder", dict(help="InceptionV3 weights file for FID/KID with --eval_every (else "
                                                   "Keras' cached ImageNet weights if present; never downloaded)")),
     # schedule
-    "n_epochs": ("schedule", dict(type=int, default=100, help="epochs at the initial learning rate")),
-    "n_epochs_decay": ("schedule", dict(type=int, default=100, help="epochs of linear decay of the learning rate (the official rule: the last trains at lr / (n_epochs_decay + 1))")),
+    "n_epochs": ("schedule", dict(type=number(int, 0), default=100, help="epochs at the initial learning rate")),
+    "n_epochs_decay": ("schedule", dict(type=number(int, 0), default=100, help="epochs of linear decay of the learning rate (the official rule: the last trains at lr / (n_epochs_decay + 1))")),
     "epoch_count": ("schedule", dict(
-        type=int, default=1,
+        type=number(int, 1), default=1,
         help="the number of the first epoch, as the official option: a new run starts there (earlier "
              "epochs and their learning rates skipped); a resumed run goes on where it stopped and accepts "
              "only its recorded value or the epoch it resumes at")),
-    "random_seed": ("schedule", dict(type=int, default=0, help="seeds weights, data order, augmentation and the pools")),
+    "random_seed": ("schedule", dict(type=number(int, 0), default=0, help="seeds weights, data order, augmentation and the pools")),
     "distribute": ("schedule", dict(
         default="none", choices=DISTRIBUTE,
         help="none: one device; mirrored: every GPU of this machine (tf.distribute.MirroredStrategy); "
@@ -158,15 +184,15 @@ OPTIONS = {
         help="generator, as the official --netG: resnet_9blocks or resnet_6blocks (the same as --n_blocks "
              "9 or 6), unet_256 or unet_128 (the U-Net with skip connections; image sides multiples of "
              "256 or 128 in training). Default: the ResNet with --n_blocks blocks")),
-    "ngf": ("architecture", dict(type=int, default=64, help="generator filters in the first layer")),
-    "ndf": ("architecture", dict(type=int, default=64, help="discriminator filters in the first layer")),
-    "n_blocks": ("architecture", dict(type=int, default=9,
+    "ngf": ("architecture", dict(type=number(int, 1), default=64, help="generator filters in the first layer")),
+    "ndf": ("architecture", dict(type=number(int, 1), default=64, help="discriminator filters in the first layer")),
+    "n_blocks": ("architecture", dict(type=number(int, 0), default=9,
                                       help="residual blocks in the generator (9 for 256 px, 6 for 128 px)")),
     "netD": ("architecture", dict(
         choices=NET_D, default="basic",
         help="discriminator: basic or n_layers, the PatchGAN with --n_layers_D stride-2 layers (basic is "
              "the official name for 3: 70x70 patches); pixel, 1x1 convolutions: a score per pixel")),
-    "n_layers_D": ("architecture", dict(type=int, default=3, help="stride-2 layers in the PatchGAN (3: 70x70 "
+    "n_layers_D": ("architecture", dict(type=number(int, 1), default=3, help="stride-2 layers in the PatchGAN (3: 70x70 "
                                                                   "patches); not used by --netD pixel")),
     "norm": ("architecture", dict(
         choices=NORMS, default="instance",
@@ -185,21 +211,21 @@ OPTIONS = {
     "init_type": ("architecture", dict(choices=INIT_TYPES, default="normal",
                                        help="how convolution weights are first drawn, as the official init_weights: "
                                             "normal N(0, gain), xavier, kaiming (fan in), orthogonal; biases 0")),
-    "init_gain": ("architecture", dict(type=float, default=0.02, help="scale of --init_type normal, xavier and orthogonal")),
-    "pool_size": ("architecture", dict(type=int, default=50, help="image pool of generated images (0: off)")),
-    "load_size": ("architecture", dict(type=int, default=286,
+    "init_gain": ("architecture", dict(type=number(float, 0, above=True), default=0.02, help="scale of --init_type normal, xavier and orthogonal")),
+    "pool_size": ("architecture", dict(type=number(int, 0), default=50, help="image pool of generated images (0: off)")),
+    "load_size": ("architecture", dict(type=number(int, 1), default=286,
                                        help="training images are resized to this square first (to this width with "
                                             "train.py's --preprocess scale_width*)")),
-    "crop_size": ("architecture", dict(type=int, default=256, help="then randomly cropped to this square (multiple of "
+    "crop_size": ("architecture", dict(type=number(int, 1), default=256, help="then randomly cropped to this square (multiple of "
                                                                    "4); see train.py's --preprocess")),
     # objective and optimiser
-    "lr": ("objective and optimiser", dict(type=float, default=2e-4, help="initial Adam learning rate")),
-    "beta1": ("objective and optimiser", dict(type=float, default=0.5, help="Adam beta1")),
-    "beta2": ("objective and optimiser", dict(type=float, default=0.999, help="Adam beta2")),
-    "batch_size": ("objective and optimiser", dict(type=int, default=1, help="images of each domain per step (per replica)")),
-    "lambda_cycle": ("objective and optimiser", dict(type=float, default=10.0, help="weight of the cycle-consistency loss")),
+    "lr": ("objective and optimiser", dict(type=number(float, 0, above=True), default=2e-4, help="initial Adam learning rate")),
+    "beta1": ("objective and optimiser", dict(type=number(float, 0, 1, below=True), default=0.5, help="Adam beta1")),
+    "beta2": ("objective and optimiser", dict(type=number(float, 0, 1, below=True), default=0.999, help="Adam beta2")),
+    "batch_size": ("objective and optimiser", dict(type=number(int, 1), default=1, help="images of each domain per step (per replica)")),
+    "lambda_cycle": ("objective and optimiser", dict(type=number(float, 0), default=10.0, help="weight of the cycle-consistency loss")),
     "lambda_identity": ("objective and optimiser", dict(
-        type=float, default=0.5,
+        type=number(float, 0), default=0.5,
         help="weight of the identity loss, relative to --lambda_cycle (0: off, and 2 fewer generator passes)")),
     "gan_mode": ("objective and optimiser", dict(
         choices=GAN_MODES, default="lsgan",
@@ -211,13 +237,13 @@ OPTIONS = {
         help="learning-rate schedule by epoch: linear (constant for --n_epochs, then down by lr / "
              "(n_epochs_decay + 1) each epoch), step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 every 6 epochs, "
              "as the official code's plateau rule on its constant metric), cosine (over --n_epochs)")),
-    "lr_decay_iters": ("objective and optimiser", dict(type=int, default=50, help="--lr_policy step: epochs between decays")),
+    "lr_decay_iters": ("objective and optimiser", dict(type=number(int, 1), default=50, help="--lr_policy step: epochs between decays")),
     # CUT and FastCUT (--model cut): default None here, the mode's default set by cut.CUT.defaults
     "CUT_mode": ("cut", dict(type=cut_mode, help="CUT (PatchNCE with identity, 200 + 200 epochs) or FastCUT (no "
                                                  "identity, lambda_NCE 10, flip equivariance, 150 + 50 epochs); "
                                                  "any letter case. Default CUT")),
-    "lambda_GAN": ("cut", dict(type=float, help="weight of the GAN loss (default 1)")),
-    "lambda_NCE": ("cut", dict(type=float, help="weight of the PatchNCE loss (default 1 for CUT, 10 for FastCUT)")),
+    "lambda_GAN": ("cut", dict(type=number(float, 0), help="weight of the GAN loss (default 1)")),
+    "lambda_NCE": ("cut", dict(type=number(float, 0), help="weight of the PatchNCE loss (default 1 for CUT, 10 for FastCUT)")),
     "nce_idt": ("cut", boolean("also the PatchNCE loss of G(B) against B, averaged with A's (default true for CUT, "
                                "false for FastCUT)")),
     "nce_layers": ("cut", dict(help="the generator's layers PatchNCE compares, as the official indices of its "
@@ -227,9 +253,9 @@ OPTIONS = {
         "translation)")),
     "netF": ("cut", dict(choices=NET_F, help="the patch features: mlp_sample (a 2-layer MLP per layer, trained with "
                                              "G; the default) or sample (the features themselves)")),
-    "netF_nc": ("cut", dict(type=int, help="width of netF's MLP (default 256)")),
-    "nce_T": ("cut", dict(type=float, help="temperature of the PatchNCE loss (default 0.07)")),
-    "num_patches": ("cut", dict(type=int, help="patches sampled per layer (default 256)")),
+    "netF_nc": ("cut", dict(type=number(int, 1), help="width of netF's MLP (default 256)")),
+    "nce_T": ("cut", dict(type=number(float, 0, above=True), help="temperature of the PatchNCE loss (default 0.07)")),
+    "num_patches": ("cut", dict(type=number(int, 1), help="patches sampled per layer (default 256)")),
     "flip_equivariance": ("cut", boolean("flip the batch horizontally with probability 1/2 before G and the "
                                          "query features back (default false for CUT, true for FastCUT)")),
     "no_antialias": ("cut", boolean("strided convolutions instead of the antialiased downsampling (conv, then "
@@ -249,11 +275,11 @@ OPTIONS = {
              f"rules; direct: Keras' own convolution everywhere (to debug or compare). Default: ${CPU_KERNELS_ENV}, "
              f"else auto. GPUs and exports always use direct")),
     # benchmark.py
-    "iters": ("benchmark", dict(type=int, default=5, help="timed training iterations (after 2 untimed)")),
-    "convert_iters": ("benchmark", dict(type=int, default=5, help="timed conversion batches (after 2 untimed)")),
-    "convert_batch_size": ("benchmark", dict(type=int, default=CONVERT_BATCH_SIZE,
+    "iters": ("benchmark", dict(type=number(int, 1), default=5, help="timed training iterations (after 2 untimed)")),
+    "convert_iters": ("benchmark", dict(type=number(int, 1), default=5, help="timed conversion batches (after 2 untimed)")),
+    "convert_batch_size": ("benchmark", dict(type=number(int, 1), default=CONVERT_BATCH_SIZE,
                                              help="images per conversion batch (convert.py's --batch_size default)")),
-    "pipeline_images": ("benchmark", dict(type=int, default=200, help="images decoded to time the input pipeline")),
+    "pipeline_images": ("benchmark", dict(type=number(int, 1), default=200, help="images decoded to time the input pipeline")),
     "profile": ("benchmark", dict(action="store_true", help="profile one more training step and report the time of "
                                                             "each TensorFlow op type")),
     "deploy": ("benchmark", dict(action="store_true", help="instead: export one generator in every --export_format and "
@@ -275,8 +301,8 @@ OPTIONS = {
     "save_cycle": ("conversion", dict(action="store_true",
                                       help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | "
                                            "reconstruction side by side (OUTPUT_DIR/real_fake_rec/) for each still image")),
-    "jpeg_quality": ("conversion", dict(type=int, default=JPEG_QUALITY, help="quality of JPEG and WebP outputs (1-100)")),
-    "tile_size": ("conversion", dict(type=int, default=2048,
+    "jpeg_quality": ("conversion", dict(type=number(int, 1, 100), default=JPEG_QUALITY, help="quality of JPEG and WebP outputs (1-100)")),
+    "tile_size": ("conversion", dict(type=number(int, 8), default=2048,
                                      help="images of more than TILE_SIZE^2 pixels are translated in tiles (the same "
                                           "result in far less memory, a little slower); not for exported models")),
     "eval": ("conversion", dict(
@@ -295,11 +321,11 @@ OPTIONS = {
     "real_dir": ("evaluation", dict(help="real images of the target domain (for FID and KID)")),
     "fake_dir": ("evaluation", dict(help="translated images to compare with --real_dir")),
     "truth_dir": ("evaluation", dict(help="ground-truth translations, same file names as --img_dir (PSNR, SSIM)")),
-    "kid_subsets": ("evaluation", dict(type=int, default=100, help="random subsets KID is averaged over")),
-    "kid_subset_size": ("evaluation", dict(type=int, default=1000, help="images per KID subset (at most the set size)")),
+    "kid_subsets": ("evaluation", dict(type=number(int, 1), default=100, help="random subsets KID is averaged over")),
+    "kid_subset_size": ("evaluation", dict(type=number(int, 2), default=1000, help="images per KID subset (at most the set size)")),
     "grid": ("evaluation", dict(help="also write a PNG grid of real | translated | reconstructed for up to --grid_rows "
                                      "images")),
-    "grid_rows": ("evaluation", dict(type=int, default=4, help="rows of --grid")),
+    "grid_rows": ("evaluation", dict(type=number(int, 1), default=4, help="rows of --grid")),
     "json": ("evaluation", dict(action="store_true", help="print one JSON object on stdout instead of text")),
     # download.py
     "datasets": ("download", dict(nargs="+", default=[], metavar="NAME",
@@ -314,11 +340,11 @@ OPTIONS = {
                                        "for datasets, {pretrained_url} for CycleGAN models, {cut_pretrained_url} "
                                        "for CUT's")),
     "force": ("download", dict(action="store_true", help="download and extract again even if present")),
-    "retries": ("download", dict(type=int, default=5, help="attempts per download on connection errors and timeouts")),
-    "retry_wait": ("download", dict(type=float, default=2.0, help="seconds before the first retry; doubles each time")),
-    "timeout": ("download", dict(type=float, default=30.0,
+    "retries": ("download", dict(type=number(int, 1), default=5, help="attempts per download on connection errors and timeouts")),
+    "retry_wait": ("download", dict(type=number(float, 0), default=2.0, help="seconds before the first retry; doubles each time")),
+    "timeout": ("download", dict(type=number(float, 0, above=True), default=30.0,
                                  help="seconds without data before a connection counts as timed out")),
-    "seed": ("download", dict(type=int, default=0, help="random seed of the generated '{sample}' set")),
+    "seed": ("download", dict(type=number(int, 0), default=0, help="random seed of the generated '{sample}' set")),
     # every command
     "verbose": ("output", dict(action="store_true", help="show TensorFlow's start-up lines (CUDA probing, oneDNN "
                                                          f"notices); also ${utils.VERBOSE_ENV}=1")),

@@ -9,12 +9,15 @@ end_of_epoch.json while an epoch's bookkeeping is undone (the next start does it
 validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
 Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
-checkpoint is kept), 2 bad input, 130 interrupted (checkpoint saved).
+checkpoint is kept), 2 bad input, 130 interrupted by Ctrl-C or SIGTERM (checkpoint saved).
 """
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
@@ -83,20 +86,10 @@ def resolve_paths(args):
 
 
 def check_args(args):
-    """One-line errors for values that cannot work."""
+    """One-line errors for values that cannot work (each flag's own bounds are its type's: options.number)."""
     model.method(args).check_options(args)
-    for name in ("n_epochs", "n_epochs_decay", "save_every_steps", "eval_every", "progress_images"):
-        if getattr(args, name) < 0:
-            raise utils.UserError(f"--{name} must not be negative")
-    for name in ("max_dataset_size", "epoch_count"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} must be at least 1")
-    if args.validation_every < 1:
-        raise utils.UserError("--validation_every must be at least 1")
     if args.n_epochs + args.n_epochs_decay < 1:
         raise utils.UserError("--n_epochs plus --n_epochs_decay must be at least 1")
-    if args.keep_checkpoints < 1:
-        raise utils.UserError("--keep_checkpoints must be at least 1")
 
 
 def domains(args):
@@ -489,6 +482,25 @@ def end_epoch(run, inputs, epoch, lr, seconds, means, path, redone=False):
     return None
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (what a job scheduler or `kill` sends before SIGKILL) stops training as Ctrl-C does: the
+    step in progress finishes, a checkpoint is saved, status 130. In the main thread only (signals
+    reach no other); the previous handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
     try:
@@ -499,7 +511,8 @@ def train(args):
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE), inputs.train_size)
         run = Run(args, inputs)
         try:
-            return train_epochs(run, inputs)
+            with terminate_as_interrupt():
+                return train_epochs(run, inputs)
         finally:
             run.close()
     except Diverged as e:

@@ -8,7 +8,6 @@ import math
 import keras
 import tensorflow as tf
 
-import utils
 
 
 GRADIENT_PENALTY_WEIGHT = 10.0      # the official cal_gradient_penalty's lambda_gp
@@ -49,26 +48,6 @@ def gradient_penalty(D, real, fake, alpha):
 def l1_loss(x, y):
     """Mean absolute error, the paper's ||x - y||_1 (Eq. 2) averaged over pixels."""
     return tf.reduce_mean(tf.abs(tf.cast(x, tf.float32) - tf.cast(y, tf.float32)))
-
-
-def check_bounds(args, at_least_one=(), not_negative=()):
-    """One-line errors (utils.UserError) for parsed options below 1 or below 0."""
-    for name in at_least_one:
-        if getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} must be at least 1")
-    for name in not_negative:
-        if getattr(args, name) < 0:
-            raise utils.UserError(f"--{name} must not be negative")
-
-
-def check_optimizer(args):
-    """One-line errors (utils.UserError) for Adam settings that cannot train: a learning rate not
-    above 0 (a negative one climbs the losses), betas outside [0, 1)."""
-    if not args.lr > 0:
-        raise utils.UserError(f"--lr {args.lr:g}: the learning rate must be positive")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(args, name) < 1:
-            raise utils.UserError(f"--{name} {getattr(args, name):g}: must be at least 0 and below 1")
 
 
 def lr_factor(epoch, n_epochs, n_epochs_decay, policy="linear", decay_iters=50, epoch_count=1):

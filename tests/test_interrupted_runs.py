@@ -125,3 +125,25 @@ def test_convert_reads_a_whole_checkpoint_of_a_run_in_training(dataset_dirs, tmp
     finally:
         trainer.kill()
         trainer.wait()
+
+
+def test_sigterm_stops_training_as_ctrl_c_does_saving_the_step(dataset_dirs, tmp_path):
+    # What a job scheduler sends before SIGKILL: a real SIGTERM to a real train.py in its second epoch.
+    import signal
+    run = tmp_path / "run"
+    argv = flags(dataset_dirs, run, "--n_epochs", "50", "--n_epochs_decay", "0", "--progress_images", "0")
+    proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "epoch 2/50 2/6" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    err = "".join(lines) + proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted at epoch 2, step " in err
+    step = int(err.split("interrupted at epoch 2, step ")[1].split("/")[0])
+    assert 2 <= step < 6
+    assert f"saved {run / 'cyclegan.ckpt'}-{6 + step}" in err
+    resumed = train_until(argv, "steps into the next")
+    assert f"(epoch 1 done, {step} steps into the next)" in resumed

@@ -1,6 +1,7 @@
 """options.py: every flag defined once and taken from there by every command; a method's own defaults."""
 import ast
 import glob
+import importlib
 import os
 
 import pytest
@@ -67,3 +68,40 @@ def test_the_method_interface_is_complete():
         assert set(method.PLOTTED) <= set(method.LOSS_NAMES)
         assert all(set(summed) <= set(method.LOSS_NAMES) for summed in method.BAR.values())
         assert set(method.GENERATOR_KEYS) == set(method.DIRECTIONS)
+
+
+# Every numeric flag: a value just past its bound, and its bound, which is accepted.
+BOUNDS = {
+    "max_dataset_size": ("0", "1"), "validation_every": ("0", "1"), "progress_images": ("-1", "0"),
+    "save_every_steps": ("-1", "0"), "keep_checkpoints": ("0", "1"), "eval_every": ("-1", "0"),
+    "n_epochs": ("-1", "0"), "n_epochs_decay": ("-1", "0"), "epoch_count": ("0", "1"), "random_seed": ("-1", "0"),
+    "ngf": ("0", "1"), "ndf": ("0", "1"), "n_blocks": ("-1", "0"), "n_layers_D": ("0", "1"),
+    "init_gain": ("0", "1e-9"), "pool_size": ("-1", "0"), "load_size": ("0", "1"), "crop_size": ("0", "1"),
+    "lr": ("0", "1e-9"), "beta1": ("1", "0"), "beta2": ("-0.1", "0.9999"), "batch_size": ("0", "1"),
+    "lambda_cycle": ("-1", "0"), "lambda_identity": ("-0.5", "0"), "lr_decay_iters": ("0", "1"),
+    "lambda_GAN": ("-1", "0"), "lambda_NCE": ("-1", "0"), "netF_nc": ("0", "1"), "nce_T": ("0", "0.01"),
+    "num_patches": ("0", "1"), "iters": ("0", "1"), "convert_iters": ("0", "1"), "convert_batch_size": ("0", "1"),
+    "pipeline_images": ("0", "1"), "jpeg_quality": ("101", "100"), "tile_size": ("7", "8"),
+    "kid_subsets": ("0", "1"), "kid_subset_size": ("1", "2"), "grid_rows": ("0", "1"), "retries": ("0", "1"),
+    "retry_wait": ("-1", "0"), "timeout": ("0", "0.5"), "seed": ("-1", "0"),
+}
+
+
+def test_every_numeric_flag_of_every_command_has_a_bound_and_refuses_past_it_in_one_line(capsys):
+    numeric = {name for name, (_, kw) in options.OPTIONS.items()
+               if kw.get("type") in (int, float) or getattr(kw.get("type"), "__name__", "") in ("int", "float")}
+    assert numeric - {"input_nc", "output_nc"} == set(BOUNDS)  # (the channels are a choice of 1 or 3)
+    for command, names in options.COMMANDS.items():
+        for name in set(names) & set(BOUNDS):
+            bad, good = BOUNDS[name]
+            extra = ["--model", "cut"] if options.OPTIONS[name][0] == "cut" else []
+            parser = importlib.import_module(command).build_parser()
+            extra += [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")]
+            assert getattr(parser.parse_args(extra + [f"--{name}", good]), name) == pytest.approx(float(good))
+            for value in (bad, "nan", "inf") if options.OPTIONS[name][1]["type"].__name__ == "float" else (bad, "1.5x"):
+                with pytest.raises((utils.UserError, SystemExit)) as e:
+                    parser.parse_args(extra + [f"--{name}", value])
+                # benchmark.py keeps argparse's usage lines above its one-line error (status 2)
+                error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
+                assert f"argument --{name}: {value}:" in error or f"argument --{name}: {value!r}" in error, error
+                assert "\n" not in error and ("must" in error or "not a" in error), error

@@ -166,7 +166,7 @@ def test_mismatched_checkpoint_without_config_is_refused(full_run, dataset_dirs,
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_path, capsys):
     assert train.main(flags(dataset_dirs, tmp_path, "--n_epochs", "1", "--n_epochs_decay", "0")) == 0
     saved = {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / "cyclegan.ckpt-*"))}
-    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", "--lambda_cycle", "inf")
+    argv = flags(dataset_dirs, tmp_path, "--n_epochs", "2", "--n_epochs_decay", "0", "--lambda_cycle", "3e38")
     assert train.main(argv) == 1
     assert "is not finite at epoch 2" in capsys.readouterr().err
     assert {f: os.path.getmtime(f) for f in glob.glob(str(tmp_path / "cyclegan.ckpt-*"))} == saved
@@ -177,11 +177,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_p
     (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder"),
     (["--crop_size", "30"], "multiple of 4"),
     (["--crop_size", "16"], "too small for a discriminator"),
-    (["--lr", "-1"], "--lr -1: the learning rate must be positive"),
-    (["--lambda_identity", "-1"], "--lambda_identity must not be negative"),
-    (["--beta2", "1"], "--beta2 1: must be at least 0 and below 1"),
-    (["--model", "cut", "--lr", "0"], "--lr 0: the learning rate must be positive"),
-    (["--model", "cut", "--lambda_NCE", "-1"], "--lambda_NCE must not be negative"),
+    (["--lr", "-1"], "--lr: -1: must be positive"),
+    (["--lambda_identity", "-1"], "--lambda_identity: -1: must not be negative"),
+    (["--beta2", "1"], "--beta2: 1: must be at least 0 and below 1"),
+    (["--model", "cut", "--lr", "0"], "--lr: 0: must be positive"),
+    (["--model", "cut", "--lambda_NCE", "-1"], "--lambda_NCE: -1: must not be negative"),
+    (["--model", "cut", "--nce_T", "0"], "--nce_T: 0: must be positive"),
+    (["--n_epochs", "0", "--n_epochs_decay", "0"], "--n_epochs plus --n_epochs_decay must be at least 1"),
 ])
 def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.setattr(model, "build", None)  # building a model would fail loudly
