@@ -40,10 +40,9 @@ def find_checkpoint(model_filepath):
     folder = os.path.dirname(path) or "."
     if os.path.exists(path + ".index"):
         return path, folder
-    numbered = sorted(glob.glob(glob.escape(path) + "-*.index"),
-                      key=lambda p: int(p[len(path) + 1:-len(".index")]) if p[len(path) + 1:-6].isdigit() else -1)
-    if numbered:
-        return numbered[-1][:-len(".index")], folder
+    on_disk = [p for p in checkpoint_candidates(folder, os.path.basename(path)) if os.path.exists(p + ".index")]
+    if on_disk:
+        return on_disk[0], folder
     raise utils.UserError(f"{model_filepath}: no such model (expected a run folder, a checkpoint prefix "
                           f"or a SavedModel folder)")
 
