@@ -45,12 +45,12 @@ def distribution_scores(net, real, fake, args):
     return metrics.distribution_scores(net, real, fake, args.batch_size, args.kid_subsets, args.kid_subset_size)
 
 
-def write_grid(path, images, fakes, recs, rows, height=128):
-    """real | translated | reconstructed rows, each image scaled to `height` pixels high."""
+def write_grid(path, *columns, rows, height=128):
+    """real | translated | reconstructed (where there is one) rows, each image scaled to `height` pixels high."""
     import cv2
     fit = lambda im: cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
                                 interpolation=cv2.INTER_AREA)
-    lines = [np.concatenate([fit(a), fit(b), fit(c)], axis=1) for a, b, c in list(zip(images, fakes, recs))[:rows]]
+    lines = [np.concatenate([fit(im) for im in row], axis=1) for row in list(zip(*columns))[:rows]]
     width = max(line.shape[1] for line in lines)
     lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
     image_io.write_image(path, np.concatenate(lines, axis=0))
@@ -62,12 +62,16 @@ def evaluate(args):
         if not args.img_dir:
             raise utils.UserError("--model_filepath needs --img_dir (the images to translate)")
         net = metrics.inception_model(args.inception_weights) if args.real_dir else None
-        translators, _ = export.load_translators(args.model_filepath, list(options.DIRECTIONS))
-        paths, images = read_folder(args.img_dir, translators[args.conversion_direction].channels)
-        scores, fakes, recs = metrics.translation_scores(translators, args.conversion_direction, paths, images, args.truth_dir)
+        asked = args.conversion_direction
+        # Back too, for the cycle score, where the model translates back (a CUT model does not).
+        back = [d for d in export.directions_held(args.model_filepath, asked) if d == options.opposite(asked)]
+        translators, _ = export.load_translators(args.model_filepath, [asked] + back)
+        paths, images = read_folder(args.img_dir, translators[asked].channels)
+        scores, fakes, recs = metrics.translation_scores(translators, asked, paths, images, args.truth_dir)
         result.update(scores)
         if args.grid:
-            write_grid(args.grid, *([image_io.as_rgb8(im) for im in ims] for ims in (images, fakes, recs)), args.grid_rows)
+            rows = (images, fakes) + ((recs,) if recs is not None else ())
+            write_grid(args.grid, *([image_io.as_rgb8(im) for im in ims] for ims in rows), rows=args.grid_rows)
         if args.real_dir:
             result.update(distribution_scores(net, read_folder(args.real_dir)[1], fakes, args))
     elif args.real_dir and args.fake_dir:

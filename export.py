@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import cyclegan
+import options
 import files
 import layers
 import model
@@ -190,9 +191,16 @@ def load_translators(model_filepath, directions, jit_compile=False, running_stat
 
 def directions_held(model_filepath, asked):
     """The directions a model translates: those of its run's config.json (both, or the one of an
-    imported pretrained model), or [asked] for a file holding one generator (.pth, .tflite, .onnx)."""
+    imported pretrained model), a SavedModel's signatures, or [asked] for a file holding one generator
+    (.pth, .tflite, .onnx)."""
     if pretrained.is_pth(model_filepath) or os.path.splitext(model_filepath)[1].lower() in (".tflite", ".onnx"):
         return [asked]
+    if is_export(model_filepath):  # a SavedModel folder: its signatures
+        try:
+            signatures = tf.saved_model.load(model_filepath).signatures
+        except Exception as e:  # noqa: BLE001 - TF raises many types for a broken SavedModel
+            raise utils.UserError(f"{model_filepath}: cannot load the SavedModel ({utils.first_line(e)})") from None
+        return [d for d in options.DIRECTIONS if d in signatures]
     config = runs.run_config(model_filepath)[1]
     return list(config.get("directions", model.method_of(config).DIRECTIONS))
 

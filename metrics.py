@@ -133,13 +133,14 @@ def translation_scores(translators, direction, paths, images, truth_dir=None):
     """Translates images with translators[direction] and back; returns (scores, fakes, recs).
 
     scores: cycle_l1, the mean |reconstruction - input| in [-1, 1] units (the cycle loss before
-    lambda); with truth_dir, psnr and ssim of the translations against the files of the same
+    lambda), where translators translate back too (else recs is None); with truth_dir, psnr and ssim of the translations against the files of the same
     names there, and psnr_input, ssim_input of the untranslated inputs (the do-nothing baseline)."""
     fakes = [translators[direction].translate_image(im) for im in images]
-    recs = [translators[options.opposite(direction)].translate_image(f) for f in fakes]
-    scores = {"images": len(images),
-              "cycle_l1": float(np.mean([tf.reduce_mean(tf.abs(image_io.to_float(r) - image_io.to_float(im)))
-                                         for r, im in zip(recs, images)]))}
+    scores, recs = {"images": len(images)}, None
+    if options.opposite(direction) in translators:  # a one-way method (CUT) has no cycle to score
+        recs = [translators[options.opposite(direction)].translate_image(f) for f in fakes]
+        scores["cycle_l1"] = float(np.mean([tf.reduce_mean(tf.abs(image_io.to_float(r) - image_io.to_float(im)))
+                                            for r, im in zip(recs, images)]))
     if truth_dir:
         truth_paths = [os.path.join(truth_dir, os.path.basename(p)) for p in paths]
         missing = [p for p in truth_paths if not os.path.isfile(p)]

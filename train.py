@@ -121,12 +121,14 @@ def preview_grid(gan, rgb, direction):
     return np.concatenate([image_io.as_rgb8(im) for im in row], axis=1)
 
 
-def eval_fields(val, truth_dir, fid, truth_for="A2B"):
-    """The score columns --eval_every will fill (truth_dir scores the direction truth_for)."""
+def eval_fields(val, truth_dir, fid, truth_for="A2B", directions=options.DIRECTIONS):
+    """The score columns --eval_every will fill (truth_dir scores the direction truth_for) for a
+    method translating `directions` (the cycle score where it translates back too)."""
     fields = []
     for direction, (paths, _) in val.items():
-        if paths:
-            fields.append(f"{direction}_cycle_l1")
+        if paths and direction in directions:
+            if options.opposite(direction) in directions:
+                fields.append(f"{direction}_cycle_l1")
             if direction == truth_for and truth_dir:
                 fields += [f"{direction}_{k}" for k in ("psnr", "ssim", "psnr_input", "ssim_input")]
             if fid:
@@ -149,7 +151,7 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False, fr
             shutil.rmtree(stale, ignore_errors=True)
         ready = files.make_temp_dir(args.output_dir, f".epoch_{epoch:03d}.tmp-")
     for direction, (paths, images) in val.items():
-        if not paths:
+        if not paths or direction not in gan.translators:  # (a one-way method's B images: FID's target only)
             continue
         truth = args.validation_truth_dir if direction == truth_direction(args) else None
         if evaluate_now:
@@ -275,7 +277,7 @@ class Run:
             runs.record_config(self.config_path, config, self.gan.counters())
             files.save_json(os.path.join(args.model_dir, runs.CHECK_CACHE_FILE), inputs.cache)
             fields = (eval_fields(inputs.val, args.validation_truth_dir, inputs.inception is not None,
-                                  truth_direction(args)) if args.eval_every else ())
+                                  truth_direction(args), self.method.DIRECTIONS) if args.eval_every else ())
             self.log = runs.LossLog(os.path.join(args.model_dir, runs.LOSSES_FILE), self.gan.counters()[0],
                                     self.method.LOSS_NAMES, self.method.PLOTTED, fields)
             self.writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
@@ -447,7 +449,8 @@ def end_epoch(run, inputs, epoch, lr, seconds, means, path, redone=False):
         evaluate_now = bool(args.eval_every) and (epoch % args.eval_every == 0 or epoch == run.total_epochs)
         full = evaluate_now or epoch % args.validation_every == 0 or epoch == run.total_epochs
         start = time.time()
-        count = sum(len(p) if full else min(len(p), args.progress_images) for p, _ in inputs.val.values())
+        count = sum(len(p) if full else min(len(p), args.progress_images) for d, (p, _) in inputs.val.items()
+                    if d in gan.translators)
         if redone:
             print(f"epoch {epoch}: its checkpoint was saved, not all of its end-of-epoch work (stopped in "
                   f"between); doing that now", file=sys.stderr)

@@ -1,6 +1,7 @@
 """CUT and FastCUT (cut.py): PatchNCE, the networks against the official counts and filters, the
 mode defaults, one step, and tiny runs through train.py and convert.py."""
 import csv
+import json
 import os
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import convert
+import evaluate
 import pretrained
 import cut
 import image_io
@@ -16,6 +18,7 @@ import layers
 import module
 import train
 import utils
+from benchmarks import compare_methods
 from conftest import TINY_FLAGS
 from test_train import final_weights
 
@@ -168,14 +171,15 @@ def cut_flags(data, run, *extra):
 @pytest.mark.parametrize("mode", ["CUT", "FastCUT"])
 def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_dirs, tmp_path, monkeypatch, capsys):
     once = tmp_path / "once"
+    # B validation images too (as --dataset gives them): FID's target only, since CUT translates A2B alone.
     argv = cut_flags(dataset_dirs, once, "--CUT_mode", mode, "--validation_A_dir", str(dataset_dirs / "testA"),
-                     "--progress_images", "1")
+                     "--validation_B_dir", str(dataset_dirs / "testB"), "--eval_every", "1", "--progress_images", "1")
     assert train.main(argv) == 0
     with open(once / "losses.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"] and set(cut.LOSS_NAMES) <= set(rows[0])
     assert (float(rows[0]["NCE_Y"]) > 0) == (mode == "CUT")
-    assert os.listdir(once / "progress") == ["A2B"]
+    assert os.listdir(once / "progress") == ["A2B"] and os.listdir(once / "validation" / "epoch_002") == ["A2B"]
     # Interrupted in epoch 2 (the decay epoch, images loaded at --crop_size), then resumed: bit-exact.
     real_init = cut.CUT.__init__
 
@@ -216,6 +220,19 @@ def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_di
         diff = np.abs(image_io.read_image(str(out / name)).astype(int)
                       - image_io.read_image(str(tmp_path / "out_onnx" / name)).astype(int))
         assert diff.max() <= 2, name
+    # evaluate.py scores the one direction a CUT run has (it has no cycle: no reconstruction score).
+    capsys.readouterr()
+    assert evaluate.main(["--model_filepath", str(once), "--img_dir", str(dataset_dirs / "testA"), "--json",
+                          "--grid", str(tmp_path / "eval.png")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert "cycle_l1" not in scores and scores["images"] == 2, scores
+    first = image_io.read_image(str(dataset_dirs / "testA" / sorted(os.listdir(dataset_dirs / "testA"))[0]))
+    assert image_io.read_image(str(tmp_path / "eval.png")).shape[1] == 2 * round(first.shape[1] * 128 / first.shape[0])
+    # The README's method figure: the input and each model's translation, side by side.
+    assert compare_methods.main(["--img_dir", str(dataset_dirs / "testA"), "--out", str(tmp_path / "grid.png"),
+                                 f"{mode}={once}", f"onnx={tmp_path / 'onnx' / 'A2B.onnx'}"]) == 0
+    grid = image_io.read_image(str(tmp_path / "grid.png"))
+    assert grid.shape[0] == 2 * 128 and grid.shape[1] == 3 * round(first.shape[1] * 128 / first.shape[0])
 
 
 def test_decay_epochs_load_images_at_the_crop_size():
