@@ -82,3 +82,15 @@ def test_deploy_mode_times_every_export_format(capsys):
     assert all(r["seconds_per_image"]["median"] > 0 for r in deploy.values())
     assert all(deploy[f]["file_mb"] > 0 for f in ("savedmodel", "tflite", "onnx"))
     assert deploy["tflite float16"]["file_mb"] < deploy["tflite"]["file_mb"]
+
+
+def test_a_cut_benchmark_counts_cuts_passes(capsys):
+    assert benchmark.main(["--model", "cut", "--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8",
+                           "--n_blocks", "2", "--num_patches", "16", "--iters", "2", "--convert_iters", "2",
+                           "--pipeline_images", "4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["model"] == "cut" and result["train_seconds_per_iteration"]["median"] > 0
+    assert result["peak_rss_mb"] > 0 and result["convert_images_per_s"] > 0
+    # CUT (identity on): G on A and B, the encoder on both translations; D on the fake and the real, the fake again.
+    assert result["train_iteration_gflop"] == pytest.approx(
+        3 * (4 * result["generator_forward_gflop"] + 3 * result["discriminator_forward_gflop"]))
