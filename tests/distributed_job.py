@@ -70,6 +70,21 @@ def mirrored_run(out, data, image):
                    "step": int(gan.step.numpy()), "replicas": config["replicas"]}, f)
 
 
+def mirrored_cut_run(out, data):
+    """CUT with --distribute mirrored on 2 CPUs, then resumed on one device."""
+    import train
+    from conftest import SMALLEST_FLAGS
+    two_cpus()
+    run = os.path.join(out, "run")
+    base = ["--model", "cut", "--num_patches", "16", "--img_A_dir", os.path.join(data, "trainA"), "--img_B_dir",
+            os.path.join(data, "trainB"), "--model_dir", run, *SMALLEST_FLAGS, "--n_epochs_decay", "0"]
+    codes = [train.main(base + ["--n_epochs", "1", "--distribute", "mirrored"]), train.main(base + ["--n_epochs", "2"])]
+    config = files.load_json(os.path.join(run, "config.json"))
+    step = int(tf.train.load_checkpoint(tf.train.latest_checkpoint(run)).get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+    with open(os.path.join(out, "mirrored.json"), "w") as f:
+        json.dump({"codes": codes, "replicas": config["replicas"], "step": step}, f)
+
+
 if __name__ == "__main__":
     job, out, *rest = sys.argv[1:]
-    {"equivalence": equivalence, "mirrored_run": mirrored_run}[job](out, *rest)
+    {"equivalence": equivalence, "mirrored_run": mirrored_run, "mirrored_cut_run": mirrored_cut_run}[job](out, *rest)

@@ -271,3 +271,37 @@ def test_patch_nce_of_a_generator_matches_the_official_code():
     keys = gan.patch_features(gan.E(real_A, training=True), ids)
     found = [float(tf.reduce_mean(cut.patch_nce_loss(q, k, 2, 0.07))) for q, k in zip(queries, keys)]
     np.testing.assert_allclose(found, f["losses"], atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [dict(jit_compile=True), dict(mixed_precision=True)])
+def test_cut_steps_under_xla_and_mixed_precision_agree_with_the_plain_graph(variant):
+    # The same seed gives the same weights and patch ids; only the arithmetic differs (XLA's kernels,
+    # or bfloat16 on this CPU: a GPU's float16 is the same code with loss scaling).
+    def make(**kw):
+        tf.keras.utils.set_random_seed(4)  # as model.build does
+        return cut.CUT(ngf=8, ndf=8, n_blocks=2, crop_size=32, num_patches=16, random_seed=4, **kw)
+    plain, other = make(), make(**variant)
+    if "mixed_precision" in variant:
+        assert other.policy == "mixed_bfloat16" and module.residual_conv(other.G).compute_dtype == "bfloat16"
+    for v, w in zip(plain.trainable_variables(), other.trainable_variables()):
+        np.testing.assert_array_equal(v.numpy(), w.numpy())
+    real_A, real_B = (tf.random.stateless_uniform([1, 32, 32, 3], [s, 0], -1, 1) for s in (5, 6))
+    # Under XLA the patch ids come from XLA's own random-number kernel: other patches than the plain
+    # graph's (each reproducible), so there the first step's GAN losses agree and the NCE ones are alike.
+    xla = "jit_compile" in variant
+    compared = ["G_GAN", "D_real", "D_fake"] if xla else ["G"]
+    rtol = 1e-4 if xla else 0.03
+    for step in range(2):
+        want, got = plain.train_step(real_A, real_B).numpy(), other.train_step(real_A, real_B).numpy()
+        assert np.all(np.isfinite(got))
+        if step == 0 or not xla:
+            for name in compared:
+                i = cut.LOSS_NAMES.index(name)
+                np.testing.assert_allclose(got[i], want[i], rtol=rtol, err_msg=name)
+        i = cut.LOSS_NAMES.index("NCE")
+        assert 0.5 < got[i] / want[i] < 2
+        rtol *= 3  # Adam's first steps amplify rounding differences
+    images = np.random.default_rng(0).integers(0, 256, (1, 24, 20, 3), dtype=np.uint8)
+    diff = np.abs(plain.translators["A2B"].translate(images).numpy().astype(int)
+                  - other.translators["A2B"].translate(images).numpy().astype(int))
+    assert diff.mean() < 4

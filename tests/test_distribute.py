@@ -65,6 +65,16 @@ def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path
                                   np.load(tmp_path / "mirrored_fake.npy"))
 
 
+def test_cut_trains_mirrored_on_two_cpus_and_resumes_on_one(tmp_path, dataset_dirs):
+    job("mirrored_cut_run", tmp_path, dataset_dirs)
+    with open(tmp_path / "mirrored.json") as f:
+        result = json.load(f)
+    # 6 A images: 3 steps of global batch 2 mirrored, then 6 on one device.
+    assert result["codes"] == [0, 0] and result["replicas"] == 2 and result["step"] == 3 + 6  # (config.json: the first start)
+    assert convert.main(["--model_filepath", str(tmp_path / "run"), "--img_dir", str(dataset_dirs / "testA"),
+                         "--output_dir", str(tmp_path / "out")]) == 0
+
+
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
