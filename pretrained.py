@@ -1,6 +1,8 @@
-"""The official implementation's pretrained generators, and any .pth file it trained, read without PyTorch.
+"""The official implementations' pretrained generators (the 18 of CycleGAN, the 6 of CUT and FastCUT),
+and any .pth file they trained, read without PyTorch.
 
     python download.py --pretrained horse2zebra     # -> model/horse2zebra_pretrained/, a run folder
+    python download.py --pretrained horse2zebra_cut # CUT's, from the official archive of all six
     python convert.py --model_filepath model/horse2zebra_pretrained --img_dir photos/ --output_dir out/
     python convert.py --model_filepath checkpoints/NAME/latest_net_G.pth --img_dir photos/ --output_dir out/
 
@@ -8,7 +10,8 @@ A .pth file is a pickle, and unpickling calls whatever the pickle names: read_st
 unpickler that knows only the few names a state_dict of tensors needs and refuses any other, so
 loading a file never runs code from it. It reads torch.save's zip format (torch >= 1.6) and the
 legacy format of the published 2017-2019 files. resnet_generator maps the official ResnetGenerator's
-keys (model.1.weight, model.10.conv_block.1.weight, ...) onto module.resnet_generator.
+keys (model.1.weight, model.10.conv_block.1.weight, ...) onto module.resnet_generator, the plain one
+of CycleGAN or CUT's antialiased one (its fixed blur and upsampling filters, model.N.filt, checked).
 """
 import collections
 import hashlib
