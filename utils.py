@@ -85,10 +85,11 @@ class UserError(Exception):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose errors (an unknown flag, a value not among the choices) are a
     UserError: one line and the command's own exit status, not the usage text and status 2.
-    --help shows every default."""
+    --help shows every default; a flag is taken only as spelled in full (no abbreviations)."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        # No prefixes of flags: --dataset is not download.py's --datasets, nor --n_epoch --n_epochs.
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         raise UserError(message)

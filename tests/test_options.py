@@ -105,3 +105,13 @@ def test_every_numeric_flag_of_every_command_has_a_bound_and_refuses_past_it_in_
                 error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
                 assert f"argument --{name}: {value}:" in error or f"argument --{name}: {value!r}" in error, error
                 assert "\n" not in error and ("must" in error or "not a" in error), error
+
+
+def test_a_flag_is_never_taken_as_a_prefix_of_another(capsys):
+    for command, flag in (("train", "--n_epoch"), ("download", "--dataset"), ("convert", "--model"),
+                          ("evaluate", "--kid_subset")):
+        parser = importlib.import_module(command).build_parser()
+        with pytest.raises((utils.UserError, SystemExit)) as e:
+            parser.parse_args([flag, "3"] + [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")])
+        error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
+        assert f"unrecognized arguments: {flag} 3" in error, error
