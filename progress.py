@@ -75,7 +75,21 @@ class _CurrentStderr:
         return sys.stderr.fileno()
 
 
+# Lines a bar writes at most when stderr is not a terminal (a log file, CI, nohup): one each 5%.
+LOG_LINES = 20
+
+
 def progress_bar(max_value, widgets):
-    """A progressbar2 bar on the current stderr."""
+    """A progressbar2 bar on the current stderr. Where stderr is not a terminal, where each update
+    would be a line of its own, only every LOG_LINES-th part of the way is shown (with its ETA)."""
     import progressbar
-    return progressbar.ProgressBar(max_value=max_value, widgets=widgets, fd=_CurrentStderr())
+    bar = progressbar.ProgressBar(max_value=max_value, widgets=widgets, fd=_CurrentStderr())
+    if not sys.stderr.isatty() and max_value and max_value > LOG_LINES:
+        every, update = -(-max_value // LOG_LINES), bar.update
+
+        def sparse(value=None, *args, force=False, **kwargs):
+            if value is None or force or value >= max_value or value % every == 0:
+                return update(value, *args, force=force, **kwargs)
+            return None
+        bar.update = sparse
+    return bar

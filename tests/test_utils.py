@@ -308,3 +308,17 @@ def test_frames_appended_to_a_gif_leave_its_bytes_and_decode_as_one_encoding(tmp
     assert durations == [300] * 4 and loop == 0 and len(got) == 4
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("steps,lines", [(1000, list(range(0, 1001, 50))), (6, list(range(7)))])
+def test_a_bar_in_a_log_file_writes_a_line_every_5_percent(capsys, steps, lines):
+    import progressbar
+    capsys.readouterr()
+    bar = progress.progress_bar(steps, ["step ", progressbar.Counter(), " ", progressbar.ETA()])
+    bar.min_poll_interval = 0  # as if each step took longer than progressbar2's own limit
+    bar.start(init_value=0)
+    for i in range(1, steps + 1):
+        bar.update(i)
+    bar.finish()
+    shown = [int(line.split()[1]) for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert sorted(set(shown)) == lines and len(shown) <= len(lines) + 2
