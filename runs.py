@@ -19,6 +19,7 @@ import sys
 import tensorflow as tf
 
 import files
+import image_io
 import model
 import progress
 import utils
@@ -43,6 +44,9 @@ def find_checkpoint(model_filepath):
     on_disk = [p for p in checkpoint_candidates(folder, os.path.basename(path)) if os.path.exists(p + ".index")]
     if on_disk:
         return on_disk[0], folder
+    if os.path.isfile(path) and image_io.is_image_file(path):
+        raise utils.UserError(f"{model_filepath}: is an image, not a model (--model_filepath takes a run folder, "
+                              f"a checkpoint, an export or a .pth file; the images go in --img_dir)")
     raise utils.UserError(f"{model_filepath}: no such model (expected a run folder, a checkpoint prefix "
                           f"or a SavedModel folder)")
 

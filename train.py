@@ -70,6 +70,9 @@ def resolve_paths(args):
     """Fills the folder flags that --dataset and the defaults imply; checks they are given."""
     if args.dataset:
         root = os.path.join(args.data_dir, args.dataset)
+        if not os.path.isdir(root) and not (args.img_A_dir and args.img_B_dir):
+            raise utils.UserError(f"{root}: no such folder; download the dataset first: python download.py --datasets "
+                                  f"{args.dataset}" + (f" --data_dir {args.data_dir}" if args.data_dir != "data" else ""))
         args.img_A_dir = args.img_A_dir or os.path.join(root, "trainA")
         args.img_B_dir = args.img_B_dir or os.path.join(root, "trainB")
         for side in "AB":

@@ -180,6 +180,7 @@ def test_checkpoint_prefixes_and_only_the_needed_generator(run_dir, tmp_path, mo
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder"),
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png/out"], "x.png is a file, not a folder"),
     (["--model_filepath", "RUN"], "nothing to do"),
+    (["--model_filepath", "IN/x.png", "--img_dir", "IN"], "x.png: is an image, not a model"),
 ])
 def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
     (tmp_path / "in").mkdir()

@@ -175,6 +175,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_p
 
 @pytest.mark.parametrize("extra,message", [
     (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder"),
+    (["--dataset", "horse2zebra", "--data_dir", "/nonexistent", "--img_A_dir", "", "--img_B_dir", ""],
+     "/nonexistent/horse2zebra: no such folder; download the dataset first: python download.py --datasets "
+     "horse2zebra --data_dir /nonexistent"),
     (["--crop_size", "30"], "multiple of 4"),
     (["--crop_size", "16"], "too small for a discriminator"),
     (["--lr", "-1"], "--lr: -1: must be positive"),
