@@ -82,14 +82,23 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, unless it has none or the help already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose errors (an unknown flag, a value not among the choices) are a
     UserError: one line and the command's own exit status, not the usage text and status 2.
-    --help shows every default; a flag is taken only as spelled in full (no abbreviations)."""
+    --help shows every default there is; a flag is taken only as spelled in full (no abbreviations)."""
 
     def __init__(self, **kwargs):
         # No prefixes of flags: --dataset is not download.py's --datasets, nor --n_epoch --n_epochs.
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False, **kwargs)
+        super().__init__(formatter_class=_HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         raise UserError(message)

@@ -115,3 +115,10 @@ def test_a_flag_is_never_taken_as_a_prefix_of_another(capsys):
             parser.parse_args([flag, "3"] + [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")])
         error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
         assert f"unrecognized arguments: {flag} 3" in error, error
+
+
+def test_help_states_each_default_once_and_never_none():
+    for command in options.COMMANDS:
+        text = importlib.import_module(command).build_parser().format_help()
+        assert "(default: None)" not in text, command
+    assert "(default: 0.0002)" in train.build_parser().format_help()
