@@ -36,6 +36,17 @@ TRAIN_DIRECTIONS = ("AtoB", "BtoA")
 DIRECTIONS = ("A2B", "B2A")
 
 
+def direction_spelled(choices):
+    """The type of a direction flag: its own spellings (`choices`), or the other family's (AtoB for A2B,
+    B2A for BtoA), as both the official training option and the classic conversion one are in use."""
+    other = dict(zip(TRAIN_DIRECTIONS + DIRECTIONS, DIRECTIONS + TRAIN_DIRECTIONS))
+
+    def parse(text):
+        return text if text in choices else other.get(text, text)
+    parse.__name__ = "direction"
+    return parse
+
+
 def opposite(direction):
     """The other direction: "B2A" for "A2B" and the reverse."""
     return DIRECTIONS[1 - DIRECTIONS.index(direction)]
@@ -141,8 +152,8 @@ OPTIONS = {
                                     help="pair the images in order (A i with B i, each folder sorted, wrapping round) "
                                          "instead of A shuffled with a random B")),
     "direction": ("data", dict(
-        choices=TRAIN_DIRECTIONS, default="AtoB",
-        help="BtoA: the folders named B (trainB, testB, --img_B_dir, --validation_B_dir) are the model's "
+        type=direction_spelled(TRAIN_DIRECTIONS), choices=TRAIN_DIRECTIONS, default="AtoB",
+        help="AtoB or BtoA (A2B, B2A too). BtoA: the folders named B (trainB, testB, --img_B_dir, --validation_B_dir) are the model's "
              "domain A and those named A its domain B, as the official option; G_A2B then translates "
              "B-folder images into A-folder ones (saved in config.json)")),
     # run folder
@@ -296,7 +307,8 @@ OPTIONS = {
              "implementation (those files hold one generator, used for the direction asked)")),
     "img_dir": ("conversion", dict(help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
                                         ".mp4 .avi videos (any letter case)")),
-    "conversion_direction": ("conversion", dict(default="A2B", choices=DIRECTIONS, help="A2B (G_A2B) or B2A (G_B2A)")),
+    "conversion_direction": ("conversion", dict(default="A2B", type=direction_spelled(DIRECTIONS), choices=DIRECTIONS,
+                                                   help="A2B (G_A2B) or B2A (G_B2A); AtoB, BtoA too")),
     "overwrite": ("conversion", dict(action="store_true", help="replace existing outputs (and an existing --export_dir)")),
     "save_cycle": ("conversion", dict(action="store_true",
                                       help="also write the reconstruction (OUTPUT_DIR/reconstructed/) and real | fake | "

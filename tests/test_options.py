@@ -122,3 +122,15 @@ def test_help_states_each_default_once_and_never_none():
         text = importlib.import_module(command).build_parser().format_help()
         assert "(default: None)" not in text, command
     assert "(default: 0.0002)" in train.build_parser().format_help()
+
+
+def test_directions_take_both_spelling_families():
+    for given, want in (("AtoB", "AtoB"), ("A2B", "AtoB"), ("BtoA", "BtoA"), ("B2A", "BtoA")):
+        assert train.build_parser().parse_args(["--direction", given]).direction == want
+    for command in ("convert", "evaluate"):
+        parser = importlib.import_module(command).build_parser()
+        required = [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")]
+        for given, want in (("A2B", "A2B"), ("AtoB", "A2B"), ("B2A", "B2A"), ("BtoA", "B2A")):
+            assert parser.parse_args(required + ["--conversion_direction", given]).conversion_direction == want
+        with pytest.raises(utils.UserError, match="invalid choice: 'A2C'"):
+            parser.parse_args(required + ["--conversion_direction", "A2C"])
