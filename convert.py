@@ -211,8 +211,10 @@ def convert(args):
                                                       args.eval)
     if args.export_dir:
         export.write(generators, args.export_dir, args.export_format, args.quantize)
-        print(f"exported {args.export_format} to {args.export_dir}: {options.EXPORT_FORMATS[args.export_format]}",
-              file=sys.stderr)
+        held = sorted(generators)
+        what = (f"saved_model.pb and variables/, signature{'s' * (len(held) > 1)} {' and '.join(held)}"
+                if args.export_format == "savedmodel" else " and ".join(f"{d}.{args.export_format}" for d in held))
+        print(f"exported {args.export_format} to {args.export_dir}: {what}", file=sys.stderr)
     if not inputs:
         return 0
     conv = Converter(translators, args.conversion_direction, args)

@@ -214,6 +214,7 @@ def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_di
     assert convert.main(["--model_filepath", str(once), "--export_dir", str(tmp_path / "onnx"),
                          "--export_format", "onnx"]) == 0
     assert os.listdir(tmp_path / "onnx") == ["A2B.onnx"]
+    assert f"exported onnx to {tmp_path / 'onnx'}: A2B.onnx\n" in capsys.readouterr().err  # what it holds
     assert convert.main(["--model_filepath", str(tmp_path / "onnx" / "A2B.onnx"), "--img_dir",
                          str(dataset_dirs / "testA"), "--output_dir", str(tmp_path / "out_onnx")]) == 0
     for name in os.listdir(out):
