@@ -149,6 +149,7 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False, fr
     (metrics.translation_scores, FID/KID with inception)."""
     scores = {}
     folder = os.path.join(args.output_dir, f"epoch_{epoch:03d}")
+    full = full and any(paths and d in gan.translators for d, (paths, _) in val.items())  # (else no folder)
     if full:
         for stale in glob.glob(os.path.join(glob.escape(args.output_dir), f".epoch_{epoch:03d}.tmp-*")):
             shutil.rmtree(stale, ignore_errors=True)

@@ -29,6 +29,7 @@ def saved_run(dataset_dirs, tmp_path_factory):
     assert train.main(flags(dataset_dirs, run, "--n_epochs", "1", "--n_epochs_decay", "0",
                             "--save_every_steps", "2", "--progress_images", "0")) == 0
     assert tf.train.latest_checkpoint(str(run)).endswith("cyclegan.ckpt-6")
+    assert not (run / "validation").exists()  # no validation images: no (empty) validation folder
     return run, final_weights(run)
 
 
