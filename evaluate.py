@@ -17,11 +17,10 @@ import image_io
 
 utils.start_tensorflow()
 
-import numpy as np
-
 import export
 import metrics
 import options
+import progress
 
 
 def build_parser():
@@ -45,17 +44,6 @@ def distribution_scores(net, real, fake, args):
     return metrics.distribution_scores(net, real, fake, args.batch_size, args.kid_subsets, args.kid_subset_size)
 
 
-def write_grid(path, *columns, rows, height=128):
-    """real | translated | reconstructed (where there is one) rows, each image scaled to `height` pixels high."""
-    import cv2
-    fit = lambda im: cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
-                                interpolation=cv2.INTER_AREA)
-    lines = [np.concatenate([fit(im) for im in row], axis=1) for row in list(zip(*columns))[:rows]]
-    width = max(line.shape[1] for line in lines)
-    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255) for line in lines]
-    image_io.write_image(path, np.concatenate(lines, axis=0))
-
-
 def evaluate(args):
     result = {}
     if args.model_filepath:
@@ -70,8 +58,9 @@ def evaluate(args):
         scores, fakes, recs = metrics.translation_scores(translators, asked, paths, images, args.truth_dir)
         result.update(scores)
         if args.grid:
-            rows = (images, fakes) + ((recs,) if recs is not None else ())
-            write_grid(args.grid, *([image_io.as_rgb8(im) for im in ims] for ims in rows), rows=args.grid_rows)
+            columns = (images, fakes) + ((recs,) if recs is not None else ())  # real | translated | reconstructed
+            image_io.write_image(args.grid, progress.image_grid([[image_io.as_rgb8(im) for im in ims] for ims in columns],
+                                                                 128, rows=args.grid_rows))
         if args.real_dir:
             result.update(distribution_scores(net, read_folder(args.real_dir)[1], fakes, args))
     elif args.real_dir and args.fake_dir:

@@ -133,8 +133,9 @@ def translation_scores(translators, direction, paths, images, truth_dir=None):
     """Translates images with translators[direction] and back; returns (scores, fakes, recs).
 
     scores: cycle_l1, the mean |reconstruction - input| in [-1, 1] units (the cycle loss before
-    lambda), where translators translate back too (else recs is None); with truth_dir, psnr and ssim of the translations against the files of the same
-    names there, and psnr_input, ssim_input of the untranslated inputs (the do-nothing baseline)."""
+    lambda), where translators translate back too (else recs is None); with truth_dir, psnr and
+    ssim of the translations against the files of the same names there, and psnr_input, ssim_input
+    of the untranslated inputs (the do-nothing baseline)."""
     fakes = [translators[direction].translate_image(im) for im in images]
     scores, recs = {"images": len(images)}, None
     if options.opposite(direction) in translators:  # a one-way method (CUT) has no cycle to score

@@ -57,6 +57,24 @@ def label(rgb, text):
     return out
 
 
+
+def image_grid(columns, height, rows=None, labels=None, enlarge=cv2.INTER_AREA):
+    """One picture of uint8 RGB images side by side: row i holds image i of each column, every image
+    scaled to `height` pixels high (INTER_AREA when it shrinks, `enlarge` when it grows), rows padded
+    with white to the widest; the first `rows` rows only (None: all); labels: one per column, written
+    on its first image."""
+    fit = lambda im: cv2.resize(im, (max(1, round(im.shape[1] * height / im.shape[0])), height),
+                                interpolation=cv2.INTER_AREA if im.shape[0] > height else enlarge)
+    lines = []
+    for i, row in enumerate(list(zip(*columns))[:rows]):
+        row = [fit(im) for im in row]
+        if labels and i == 0:
+            row = [label(im, text) for im, text in zip(row, labels)]
+        lines.append(np.concatenate(row, axis=1))
+    width = max(line.shape[1] for line in lines)
+    return np.concatenate([np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0)), constant_values=255)
+                           for line in lines], axis=0)
+
 class _CurrentStderr:
     """Writes to whatever sys.stderr is now. progressbar2 replaces `sys.stderr` by the stream it
     saw when first imported, which is stale once anything (a test harness, a log redirect)

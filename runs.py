@@ -98,9 +98,9 @@ def restore_newest(folder, restore_fn, name=None):
     appeared (or whose files have all gone) was deleted by a training in the folder, which keeps only
     its --keep_checkpoints newest: it is skipped without a word for the newest then. Returns (prefix,
     restore_fn's value), or (None, None) if the folder has none. Raises utils.UserError if none is intact."""
-    tried, damaged = set(), []
+    tried, damaged, candidates = set(), [], checkpoint_candidates(folder, name)
     for _ in range(MAX_TRIES):
-        fresh = [p for p in checkpoint_candidates(folder, name) if p not in tried]
+        fresh = [p for p in candidates if p not in tried]
         if not fresh:
             break
         prefix = fresh[0]
@@ -113,8 +113,8 @@ def restore_newest(folder, restore_fn, name=None):
                 if not is_damage(e):
                     raise
                 reason = f"cannot be read ({utils.first_line(e, 120)})"
-        newest = checkpoint_candidates(folder, name)
-        if not glob.glob(glob.escape(prefix) + ".*") or (newest and newest[0] not in tried):
+        candidates = checkpoint_candidates(folder, name)  # listed again: a training may have added one
+        if not glob.glob(glob.escape(prefix) + ".*") or (candidates and candidates[0] not in tried):
             continue  # replaced by a newer one as it was read: not damage
         damaged.append((prefix, reason))
         utils.warn(f"{prefix}: {reason}; skipped, trying the one before it")

@@ -9,7 +9,6 @@ import keras
 import tensorflow as tf
 
 
-
 GRADIENT_PENALTY_WEIGHT = 10.0      # the official cal_gradient_penalty's lambda_gp
 
 

@@ -17,7 +17,6 @@ import utils  # noqa: E402 -- first: it quiets TensorFlow's C++ start-up lines b
 utils.start_tensorflow()
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 import data  # noqa: E402
 import export  # noqa: E402
@@ -65,13 +64,8 @@ def compare(args):
         translators, _ = export.load_translators(model, ["A2B"])
         grid.append([image_io.as_rgb8(translators["A2B"].translate_image(im)) for im in images])
     labels = ["input"] + [name for name, _ in runs]
-    fit = lambda im: cv2.resize(im, (max(1, round(im.shape[1] * args.height / im.shape[0])), args.height),
-                                interpolation=cv2.INTER_AREA if im.shape[0] > args.height else cv2.INTER_NEAREST)
-    rows = [np.concatenate([progress.label(fit(col[i]), labels[c]) if i == 0 else fit(col[i])
-                            for c, col in enumerate(grid)], axis=1) for i in range(len(paths))]
-    width = max(row.shape[1] for row in rows)
-    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255) for row in rows]
-    image_io.write_image(args.out, np.concatenate(rows, axis=0))
+    # Enlarged by nearest neighbour, so that small images' pixels stay visible.
+    image_io.write_image(args.out, progress.image_grid(grid, args.height, labels=labels, enlarge=cv2.INTER_NEAREST))
     print(f"wrote {args.out}: {len(paths)} images x {len(labels)} columns ({', '.join(labels)})", file=sys.stderr)
     return 0
 
