@@ -44,7 +44,7 @@ import translator
 
 def build_parser():
     return options.parser("benchmark", "Time training and conversion; compare with this machine's peak.",
-                          methods=model.METHODS, one_line_errors=False)
+                          methods=model.METHODS)
 
 
 def conv_flops(layer, input_shape, output_shape):
@@ -238,9 +238,14 @@ def deploy_speed(args):
 
 
 def main(argv=None):
-    """Runs the benchmark with `argv`; prints JSON on stdout and a summary on stderr."""
-    args = build_parser().parse_args(argv)
-    model.method(args).check_options(args)
+    """Runs benchmark.py with `argv` (default: sys.argv); returns the exit status."""
+    return utils.run_command(benchmark, build_parser(), argv)
+
+
+def benchmark(args):
+    """Runs the benchmark args describe; prints JSON on stdout and a summary on stderr."""
+    with utils.checking_flags():
+        model.method(args).check_options(args)
     devices.setup(args.cpu_kernels)
     if args.deploy:
         result = {"config": vars(args), "tensorflow": tf.__version__, "deploy": deploy_speed(args)}

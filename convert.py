@@ -199,7 +199,8 @@ def _file_in_the_way(folder):
 
 
 def convert(args):
-    check_args(args)
+    with utils.checking_flags():
+        check_args(args)
     inputs = list_inputs(args.img_dir) if args.img_dir else []
     devices.setup(args.cpu_kernels)
     directions = {args.conversion_direction}
@@ -241,12 +242,12 @@ def convert(args):
     bar.finish()
     print(f"converted {len(conv.converted)} of {len(inputs)} in {time.time() - start:.1f} s, "
           f"skipped {len(conv.skipped)}; outputs in {args.output_dir}", file=sys.stderr)
-    return 2 if conv.skipped else 0
+    return utils.EXIT_PARTIAL if conv.skipped else utils.EXIT_OK
 
 
 def main(argv=None):
     """Runs convert.py with `argv` (default: sys.argv); returns the exit status."""
-    return utils.run_command(convert, build_parser(), argv, 1)
+    return utils.run_command(convert, build_parser(), argv)
 
 
 if __name__ == "__main__":

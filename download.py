@@ -65,7 +65,7 @@ class NoRoomError(DownloadError):
 
 def build_parser():
     return options.parser("download", "Download CycleGAN datasets (or generate the offline sample set) and the "
-                                      "official pretrained generators.", one_line_errors=False,
+                                      "official pretrained generators.",
                           datasets=", ".join(DATASETS), sample=SAMPLE, pretrained=", ".join(pretrained.ALL_PRETRAINED),
                           base_url=BASE_URL, pretrained_url=pretrained.PRETRAINED_URL, cut_pretrained_url=pretrained.CUT_PRETRAINED_URL)
 
@@ -400,7 +400,11 @@ def make_sample(dest, seed=0, n_train=250, n_test=25):
 
 def main(argv=None):
     """Runs download.py with `argv` (default: sys.argv); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    return utils.run_command(fetch_all, build_parser(), argv)
+
+
+def fetch_all(args):
+    """Downloads what args name; returns the exit status (1 if any failed, each named on stderr)."""
     if args.list:
         print("datasets (--datasets):")
         for name, mb in DATASETS.items():
@@ -413,18 +417,13 @@ def main(argv=None):
         return 0
     unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
     if unknown:
-        print(f"error: unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}",
-              file=sys.stderr)
-        return 2
+        raise utils.UsageError(f"unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}")
     unknown = [n for n in args.pretrained if n not in pretrained.ALL_PRETRAINED]
     if unknown:
-        print(f"error: unknown pretrained model {', '.join(unknown)}; valid names: {', '.join(pretrained.ALL_PRETRAINED)}",
-              file=sys.stderr)
-        return 2
+        raise utils.UsageError(f"unknown pretrained model {', '.join(unknown)}; valid names: "
+                               f"{', '.join(pretrained.ALL_PRETRAINED)}")
     if not args.datasets and not args.pretrained:
-        print("error: name at least one dataset with --datasets or model with --pretrained (see --list)",
-              file=sys.stderr)
-        return 2
+        raise utils.UsageError("name at least one dataset with --datasets or model with --pretrained (see --list)")
     jobs = [(name, fetch_dataset) for name in dict.fromkeys(args.datasets)]
     jobs += [(name, fetch_pretrained) for name in dict.fromkeys(args.pretrained)]
     failed = []

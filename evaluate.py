@@ -85,7 +85,7 @@ def report(args):
 
 def main(argv=None):
     """Runs evaluate.py with `argv` (default: sys.argv); returns the exit status."""
-    return utils.run_command(report, build_parser(), argv, 1)
+    return utils.run_command(report, build_parser(), argv)
 
 
 if __name__ == "__main__":

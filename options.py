@@ -413,13 +413,7 @@ class OptionParser(utils.ArgumentParser):
 
     methods = None
     command = None
-    one_line_errors = True
     _table_defaults = None    # the table's defaults of the options some method has replaced
-
-    def error(self, message):
-        if self.one_line_errors:
-            super().error(message)
-        argparse.ArgumentParser.error(self, message)
 
     def parse_known_args(self, args=None, namespace=None):
         if not (self.methods and namespace is None):
@@ -444,13 +438,12 @@ class OptionParser(utils.ArgumentParser):
         return parsed, rest
 
 
-def parser(command, description, epilog=None, methods=None, one_line_errors=True, **values):
+def parser(command, description, epilog=None, methods=None, **values):
     """The parser of `command`'s options (COMMANDS), grouped as the table groups them. methods: the
     registry --model chooses from (model.METHODS); values fill the {placeholders} of help texts that
-    name what the command knows (download.py's datasets...). one_line_errors: a bad flag is a
-    utils.UserError (one line, the command's own exit status), else argparse's usage and status 2."""
+    name what the command knows (download.py's datasets...). A bad flag is a utils.UsageError."""
     p = OptionParser(description=description, epilog=epilog)
-    p.methods, p.one_line_errors, p.command = methods, one_line_errors, command
+    p.methods, p.command = methods, command
     values = dict(values, methods=", ".join(methods or ()))
     groups = {}
     for name in COMMANDS[command]:

@@ -83,7 +83,7 @@ def resolve_paths(args):
         if args.validation_truth_dir is None and os.path.isdir(truth) and args.validation_A_dir:
             args.validation_truth_dir = truth
     if not args.img_A_dir or not args.img_B_dir:
-        raise utils.UserError("give --dataset NAME, or both --img_A_dir and --img_B_dir")
+        raise utils.UsageError("give --dataset NAME, or both --img_A_dir and --img_B_dir")
     args.model_dir = args.model_dir or os.path.join("model", args.dataset or "cyclegan")
     args.output_dir = args.output_dir or os.path.join(args.model_dir, "validation")
 
@@ -512,7 +512,8 @@ def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
     try:
         resolve_paths(args)
-        check_args(args)
+        with utils.checking_flags():
+            check_args(args)
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE))  # the flags alone, first
         inputs = TrainingData(args)
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE), inputs.train_size)
@@ -539,7 +540,7 @@ def train(args):
 
 def main(argv=None):
     """Runs train.py with `argv` (default: sys.argv); returns the exit status."""
-    return utils.run_command(train, build_parser(), argv, 2)
+    return utils.run_command(train, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ one-line errors of bad input (UserError), the argument parser that reports them,
 
     import utils          # first, before anything imports TensorFlow
     utils.start_tensorflow()
-    sys.exit(utils.run_command(main, build_parser(), argv, error_status=2))
+    sys.exit(utils.run_command(main, build_parser(), argv))
 
 The other shared pieces live in files named for them: image_io.py (still images, the pixel range),
 animation.py (GIFs, videos), files.py (atomic writes, JSON), data.py (the training pipeline),
@@ -79,7 +79,27 @@ def start_tensorflow():
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+    """A problem with the user's input, reported as one line without a traceback (exit status 1)."""
+
+
+class UsageError(UserError):
+    """A command line that cannot work (an unknown flag, a value past its bound, flags that
+    contradict each other): one line, exit status 2 as argparse's."""
+
+
+# The exit statuses of every command (docs/OPTIONS.md states them).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@contextlib.contextmanager
+def checking_flags():
+    """The UserErrors raised inside are the command line's (UsageError): for the checks of parsed flags."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except UserError as e:
+        raise UsageError(str(e)) from None
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -101,17 +121,17 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(formatter_class=_HelpFormatter, allow_abbrev=False, **kwargs)
 
     def error(self, message):
-        raise UserError(message)
+        raise UsageError(message)
 
 
-def run_command(fn, parser, argv, error_status):
+def run_command(fn, parser, argv):
     """A command's main(): fn(parser.parse_args(argv))'s exit status, or, for a UserError, one
-    "error:" line on stderr and error_status."""
+    "error:" line on stderr and EXIT_USAGE (a UsageError) or EXIT_FAILED."""
     try:
         return fn(parser.parse_args(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return error_status
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
 
 
 def first_line(error, limit=200):

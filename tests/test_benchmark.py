@@ -32,6 +32,7 @@ def test_executed_flops_count_winograd_tiles_in_the_residual_blocks(size):
     assert benchmark.discriminator_flops(module.patch_discriminator(), 256) / 1e9 == pytest.approx(6.29, abs=0.01)
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_reports_everything(capsys):
     assert benchmark.main(["--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8", "--n_blocks", "2",
                            "--iters", "2", "--convert_iters", "2", "--pipeline_images", "16", "--profile", "--ceiling"]) == 0
@@ -84,6 +85,7 @@ def test_deploy_mode_times_every_export_format(capsys):
     assert deploy["tflite float16"]["file_mb"] < deploy["tflite"]["file_mb"]
 
 
+@pytest.mark.slow
 def test_a_cut_benchmark_counts_cuts_passes(capsys):
     assert benchmark.main(["--model", "cut", "--crop_size", "32", "--load_size", "36", "--ngf", "8", "--ndf", "8",
                            "--n_blocks", "2", "--num_patches", "16", "--iters", "2", "--convert_iters", "2",

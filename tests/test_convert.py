@@ -79,7 +79,7 @@ def test_no_overwrite_without_the_flag(run_dir, tmp_path, capsys):
     assert conv(run_dir, src, out) == 0
     write(out / "x.png", np.zeros((5, 5, 3), np.uint8))  # the user's own file, not ours
     capsys.readouterr()
-    assert conv(run_dir, src, out) == 2
+    assert conv(run_dir, src, out) == 3                # done, an input skipped
     assert "exists, not overwritten" in capsys.readouterr().err
     assert cv2.imread(str(out / "x.png")).shape == (5, 5, 3)
     assert conv(run_dir, src, out, "--overwrite") == 0
@@ -101,7 +101,7 @@ def test_bad_files_are_skipped_and_named(run_dir, tmp_path, capsys):
     (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 nonsense")
     os.symlink(src / "missing.png", src / "link.png")
     capsys.readouterr()
-    assert conv(run_dir, src, tmp_path / "out") == 2
+    assert conv(run_dir, src, tmp_path / "out") == 3
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
     assert len(skipped) == 8 and "Traceback" not in err
@@ -170,26 +170,27 @@ def test_checkpoint_prefixes_and_only_the_needed_generator(run_dir, tmp_path, mo
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "a" / "x.png")), cv2.imread(str(tmp_path / "b" / "x.png")))
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--model_filepath", "/nonexistent/run", "--img_dir", "IN"], "no such model"),
-    (["--model_filepath", "RUN", "--img_dir", "IN", "--conversion_direction", "A2C"], "invalid choice: 'A2C'"),
-    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN"], "outputs would replace the inputs"),
-    (["--model_filepath", "EMPTY", "--img_dir", "IN"], "holds no checkpoint"),
-    (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such folder"),
-    (["--model_filepath", "RUN", "--img_dir", "IN/x.png"], "x.png: is a file, not a folder"),
-    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder"),
-    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png/out"], "x.png is a file, not a folder"),
-    (["--model_filepath", "RUN"], "nothing to do"),
-    (["--model_filepath", "IN/x.png", "--img_dir", "IN"], "x.png: is an image, not a model"),
+@pytest.mark.parametrize("argv,message,status", [
+    (["--model_filepath", "/nonexistent/run", "--img_dir", "IN"], "no such model", 1),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--conversion_direction", "A2C"], "invalid choice: 'A2C'", 2),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN"], "outputs would replace the inputs", 2),
+    (["--model_filepath", "EMPTY", "--img_dir", "IN"], "holds no checkpoint", 1),
+    (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such folder", 1),
+    (["--model_filepath", "RUN", "--img_dir", "IN/x.png"], "x.png: is a file, not a folder", 1),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder", 2),
+    (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png/out"], "x.png is a file, not a folder", 2),
+    (["--model_filepath", "RUN"], "nothing to do", 2),
+    (["--model_filepath", "IN/x.png", "--img_dir", "IN"], "x.png: is an image, not a model", 1),
 ])
-def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message):
+def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message, status):
+    """Status 2: the command line refused before anything is read; 1: an input missing or refused."""
     (tmp_path / "in").mkdir()
     write(tmp_path / "in" / "x.png", make_image(np.random.default_rng(8), 16, 16))
     (tmp_path / "empty").mkdir()
     names = {"RUN": str(run_dir), "IN": str(tmp_path / "in"), "EMPTY": str(tmp_path / "empty")}
     capsys.readouterr()
     argv = [names.get(a, a.replace("IN/", names["IN"] + "/")) for a in argv]
-    assert convert.main(argv) == 1
+    assert convert.main(argv) == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
 

@@ -168,6 +168,7 @@ def cut_flags(data, run, *extra):
             *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["CUT", "FastCUT"])
 def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_dirs, tmp_path, monkeypatch, capsys):
     once = tmp_path / "once"
@@ -274,6 +275,7 @@ def test_patch_nce_of_a_generator_matches_the_official_code():
     np.testing.assert_allclose(found, f["losses"], atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [dict(jit_compile=True), dict(mixed_precision=True)])
 def test_cut_steps_under_xla_and_mixed_precision_agree_with_the_plain_graph(variant):
     # The same seed gives the same weights and patch ids; only the arithmetic differs (XLA's kernels,

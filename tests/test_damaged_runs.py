@@ -89,7 +89,7 @@ def test_no_intact_checkpoint_is_one_line(saved_run, dataset_dirs, tmp_path, cap
     capsys.readouterr()
     assert convert.main(["--model_filepath", str(folder), "--img_dir", str(dataset_dirs / "testA"),
                          "--output_dir", str(tmp_path / "out")]) == 1       # convert.py: nothing done
-    assert train.main(flags(dataset_dirs, folder, "--n_epochs", "1", "--n_epochs_decay", "0")) == 2   # train.py: bad input
+    assert train.main(flags(dataset_dirs, folder, "--n_epochs", "1", "--n_epochs_decay", "0")) == 1   # train.py: an input refused
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("none of its 3 checkpoints is intact" in e for e in errors), err
@@ -119,7 +119,7 @@ def test_a_run_folder_in_use_is_refused_and_a_killed_holder_does_not_block(saved
             if "steps per epoch" in line:
                 break
         capsys.readouterr()
-        assert train.main(argv) == 2
+        assert train.main(argv) == 1
         out = capsys.readouterr().err
         err = [line for line in out.splitlines() if line.startswith("error:")]
         assert len(err) == 1 and "Traceback" not in out and err[0].startswith(f"error: {folder}: in use by train.py pid {holder.pid} on "

@@ -27,6 +27,7 @@ def job(*args, timeout=600):
     return out
 
 
+@pytest.mark.slow
 def test_two_replicas_of_one_equal_one_device_of_two(tmp_path):
     job("equivalence", tmp_path)
     r = np.load(tmp_path / "equivalence.npz")
@@ -48,6 +49,7 @@ def test_two_replicas_of_one_equal_one_device_of_two(tmp_path):
     assert tight > 0.9 * total
 
 
+@pytest.mark.slow
 def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path, dataset_dirs):
     image = tmp_path / "x.png"
     image_io.write_image(str(image), make_image(np.random.default_rng(3), 36, 28))
@@ -65,6 +67,7 @@ def test_mirrored_checkpoints_restore_both_ways_and_convert_identically(tmp_path
                                   np.load(tmp_path / "mirrored_fake.npy"))
 
 
+@pytest.mark.slow
 def test_cut_trains_mirrored_on_two_cpus_and_resumes_on_one(tmp_path, dataset_dirs):
     job("mirrored_cut_run", tmp_path, dataset_dirs)
     with open(tmp_path / "mirrored.json") as f:
@@ -103,6 +106,7 @@ def run_cluster(argv, cluster):
     return errors
 
 
+@pytest.mark.slow
 def test_two_worker_cluster_on_localhost(tmp_path):
     data = tmp_path / "data"
     write_images(str(data / "A"), 8, seed=1)

@@ -284,6 +284,7 @@ def test_sample_is_deterministic_and_has_the_truth(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "one").st_mode) == files.usual_mode(directory=True)
 
 
+@pytest.mark.slow
 def test_download_sample_command_then_train_on_it(tmp_path):
     out = subprocess.run([sys.executable, "download.py", "--data_dir", str(tmp_path / "data"), "--datasets", "sample"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

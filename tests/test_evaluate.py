@@ -124,6 +124,7 @@ def sample(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_known_answer_psnr_rises_with_training_and_train_keeps_scores_and_pictures(sample, net, tmp_path, capsys,
                                                                                    monkeypatch):
     from conftest import TINY

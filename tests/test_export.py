@@ -61,7 +61,7 @@ def want(images, direction):
 
 def test_saved_model_runs_with_tensorflow_alone_and_matches_convert(images, tmp_path):
     export = exported(tmp_path, "savedmodel")
-    assert convert.main(["--model_filepath", FIXTURE, "--export_dir", str(export)]) == 1     # exists
+    assert convert.main(["--model_filepath", FIXTURE, "--export_dir", str(export)]) == 2     # exists: refused before anything is read
     assert stat.S_IMODE(os.stat(export).st_mode) == files.usual_mode(directory=True)
     graph = open(export / "saved_model.pb", "rb").read()
     for op in (b"_XlaMustCompile", b"SpaceToDepth", b"BatchMatMulV2"):   # the CPU rewrites' ops
@@ -140,7 +140,7 @@ def test_onnx_runs_in_onnxruntime_and_matches_convert(images, tmp_path):
 def test_export_errors_are_one_line(tmp_path, capsys, argv, message):
     argv = ["--model_filepath", FIXTURE, "--export_dir", str(tmp_path / "out"), *argv]
     capsys.readouterr()
-    assert convert.main(argv) == 1
+    assert convert.main(argv) == 2                       # refused before anything is read
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not os.path.exists(tmp_path / "out")

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 import animation
 import image_io
@@ -63,6 +64,7 @@ def records(run):
     return rows, validation, gifs, leftovers
 
 
+@pytest.mark.slow
 def test_kills_between_checkpoints_and_bookkeeping_lose_nothing(dataset_dirs, tmp_path):
     whole = tmp_path / "whole"
     train_until(with_validation(dataset_dirs, whole))
@@ -96,6 +98,7 @@ def test_kills_between_checkpoints_and_bookkeeping_lose_nothing(dataset_dirs, tm
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
+@pytest.mark.slow
 def test_convert_reads_a_whole_checkpoint_of_a_run_in_training(dataset_dirs, tmp_path, capsys):
     # A real train.py saving every step and keeping one checkpoint: each is written, then its
     # predecessor deleted, many times a second, while convert.py reads the run folder.
@@ -127,6 +130,7 @@ def test_convert_reads_a_whole_checkpoint_of_a_run_in_training(dataset_dirs, tmp
         trainer.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_as_ctrl_c_does_saving_the_step(dataset_dirs, tmp_path):
     # What a job scheduler sends before SIGKILL: a real SIGTERM to a real train.py in its second epoch.
     import signal

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import image_io
 from conftest import SMALLEST_FLAGS, write_images
@@ -49,6 +50,7 @@ def test_no_import_circle_and_networks_free_of_the_kernels():
                   and not name.startswith("kernels")) == ["benchmark", "devices"]
 
 
+@pytest.mark.slow
 def test_without_the_kernels_package_it_trains_converts_and_exports(tmp_path):
     copy = tmp_path / "toolkit"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("kernels", "tests", ".git", "__pycache__"))

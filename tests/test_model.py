@@ -347,6 +347,7 @@ def test_in_auto_mode_the_first_image_sizes_get_graphs_of_their_own(tiny_gan, mo
             "instance norm 1xanyxanyx8 float32 convert"} <= set(timed)
 
 
+@pytest.mark.slow
 def test_a_sized_translation_slower_than_with_direct_convolutions_is_not_kept(tiny_gan, monkeypatch, tmp_path):
     # Every 3x3 convolution chosen as Winograd, made really slow (30 times the work): the graph
     # with Keras' own convolutions wins the graph's timing and is the one kept, and cached.
@@ -387,6 +388,7 @@ def test_the_step_is_traced_once_across_steps_and_epochs(dataset_dirs, tmp_path,
     assert gan.train_step.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.slow
 def test_xla_step_and_translation_match_the_plain_graph():
     plain = cyclegan.CycleGAN(**SMALLEST, random_seed=3)
     xla = cyclegan.CycleGAN(**SMALLEST, random_seed=3, jit_compile=True)
@@ -434,6 +436,7 @@ def test_mixed_precision_trains_finite_and_translates_close_to_float32():
     assert translation_diff().mean() < 8
 
 
+@pytest.mark.slow
 def test_winograd_in_the_step_conversion_and_export_agree_with_the_direct_convolution(monkeypatch, tmp_path):
     """The tiny generators' residual blocks (32 channels) run as Winograd once its channel floor
     is lowered: the generators' gradients, the training step and conversion agree with the direct

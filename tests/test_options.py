@@ -99,10 +99,9 @@ def test_every_numeric_flag_of_every_command_has_a_bound_and_refuses_past_it_in_
             extra += [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")]
             assert getattr(parser.parse_args(extra + [f"--{name}", good]), name) == pytest.approx(float(good))
             for value in (bad, "nan", "inf") if options.OPTIONS[name][1]["type"].__name__ == "float" else (bad, "1.5x"):
-                with pytest.raises((utils.UserError, SystemExit)) as e:
+                with pytest.raises(utils.UsageError) as e:
                     parser.parse_args(extra + [f"--{name}", value])
-                # benchmark.py keeps argparse's usage lines above its one-line error (status 2)
-                error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
+                error = str(e.value)
                 assert f"argument --{name}: {value}:" in error or f"argument --{name}: {value!r}" in error, error
                 assert "\n" not in error and ("must" in error or "not a" in error), error
 
@@ -111,10 +110,19 @@ def test_a_flag_is_never_taken_as_a_prefix_of_another(capsys):
     for command, flag in (("train", "--n_epoch"), ("download", "--dataset"), ("convert", "--model"),
                           ("evaluate", "--kid_subset")):
         parser = importlib.import_module(command).build_parser()
-        with pytest.raises((utils.UserError, SystemExit)) as e:
+        with pytest.raises(utils.UsageError) as e:
             parser.parse_args([flag, "3"] + [x for a in parser._actions if a.required for x in (a.option_strings[0], "x")])
-        error = str(e.value) if parser.one_line_errors else capsys.readouterr().err.splitlines()[-1]
-        assert f"unrecognized arguments: {flag} 3" in error, error
+        assert f"unrecognized arguments: {flag} 3" in str(e.value), e.value
+
+
+def test_every_command_exits_2_in_one_line_for_a_bad_command_line(capsys):
+    """The same status for the same failure everywhere (docs/OPTIONS.md): 2 for a flag refused."""
+    for command in options.COMMANDS:
+        capsys.readouterr()
+        assert importlib.import_module(command).main(["--no_such_flag"]) == utils.EXIT_USAGE == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: unrecognized arguments: --no_such_flag"] or \
+            (len(err) == 1 and err[0].startswith("error: the following arguments are required")), (command, err)
 
 
 def test_help_states_each_default_once_and_never_none():

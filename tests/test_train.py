@@ -78,6 +78,7 @@ def test_tensorboard_has_losses_learning_rate_and_images(full_run):
     assert {"learning_rate", "A2B/real_fake_rec", "B2A/real_fake_rec"} <= tags
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_keeps_the_record(full_run, dataset_dirs, tmp_path, capsys):
     # 1 epoch, then the same command again after the schedule was extended: constant lr
     # in both, so both runs see identical learning rates. The first also scores its validation
@@ -146,7 +147,7 @@ def test_other_architecture_is_refused(full_run, dataset_dirs, capsys):
     before = sorted(os.listdir(full_run))
     argv = flags(dataset_dirs, full_run, "--n_epochs", "1", "--n_epochs_decay", "1")
     argv[argv.index("--ngf") + 1] = "16"
-    assert train.main(argv) == 2
+    assert train.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "another architecture" in err and "ngf 8 -> 16" in err
     assert len(err.splitlines()) == 1
@@ -158,7 +159,7 @@ def test_mismatched_checkpoint_without_config_is_refused(full_run, dataset_dirs,
         os.symlink(f, tmp_path / os.path.basename(f))
     argv = flags(dataset_dirs, tmp_path, "--n_epochs", "3")
     argv[argv.index("--ndf") + 1] = "16"
-    assert train.main(argv) == 2
+    assert train.main(argv) == 1
     err = capsys.readouterr().err
     assert "does not match this model" in err and "Traceback" not in err
 
@@ -173,24 +174,25 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(dataset_dirs, tmp_p
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("-6")
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder"),
+@pytest.mark.parametrize("extra,message,status", [
+    (["--img_A_dir", "/nonexistent/A"], "/nonexistent/A: no such folder", 1),
     (["--dataset", "horse2zebra", "--data_dir", "/nonexistent", "--img_A_dir", "", "--img_B_dir", ""],
      "/nonexistent/horse2zebra: no such folder; download the dataset first: python download.py --datasets "
-     "horse2zebra --data_dir /nonexistent"),
-    (["--crop_size", "30"], "multiple of 4"),
-    (["--crop_size", "16"], "too small for a discriminator"),
-    (["--lr", "-1"], "--lr: -1: must be positive"),
-    (["--lambda_identity", "-1"], "--lambda_identity: -1: must not be negative"),
-    (["--beta2", "1"], "--beta2: 1: must be at least 0 and below 1"),
-    (["--model", "cut", "--lr", "0"], "--lr: 0: must be positive"),
-    (["--model", "cut", "--lambda_NCE", "-1"], "--lambda_NCE: -1: must not be negative"),
-    (["--model", "cut", "--nce_T", "0"], "--nce_T: 0: must be positive"),
-    (["--n_epochs", "0", "--n_epochs_decay", "0"], "--n_epochs plus --n_epochs_decay must be at least 1"),
+     "horse2zebra --data_dir /nonexistent", 1),
+    (["--crop_size", "30"], "multiple of 4", 2),
+    (["--crop_size", "16"], "too small for a discriminator", 2),
+    (["--lr", "-1"], "--lr: -1: must be positive", 2),
+    (["--lambda_identity", "-1"], "--lambda_identity: -1: must not be negative", 2),
+    (["--beta2", "1"], "--beta2: 1: must be at least 0 and below 1", 2),
+    (["--model", "cut", "--lr", "0"], "--lr: 0: must be positive", 2),
+    (["--model", "cut", "--lambda_NCE", "-1"], "--lambda_NCE: -1: must not be negative", 2),
+    (["--model", "cut", "--nce_T", "0"], "--nce_T: 0: must be positive", 2),
+    (["--n_epochs", "0", "--n_epochs_decay", "0"], "--n_epochs plus --n_epochs_decay must be at least 1", 2),
 ])
-def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message):
+def test_bad_input_is_one_line_before_any_model(dataset_dirs, tmp_path, capsys, monkeypatch, extra, message, status):
+    """Status 1: an input missing; 2: the flags refused."""
     monkeypatch.setattr(model, "build", None)  # building a model would fail loudly
-    assert train.main(flags(dataset_dirs, tmp_path / "run") + extra) == 2
+    assert train.main(flags(dataset_dirs, tmp_path / "run") + extra) == status
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not os.path.exists(tmp_path / "run")
@@ -200,12 +202,12 @@ def test_empty_folder_and_unreadable_images(dataset_dirs, tmp_path, capsys, monk
     monkeypatch.setattr(model, "build", None)
     (tmp_path / "empty").mkdir()
     argv = flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(tmp_path / "empty")]
-    assert train.main(argv) == 2
+    assert train.main(argv) == 1
     assert "no images" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jpg").write_bytes(b"nope")
-    assert train.main(flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(bad)]) == 2
+    assert train.main(flags(dataset_dirs, tmp_path / "run") + ["--img_B_dir", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "skipping" in err and "x.jpg" in err and "none of its images could be read" in err
 
@@ -231,6 +233,7 @@ def test_direction_BtoA_makes_the_folders_named_B_domain_A(dataset_dirs):
         "A2B_cycle_l1", "B2A_cycle_l1", "B2A_psnr", "B2A_ssim", "B2A_psnr_input", "B2A_ssim_input"]
 
 
+@pytest.mark.slow
 def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     import utils
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
@@ -361,7 +364,7 @@ def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
     # Resuming with another size of training images, or another --epoch_count, is refused in one line.
     for extra, message in ((["--preprocess", "scale_width_and_crop"], "train_size [32, 64] -> [32, 32]"),
                            (["--epoch_count", "1"], "--epoch_count 1: " + str(run) + " resumes at epoch 3")):
-        assert train.main(argv + extra) == 2
+        assert train.main(argv + extra) == 1
         err = capsys.readouterr().err
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
