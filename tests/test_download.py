@@ -1,5 +1,4 @@
 """download.py against a real HTTP server on 127.0.0.1, and the generated sample set."""
-import errno
 import filecmp
 import http.server
 import os
