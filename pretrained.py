@@ -247,6 +247,31 @@ def read_state_dict(path):
 BLUR_FILTERS = {"_blur": np.outer([1, 2, 1], [1, 2, 1]) / 16.0, "_up": np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 16.0}
 
 
+def _expected_modules(names, ngf, channels, second):
+    """What an official ResnetGenerator whose modules are `names` (module.official_modules) holds:
+    ({PyTorch module: (Keras layer, PyTorch weight shape)}, {blur buffer key: (shape, filter)}).
+    second: the index of a residual block's second convolution (6 with dropout, else 5)."""
+    expected, buffers = {}, {}
+    for index, name in enumerate(names):
+        stage = name.rsplit("_", 1)[0]
+        k = int(stage[1:]) if stage[0] in "du" else None   # dk, uk: k filters
+        if name.endswith("_add"):
+            for n, j in ((1, 1), (2, second)):
+                expected[f"model.{index}.conv_block.{j}"] = (f"{stage}_conv{n}", (4 * ngf, 4 * ngf, 3, 3))
+        elif name == f"c7s1-{ngf}_conv":
+            expected[f"model.{index}"] = (name, (ngf, channels, 7, 7))
+        elif name == f"c7s1-{channels}-out_conv":
+            expected[f"model.{index}"] = (name, (channels, ngf, 7, 7))
+        elif name.endswith("_conv"):   # dk, or uk after CUT's Upsample: Conv2d (out, in, 3, 3)
+            expected[f"model.{index}"] = (name, (k, k // 2 if stage[0] == "d" else 2 * k, 3, 3))
+        elif name.endswith("_crop"):   # uk: ConvTranspose2d (in, out, 3, 3)
+            expected[f"model.{index}"] = (f"{stage}_convT", (2 * k, k, 3, 3))
+        elif name.endswith(tuple(BLUR_FILTERS)):
+            filt = BLUR_FILTERS["_" + name.rsplit("_", 1)[1]]
+            buffers[f"model.{index}.filt"] = ((2 * k if stage[0] == "u" else k, 1, *filt.shape), filt)
+    return expected, buffers
+
+
 def resnet_layout(state, path):
     """Checks that `state` is the official ResnetGenerator (any ngf and number of blocks, instance
     norm, with or without dropout; CycleGAN's, or CUT's with its antialiased down- and upsampling,
@@ -274,24 +299,7 @@ def resnet_layout(state, path):
     # With dropout (the official default outside CycleGAN) a Dropout sits before the second pad.
     second = 6 if f"model.{start}.conv_block.6.weight" in state else 5
     names = module.official_modules(ngf, n_blocks, channels, "instance", antialias, antialias_up)
-    expected, buffers = {}, {}  # PyTorch module -> (Keras layer, PyTorch weight shape); buffer -> shape, filter
-    for index, name in enumerate(names):
-        stage = name.rsplit("_", 1)[0]
-        k = int(stage[1:]) if stage[0] in "du" else None   # dk, uk: k filters
-        if name.endswith("_add"):
-            for n, j in ((1, 1), (2, second)):
-                expected[f"model.{index}.conv_block.{j}"] = (f"{stage}_conv{n}", (4 * ngf, 4 * ngf, 3, 3))
-        elif name == f"c7s1-{ngf}_conv":
-            expected[f"model.{index}"] = (name, (ngf, channels, 7, 7))
-        elif name == f"c7s1-{channels}-out_conv":
-            expected[f"model.{index}"] = (name, (channels, ngf, 7, 7))
-        elif name.endswith("_conv"):   # dk, or uk after CUT's Upsample: Conv2d (out, in, 3, 3)
-            expected[f"model.{index}"] = (name, (k, k // 2 if stage[0] == "d" else 2 * k, 3, 3))
-        elif name.endswith("_crop"):   # uk: ConvTranspose2d (in, out, 3, 3)
-            expected[f"model.{index}"] = (f"{stage}_convT", (2 * k, k, 3, 3))
-        elif name.endswith(tuple(BLUR_FILTERS)):
-            filt = BLUR_FILTERS["_" + name.rsplit("_", 1)[1]]
-            buffers[f"model.{index}.filt"] = ((2 * k if stage[0] == "u" else k, 1, *filt.shape), filt)
+    expected, buffers = _expected_modules(names, ngf, channels, second)
     keys = {f"{m}.{p}" for m in expected for p in ("weight", "bias")} | set(buffers)
     missing = sorted(keys - set(state), key=_natural)
     extra = sorted(set(state) - keys, key=_natural)

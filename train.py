@@ -8,11 +8,11 @@ losses.csv, train.lock (held while a train.py trains there; a second one is refu
 end_of_epoch.json while an epoch's bookkeeping is undone (the next start does it) and, with
 validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
-Exit status: 0 done, 1 the loss or the weights turned NaN/Inf or the disk is full (the last good
-checkpoint is kept), 2 bad input, 130 interrupted by Ctrl-C or SIGTERM (checkpoint saved).
+Exit status (docs/OPTIONS.md): 0 done; 1 an input refused, the loss or the weights turned NaN/Inf or
+the disk is full (the last good checkpoint is kept); 2 the command line refused; 130 interrupted by
+Ctrl-C or SIGTERM (checkpoint saved).
 """
 import contextlib
-import glob
 import os
 import shutil
 import signal
@@ -28,7 +28,6 @@ import numpy as np
 import progressbar
 import tensorflow as tf
 
-import animation
 import data
 import devices
 import files
@@ -37,7 +36,9 @@ import metrics
 import model
 import options
 import progress
+import results_page
 import runs
+import validation
 
 
 def build_parser():
@@ -102,86 +103,6 @@ def domains(args):
     return named if args.direction == "AtoB" else {"A": named["B"], "B": named["A"]}
 
 
-def truth_direction(args):
-    """The direction --validation_truth_dir scores: that of the validation images named A (A2B, or
-    B2A when --direction BtoA makes them the model's domain B)."""
-    return "A2B" if args.direction == "AtoB" else "B2A"
-
-
-def load_validation(folder, channels):
-    """(paths, images) of a validation folder, with `channels` channels; unreadable files are
-    skipped with a warning."""
-    if not folder:
-        return [], []
-    return data.read_images(image_io.list_images(folder), channels=channels)
-
-
-def preview_grid(gan, rgb, direction):
-    """real | translated | reconstructed (where the method translates back), side by side, as a uint8 image."""
-    back = options.opposite(direction)
-    fake = gan.translators[direction].translate_image(rgb)
-    row = [rgb, fake] + ([gan.translators[back].translate_image(fake)] if back in gan.translators else [])
-    return np.concatenate([image_io.as_rgb8(im) for im in row], axis=1)
-
-
-def eval_fields(val, truth_dir, fid, truth_for="A2B", directions=options.DIRECTIONS):
-    """The score columns --eval_every will fill (truth_dir scores the direction truth_for) for a
-    method translating `directions` (the cycle score where it translates back too)."""
-    fields = []
-    for direction, (paths, _) in val.items():
-        if paths and direction in directions:
-            if options.opposite(direction) in directions:
-                fields.append(f"{direction}_cycle_l1")
-            if direction == truth_for and truth_dir:
-                fields += [f"{direction}_{k}" for k in ("psnr", "ssim", "psnr_input", "ssim_input")]
-            if fid:
-                fields += [f"{direction}_fid", f"{direction}_kid"]
-    return fields
-
-
-def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False, frames_before=None):
-    """Translates the first --progress_images validation images of each direction and appends each
-    one's frame to its progress GIF (MODEL_DIR/progress/DIR/NAME.gif) after its first frames_before
-    frames (those of the epochs before; None: after all); when `full` (every --validation_every
-    epochs, the last, and when scoring) translates them all into OUTPUT_DIR/epoch_NNN/DIR, a folder
-    that appears whole (written beside it, then renamed into place; a half-written one of an
-    interrupted start is replaced). When evaluate_now, returns the scores of these translations
-    (metrics.translation_scores, FID/KID with inception)."""
-    scores = {}
-    folder = os.path.join(args.output_dir, f"epoch_{epoch:03d}")
-    full = full and any(paths and d in gan.translators for d, (paths, _) in val.items())  # (else no folder)
-    if full:
-        for stale in glob.glob(os.path.join(glob.escape(args.output_dir), f".epoch_{epoch:03d}.tmp-*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        ready = files.make_temp_dir(args.output_dir, f".epoch_{epoch:03d}.tmp-")
-    for direction, (paths, images) in val.items():
-        if not paths or direction not in gan.translators:  # (a one-way method's B images: FID's target only)
-            continue
-        truth = args.validation_truth_dir if direction == truth_direction(args) else None
-        if evaluate_now:
-            found, fakes, _ = metrics.translation_scores(gan.translators, direction, paths, images, truth)
-            found.pop("images")
-            scores.update({f"{direction}_{k}": v for k, v in found.items()})
-            target = val[options.opposite(direction)][1]
-            if inception is not None and min(len(target), len(fakes)) >= 2:
-                found = metrics.distribution_scores(inception, target, fakes)
-                scores.update({f"{direction}_{k}": found[k] for k in ("fid", "kid")})
-        else:
-            count = len(images) if full else min(args.progress_images, len(images))
-            fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]
-        if full:
-            for path, fake in zip(paths, fakes):
-                image_io.write_image(os.path.join(ready, direction, os.path.basename(path)), fake)
-        for path, fake in zip(paths[:args.progress_images], fakes):
-            name = os.path.splitext(os.path.basename(path))[0] + ".gif"
-            animation.append_animation_frame(os.path.join(args.model_dir, "progress", direction, name),
-                                             progress.label(image_io.as_rgb8(fake), f"epoch {epoch}"), 300,
-                                             frames_before)
-    if full:
-        files.swap_into_place(ready, folder)
-    return scores
-
-
 def progress_bar(epoch, total, steps, readings):
     """The bar of one epoch, with the method's readings (its BAR's names) of the last step's losses."""
     widgets = [f"epoch {epoch}/{total} ", progressbar.Counter(), f"/{steps} ", progressbar.Bar(), " "]
@@ -209,8 +130,8 @@ class TrainingData:
             if not paths:
                 raise utils.UserError(f"{folders[d][0]}: none of its images could be read")
         self.train_size = preprocessed_size(args, self.paths_A + self.paths_B, self.cache)
-        self.val = {"A2B": load_validation(folders["A"][1], args.input_nc),
-                    "B2A": load_validation(folders["B"][1], args.output_nc)}
+        self.val = {"A2B": validation.load_validation(folders["A"][1], args.input_nc),
+                    "B2A": validation.load_validation(folders["B"][1], args.output_nc)}
         if args.validation_truth_dir and not os.path.isdir(args.validation_truth_dir):
             raise utils.UserError(f"{args.validation_truth_dir}: no such folder")
         self.inception = None
@@ -280,8 +201,8 @@ class Run:
                           tensorflow=tf.__version__)
             runs.record_config(self.config_path, config, self.gan.counters())
             files.save_json(os.path.join(args.model_dir, runs.CHECK_CACHE_FILE), inputs.cache)
-            fields = (eval_fields(inputs.val, args.validation_truth_dir, inputs.inception is not None,
-                                  truth_direction(args), self.method.DIRECTIONS) if args.eval_every else ())
+            fields = (validation.eval_fields(inputs.val, args.validation_truth_dir, inputs.inception is not None,
+                                  validation.truth_direction(args), self.method.DIRECTIONS) if args.eval_every else ())
             self.log = runs.LossLog(os.path.join(args.model_dir, runs.LOSSES_FILE), self.gan.counters()[0],
                                     self.method.LOSS_NAMES, self.method.PLOTTED, fields)
             self.writer = tf.summary.create_file_writer(os.path.join(args.model_dir, "logs"))
@@ -461,16 +382,17 @@ def end_epoch(run, inputs, epoch, lr, seconds, means, path, redone=False):
         if count:
             print(f"epoch {epoch}: {'scoring' if evaluate_now else 'translating'} {count} validation images",
                   file=sys.stderr, flush=True)
-        scores = validate(gan, epoch, inputs.val, args, full, inputs.inception, evaluate_now,
+        scores = validation.validate(gan, epoch, inputs.val, args, full, inputs.inception, evaluate_now,
                           run.log.epochs_before(epoch))
         validation_seconds = time.time() - start
         run.log.add(epoch, lr, seconds, means, scores)
         logged = True
         run.log.plot(os.path.join(args.model_dir, "losses.png"))
+        results_page.write_page(args.model_dir, args.output_dir)
         with run.writer.as_default(step=gan.counters()[2]):
             for direction, rgb in inputs.preview.items():
                 if direction in gan.translators:
-                    tf.summary.image(f"{direction}/real_fake_rec", preview_grid(gan, rgb, direction)[None])
+                    tf.summary.image(f"{direction}/real_fake_rec", validation.preview_grid(gan, rgb, direction)[None])
             for name, value in scores.items():
                 tf.summary.scalar(f"eval/{name}", value)
         run.writer.flush()

@@ -71,7 +71,7 @@ def compare(args):
 
 
 def main(argv=None):
-    return utils.run_command(compare, build_parser(), argv, 1)
+    return utils.run_command(compare, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import train
 import utils
 from benchmarks import compare_methods
 from conftest import TINY_FLAGS
-from test_train import final_weights
+from test_train import final_weights, read_results_page
 
 CUT_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "cut")
 sys.path.insert(0, CUT_FIXTURES)
@@ -181,6 +181,13 @@ def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_di
     assert [r["epoch"] for r in rows] == ["1", "2"] and set(cut.LOSS_NAMES) <= set(rows[0])
     assert (float(rows[0]["NCE_Y"]) > 0) == (mode == "CUT")
     assert os.listdir(once / "progress") == ["A2B"] and os.listdir(once / "validation" / "epoch_002") == ["A2B"]
+    # The results page: real | translated (no way back), A2B only, for both epochs.
+    page = read_results_page(once)
+    assert page.headings == [2, 1] and all((once / src).is_file() for src in page.images)
+    assert sorted(src for src in page.images if src.startswith("web/")) == [
+        "web/epoch_001/A2B/img000.png", "web/epoch_002/A2B/img000.png"]
+    picture = image_io.read_image(str(once / "web" / "epoch_002" / "A2B" / "img000.png"))
+    assert picture.shape[1] == 2 * image_io.read_image(str(dataset_dirs / "testA" / "img000.png")).shape[1]
     # Interrupted in epoch 2 (the decay epoch, images loaded at --crop_size), then resumed: bit-exact.
     real_init = cut.CUT.__init__
 

@@ -1,5 +1,5 @@
-"""The project's shape: no import circle among its modules, and a toolkit without the CPU kernels
-(kernels/) still trains, converts and exports, the direct way."""
+"""The project's shape: no import circle among its modules, files and functions that fit a screen or
+a few, and a toolkit without the CPU kernels (kernels/) still trains, converts and exports, the direct way."""
 import ast
 import glob
 import os
@@ -48,6 +48,18 @@ def test_no_import_circle_and_networks_free_of_the_kernels():
     # devices.setup installs them; benchmark.py counts what their Winograd layers execute.
     assert sorted(name for name in imports if any(m.startswith("kernels") for m in imports[name])
                   and not name.startswith("kernels")) == ["benchmark", "devices"]
+
+
+def test_no_source_file_over_500_lines_and_no_function_over_60():
+    sources = [p for pattern in ("*.py", "kernels/*.py", "benchmarks/*.py", "docs/*.py")
+               for p in glob.glob(os.path.join(ROOT, pattern))]
+    assert len(sources) > 20
+    for path in sources:
+        text = open(path).read()
+        assert text.count("\n") <= 500, f"{path}: {text.count(chr(10))} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 60, f"{path}: {node.name} has {node.end_lineno - node.lineno + 1} lines"
 
 
 @pytest.mark.slow

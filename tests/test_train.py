@@ -1,6 +1,7 @@
 """train.py end to end: the run folder, exact resume, refusals and failures."""
 import csv
 import glob
+import html.parser
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import files
 import image_io
 import model
 import train
+import validation
 from conftest import TINY, TINY_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,9 +229,9 @@ def test_direction_BtoA_makes_the_folders_named_B_domain_A(dataset_dirs):
     assert train.domains(args) == {"A": (str(dataset_dirs / "trainB"), str(dataset_dirs / "testB")),
                                    "B": (str(dataset_dirs / "trainA"), str(dataset_dirs / "testA"))}
     # The true translations of the validation images named A score the model's B2A.
-    assert train.truth_direction(args) == "B2A"
+    assert validation.truth_direction(args) == "B2A"
     val = {"A2B": (["b.png"], None), "B2A": (["a.png"], None)}
-    assert train.eval_fields(val, "truth", False, "B2A") == [
+    assert validation.eval_fields(val, "truth", False, "B2A") == [
         "A2B_cycle_l1", "B2A_cycle_l1", "B2A_psnr", "B2A_ssim", "B2A_psnr_input", "B2A_ssim_input"]
 
 
@@ -374,3 +376,47 @@ def test_official_data_options_train_a_non_square_run(tmp_path, capsys):
                          "--output_dir", str(out)]) == 0
     assert "trained with --direction BtoA: A2B translates images like those of its folders named B" in \
         capsys.readouterr().err
+
+
+class PageLinks(html.parser.HTMLParser):
+    """The images, links and epoch headings of a results page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.headings, self._heading = [], [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "a" and not attrs["href"].startswith("#"):
+            self.links.append(attrs["href"])
+        self._heading = tag == "h2"
+
+    def handle_data(self, data):
+        if self._heading and data.startswith("epoch "):
+            self.headings.append(int(data.split()[1]))
+        self._heading = False
+
+
+def read_results_page(run):
+    page = PageLinks()
+    page.feed((run / "index.html").read_text())
+    return page
+
+
+def test_results_page_shows_every_epoch_newest_first_with_images_that_exist(full_run, dataset_dirs):
+    page = read_results_page(full_run)
+    assert page.headings == [2, 1]
+    assert page.images and all((full_run / src).is_file() for src in page.images), page.images
+    assert page.links == ["validation/epoch_002/"] and (full_run / "validation" / "epoch_002").is_dir()
+    assert "losses.png" in page.images
+    for direction, side in (("A2B", "testA"), ("B2A", "testB")):
+        picture = image_io.read_image(str(full_run / "web" / "epoch_002" / direction / "img000.png"))
+        real = image_io.read_image(str(dataset_dirs / side / "img000.png"))
+        assert picture.shape == (real.shape[0], 3 * real.shape[1], 3)      # real | translated | reconstructed
+        np.testing.assert_array_equal(picture[:, :real.shape[1]], real)
+        assert f"web/epoch_001/{direction}/img000.png" in page.images
+    text = (full_run / "index.html").read_text()
+    assert "<th>lambda_cycle</th><td>10.0</td>" in text and "2 epochs done of 2" in text
+    assert not [n for n in os.listdir(full_run / "web") if n.startswith(".")]
