@@ -107,7 +107,8 @@ def discriminator(netD, ndf, n_layers_D, channels, norm, name, dtype=None):
 def build(args, train_size=None, **kwargs):
     """A CycleGAN from parsed options (options.py) for training images of train_size (see
     architecture()); kwargs add or override arguments."""
-    settings = dict(architecture(args, train_size), lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+    settings = dict(architecture(args, train_size), lambda_cycle=args.lambda_cycle, lambda_A=args.lambda_A,
+                    lambda_B=args.lambda_B, lambda_identity=args.lambda_identity,
                     lr=args.lr, beta1=args.beta1, beta2=args.beta2, batch_size=args.batch_size,
                     jit_compile=args.jit_compile,
                     gan_mode=args.gan_mode, lr_policy=args.lr_policy, lr_decay_iters=args.lr_decay_iters,
@@ -148,9 +149,11 @@ class CycleGAN(training.Trainer):
                  pool_size=50, lambda_cycle=10.0, lambda_identity=0.5, lr=2e-4, beta1=0.5,
                  gan_mode="lsgan", lr_policy="linear", lr_decay_iters=50, init_type="normal", init_gain=0.02,
                  beta2=0.999, batch_size=1, random_seed=0, jit_compile=False, strategy=None,
-                 mixed_precision=False):
+                 mixed_precision=False, lambda_A=None, lambda_B=None):
         self.init_training(lr, lr_policy, lr_decay_iters, strategy, mixed_precision)
-        self.lambda_cycle = float(lambda_cycle)
+        # The official per-domain weights; lambda_cycle is both (the official defaults make them equal).
+        self.lambda_A = float(lambda_cycle if lambda_A is None else lambda_A)
+        self.lambda_B = float(lambda_cycle if lambda_B is None else lambda_B)
         self.lambda_identity = float(lambda_identity)
         self.netD, self.netG, self.norm = netD, netG, norm
         # Batch norm's statistics span the batch, so what the official code runs as separate calls
@@ -212,8 +215,8 @@ class CycleGAN(training.Trainer):
         """The full objective of the generators (Eq. 3 plus the identity term).
 
         L_G = (D_B(G_A2B(A)) - 1)^2 + (D_A(G_B2A(B)) - 1)^2                       LSGAN
-            + lambda_cycle * (|G_B2A(G_A2B(A)) - A| + |G_A2B(G_B2A(B)) - B|)      Eq. 2
-            + lambda_identity * lambda_cycle * (|G_A2B(B) - B| + |G_B2A(A) - A|)  Sec. 5.2
+            + lambda_A * |G_B2A(G_A2B(A)) - A| + lambda_B * |G_A2B(G_B2A(B)) - B|   Eq. 2
+            + lambda_identity * (lambda_B * |G_A2B(B) - B| + lambda_A * |G_B2A(A) - A|)   Sec. 5.2
         Returns (losses dict, fake_A, fake_B); identity passes are skipped when its weight is 0.
         A generator's translation and identity passes take the same weights on inputs of one
         shape, so they run as one batch: 4 generator calls instead of 6, with larger (faster)
@@ -238,13 +241,12 @@ class CycleGAN(training.Trainer):
         losses = {
             "G_A2B": gan_loss(self.gan_mode, self.D_B(fake_B, training=True), True),
             "G_B2A": gan_loss(self.gan_mode, self.D_A(fake_A, training=True), True),
-            "cycle_A": l1_loss(rec_A, real_A) * self.lambda_cycle,
-            "cycle_B": l1_loss(rec_B, real_B) * self.lambda_cycle,
+            "cycle_A": l1_loss(rec_A, real_A) * self.lambda_A,
+            "cycle_B": l1_loss(rec_B, real_B) * self.lambda_B,
         }
-        if identity:
-            weight = self.lambda_cycle * self.lambda_identity
-            losses["idt_A"] = l1_loss(idt_A, real_B) * weight
-            losses["idt_B"] = l1_loss(idt_B, real_A) * weight
+        if identity:   # as the official: G_A2B's identity on B images weighs as B's cycle, and G_B2A's as A's
+            losses["idt_A"] = l1_loss(idt_A, real_B) * self.lambda_B * self.lambda_identity
+            losses["idt_B"] = l1_loss(idt_B, real_A) * self.lambda_A * self.lambda_identity
         else:
             losses["idt_A"] = losses["idt_B"] = tf.constant(0.0)
         losses["G"] = tf.add_n([losses[k] for k in LOSS_NAMES[1:7]])

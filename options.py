@@ -235,9 +235,15 @@ OPTIONS = {
     "beta2": ("objective and optimiser", dict(type=number(float, 0, 1, below=True), default=0.999, help="Adam beta2")),
     "batch_size": ("objective and optimiser", dict(type=number(int, 1), default=1, help="images of each domain per step (per replica)")),
     "lambda_cycle": ("objective and optimiser", dict(type=number(float, 0), default=10.0, help="weight of the cycle-consistency loss")),
+    "lambda_A": ("objective and optimiser", dict(
+        type=number(float, 0), help="as the official option: the weight of the cycle loss A -> B -> A (cycle_A) and, "
+                                    "times --lambda_identity, of idt_B (G_B2A on A images); default --lambda_cycle")),
+    "lambda_B": ("objective and optimiser", dict(
+        type=number(float, 0), help="as the official option: the weight of the cycle loss B -> A -> B (cycle_B) and, "
+                                    "times --lambda_identity, of idt_A (G_A2B on B images); default --lambda_cycle")),
     "lambda_identity": ("objective and optimiser", dict(
         type=number(float, 0), default=0.5,
-        help="weight of the identity loss, relative to --lambda_cycle (0: off, and 2 fewer generator passes)")),
+        help="weight of the identity loss, relative to the cycle weights (0: off, and 2 fewer generator passes)")),
     "gan_mode": ("objective and optimiser", dict(
         choices=GAN_MODES, default="lsgan",
         help="the adversarial loss: lsgan (least squares, the paper's), vanilla (cross-entropy on logits, "

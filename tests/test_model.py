@@ -14,6 +14,7 @@ import model
 import module
 import options
 import runs
+import train
 import training
 import translator
 import utils
@@ -92,6 +93,25 @@ def test_batched_passes_equal_separate_calls(tiny_gan):
         assert float(losses[name]) == pytest.approx(float(value), rel=1e-5)
     d_loss = 0.5 * (training.lsgan_loss(D_A(A), 1.0) + training.lsgan_loss(D_A(fake_A), 0.0))
     assert float(tiny_gan.discriminator_loss(D_A, A, fake_A)) == pytest.approx(float(d_loss), rel=1e-5)
+
+
+def test_official_lambda_A_and_lambda_B_weigh_each_cycle_and_the_other_identity(tiny_gan):
+    """The official loss weights: cycle_A * lambda_A, cycle_B * lambda_B, idt_A (G_A2B on B) *
+    lambda_B * lambda_identity, idt_B * lambda_A * lambda_identity; lambda_cycle sets both."""
+    A, B = batch(62, n=1), batch(63, n=1)
+    default = tiny_gan.generator_losses(A, B)[0]           # lambda_cycle 10, lambda_identity 0.5
+    tiny_gan.lambda_A, tiny_gan.lambda_B = 2.0, 7.0
+    try:
+        weighted = tiny_gan.generator_losses(A, B)[0]
+    finally:
+        tiny_gan.lambda_A = tiny_gan.lambda_B = 10.0
+    for name, ratio in (("cycle_A", 0.2), ("cycle_B", 0.7), ("idt_A", 0.7), ("idt_B", 0.2)):
+        assert float(weighted[name]) == pytest.approx(ratio * float(default[name]), rel=1e-5), name
+    # The flags reach the model; without them --lambda_cycle sets both.
+    args = train.build_parser().parse_args(["--lambda_A", "2", "--lambda_B", "7"])
+    built = cyclegan.build(args, **TINY)
+    assert (args.lambda_cycle, built.lambda_A, built.lambda_B) == (10.0, 2.0, 7.0)
+    assert cyclegan.build(train.build_parser().parse_args(["--lambda_cycle", "3"]), **TINY).lambda_B == 3.0
 
 
 def official_linear_rule(epoch, n_epochs, n_epochs_decay, epoch_count):

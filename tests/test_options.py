@@ -78,7 +78,7 @@ BOUNDS = {
     "ngf": ("0", "1"), "ndf": ("0", "1"), "n_blocks": ("-1", "0"), "n_layers_D": ("0", "1"),
     "init_gain": ("0", "1e-9"), "pool_size": ("-1", "0"), "load_size": ("0", "1"), "crop_size": ("0", "1"),
     "lr": ("0", "1e-9"), "beta1": ("1", "0"), "beta2": ("-0.1", "0.9999"), "batch_size": ("0", "1"),
-    "lambda_cycle": ("-1", "0"), "lambda_identity": ("-0.5", "0"), "lr_decay_iters": ("0", "1"),
+    "lambda_cycle": ("-1", "0"), "lambda_A": ("-1", "0"), "lambda_B": ("-1", "0"), "lambda_identity": ("-0.5", "0"), "lr_decay_iters": ("0", "1"),
     "lambda_GAN": ("-1", "0"), "lambda_NCE": ("-1", "0"), "netF_nc": ("0", "1"), "nce_T": ("0", "0.01"),
     "num_patches": ("0", "1"), "iters": ("0", "1"), "convert_iters": ("0", "1"), "convert_batch_size": ("0", "1"),
     "pipeline_images": ("0", "1"), "jpeg_quality": ("101", "100"), "tile_size": ("7", "8"),
