@@ -7,9 +7,9 @@
     python convert.py --model_filepath checkpoints/h2z/latest_net_G_A.pth --img_dir photos/ --output_dir out/
 
 Every file keeps its own size, name and format. The architecture comes from the run's
-config.json; only the generators needed are built. Exit status: 0 every input converted,
-1 nothing could be done (model, flags or folders) or the disk filled up, 2 some inputs were
-skipped (each named), 130 interrupted.
+config.json; only the generators needed are built. Exit status (docs/OPTIONS.md): 0 every input
+converted, 1 nothing could be done (a model or an input refused) or the disk filled up, 2 the
+command line refused, 3 some inputs were skipped (each named), 130 interrupted.
 """
 import os
 import sys
@@ -35,8 +35,8 @@ CYCLE_DIRS = ("reconstructed", "real_fake_rec")
 
 def build_parser():
     return options.parser("convert", "Translate images, animated GIFs and videos with a trained model, or export it.",
-                          "Exit status: 0 all converted, 1 nothing done (bad model, flags or folders) or the disk "
-                          "filled up, 2 some inputs skipped, 130 interrupted.")
+                          "Exit status: 0 all converted, 1 nothing done (a model or an input refused) or the disk "
+                          "filled up, 2 the command line refused, 3 some inputs skipped, 130 interrupted.")
 
 
 def classify(path):
@@ -51,8 +51,11 @@ def classify(path):
 
 
 def list_inputs(folder):
+    """The inputs --img_dir names: the images, GIFs and videos of a folder (sorted), or one such file."""
     if os.path.isfile(folder):
-        raise utils.UserError(f"{folder}: is a file, not a folder (--img_dir takes a folder of images, GIFs or videos)")
+        if not classify(folder):
+            raise utils.UserError(f"{folder}: not an image, GIF or video (--img_dir takes a folder of them, or one)")
+        return [folder]
     if not os.path.isdir(folder):
         raise utils.UserError(f"{folder}: no such folder")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if classify(f))
@@ -175,7 +178,8 @@ def progress_bar(n):
 def check_args(args):
     if not args.img_dir and not args.export_dir:
         raise utils.UserError("nothing to do: give --img_dir (to convert) and/or --export_dir (to export)")
-    if args.img_dir and os.path.realpath(args.img_dir) == os.path.realpath(args.output_dir):
+    inputs_in = args.img_dir if not args.img_dir or os.path.isdir(args.img_dir) else os.path.dirname(args.img_dir) or "."
+    if args.img_dir and os.path.realpath(inputs_in) == os.path.realpath(args.output_dir):
         raise utils.UserError(f"--output_dir {args.output_dir} is the input folder: outputs would replace the inputs")
     if args.img_dir:
         blocking = _file_in_the_way(args.output_dir)

@@ -6,7 +6,7 @@
 
 FID and KID use the 2048 pool features of Keras' InceptionV3 (ImageNet weights, fetched by Keras
 on first use and cached, or --inception_weights FILE), images resized to 299x299 (bilinear).
-Exit status: 0 done, 1 bad input.
+Exit status (docs/OPTIONS.md): 0 done, 1 an input refused, 2 the command line refused.
 """
 import json
 import sys
@@ -25,7 +25,7 @@ import progress
 
 def build_parser():
     return options.parser("evaluate", "FID/KID between image folders; cycle L1, PSNR, SSIM of a model.",
-                          "Exit status: 0 done, 1 bad input.")
+                          "Exit status: 0 done, 1 an input refused, 2 the command line refused.")
 
 
 def read_folder(folder, channels=3):

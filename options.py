@@ -312,7 +312,7 @@ OPTIONS = {
              ".tflite or .onnx file it wrote, or a generator .pth file of the official PyTorch "
              "implementation (those files hold one generator, used for the direction asked)")),
     "img_dir": ("conversion", dict(help="folder of inputs: .jpg .jpeg .png .bmp .webp images, .gif animations, "
-                                        ".mp4 .avi videos (any letter case)")),
+                                        ".mp4 .avi videos (any letter case); or one such file")),
     "conversion_direction": ("conversion", dict(default="A2B", type=direction_spelled(DIRECTIONS), choices=DIRECTIONS,
                                                    help="A2B (G_A2B) or B2A (G_B2A); AtoB, BtoA too")),
     "overwrite": ("conversion", dict(action="store_true", help="replace existing outputs (and an existing --export_dir)")),

@@ -176,7 +176,8 @@ def test_checkpoint_prefixes_and_only_the_needed_generator(run_dir, tmp_path, mo
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN"], "outputs would replace the inputs", 2),
     (["--model_filepath", "EMPTY", "--img_dir", "IN"], "holds no checkpoint", 1),
     (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such folder", 1),
-    (["--model_filepath", "RUN", "--img_dir", "IN/x.png"], "x.png: is a file, not a folder", 1),
+    (["--model_filepath", "RUN", "--img_dir", "IN/x.txt"], "x.txt: not an image, GIF or video", 1),
+    (["--model_filepath", "RUN", "--img_dir", "IN/x.png", "--output_dir", "IN"], "outputs would replace the inputs", 2),
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder", 2),
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png/out"], "x.png is a file, not a folder", 2),
     (["--model_filepath", "RUN"], "nothing to do", 2),
@@ -186,6 +187,7 @@ def test_errors_are_one_line(run_dir, tmp_path, capsys, argv, message, status):
     """Status 2: the command line refused before anything is read; 1: an input missing or refused."""
     (tmp_path / "in").mkdir()
     write(tmp_path / "in" / "x.png", make_image(np.random.default_rng(8), 16, 16))
+    (tmp_path / "in" / "x.txt").write_text("notes")
     (tmp_path / "empty").mkdir()
     names = {"RUN": str(run_dir), "IN": str(tmp_path / "in"), "EMPTY": str(tmp_path / "empty")}
     capsys.readouterr()
@@ -211,6 +213,9 @@ def test_command_line(run_dir, tmp_path):
     assert conv(run_dir, tmp_path / "in", tmp_path / "plain") == 0
     diff = np.abs(cv2.imread(str(tmp_path / "out" / "x.png")).astype(int) - cv2.imread(str(tmp_path / "plain" / "x.png")))
     assert diff.max() <= 1  # XLA and the plain graph agree
+    # One file as --img_dir: converted alone, as in its folder.
+    assert conv(run_dir, tmp_path / "in" / "x.png", tmp_path / "one") == 0 and os.listdir(tmp_path / "one") == ["x.png"]
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "one" / "x.png")), cv2.imread(str(tmp_path / "plain" / "x.png")))
 
 
 def test_full_disk_stops_in_one_line_keeping_the_outputs_already_written(run_dir, tmp_path, capsys, small_disk):
