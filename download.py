@@ -418,6 +418,7 @@ def fetch_all(args):
     unknown = [n for n in args.datasets if n not in DATASETS and n != SAMPLE]
     if unknown:
         raise utils.UsageError(f"unknown dataset {', '.join(unknown)}; valid names: {', '.join([*DATASETS, SAMPLE])}")
+    args.pretrained = [pretrained.official_name(n) or n for n in args.pretrained]
     unknown = [n for n in args.pretrained if n not in pretrained.ALL_PRETRAINED]
     if unknown:
         raise utils.UsageError(f"unknown pretrained model {', '.join(unknown)}; valid names: "

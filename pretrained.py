@@ -84,6 +84,15 @@ STORAGE_DTYPES = {
 PTH_EXTENSIONS = (".pth", ".pt")
 
 
+def official_name(name):
+    """The pretrained model `name` names (ALL_PRETRAINED), spelled as listed or with the official
+    "_pretrained" suffix (horse2zebra_cut_pretrained, the folder name in the official archives); else None."""
+    for spelled in (name, name.removesuffix("_pretrained")):
+        if spelled in ALL_PRETRAINED:
+            return spelled
+    return None
+
+
 def is_pth(path):
     return os.path.splitext(path)[1].lower() in PTH_EXTENSIONS
 

@@ -110,9 +110,10 @@ def load(source, direction="A2B", model_dir="model", cpu_kernels=None):
     direction = options.direction_spelled(options.DIRECTIONS)(direction)
     if direction not in options.DIRECTIONS:
         raise Error(f"direction {direction!r}: use A2B or B2A")
-    if source in pretrained.ALL_PRETRAINED and not os.path.exists(source):
-        folder = os.path.join(model_dir, source)
-        if not os.path.isdir(folder) and download.main(["--pretrained", source, "--model_dir", model_dir]) != 0:
+    name = pretrained.official_name(source)
+    if name and not os.path.exists(source):   # the run folder download.py --pretrained makes
+        folder = os.path.join(model_dir, f"{name}_pretrained")
+        if not os.path.isdir(folder) and download.main(["--pretrained", name, "--model_dir", model_dir]) != 0:
             raise Error(f"{source}: the download failed (the reason is above)")
         source = folder
     devices.setup(cpu_kernels)

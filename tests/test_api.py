@@ -37,9 +37,10 @@ def test_a_pth_file_and_a_pretrained_name_translate_as_pytorch(tmp_path):
     expected = image_io.read_image(os.path.join(PTH, "output.png")).astype(int)
     assert np.abs(unpaired.load(LEGACY_FILE).translate(real).astype(int) - expected).max() <= 1
     # A pretrained name is its run folder under model_dir (fetched there the first time: test_pretrained.py).
-    pretrained.write_run(LEGACY_FILE, str(tmp_path / "horse2zebra"))
+    pretrained.write_run(LEGACY_FILE, str(tmp_path / "horse2zebra_pretrained"))
     model = unpaired.load("horse2zebra", model_dir=str(tmp_path))
-    assert model.source == str(tmp_path / "horse2zebra") and model.direction == "A2B"
+    assert model.source == str(tmp_path / "horse2zebra_pretrained") and model.direction == "A2B"
+    assert unpaired.load("horse2zebra_pretrained", model_dir=str(tmp_path)).source == model.source
     assert np.abs(model.translate(real[None])[0].astype(int) - expected).max() <= 1     # a batch too
 
 

@@ -292,7 +292,8 @@ def test_download_cut_pretrained_from_the_official_archive(server, tmp_path, cap
              "--model_dir", str(tmp_path / "model"), "--retries", "1"]
     server.cfg["drop"] = 1  # the first response stops half way: the .part stays, the rerun resumes
     assert download.main(["--pretrained", "horse2zebra_cut", *flags]) == 1
-    assert download.main(["--pretrained", "horse2zebra_cut", "horse2zebra_fastcut", *flags]) == 0
+    # (the official spelling of the names, NAME_pretrained, too)
+    assert download.main(["--pretrained", "horse2zebra_cut", "horse2zebra_fastcut_pretrained", *flags]) == 0
     assert server.cfg["requests"][-1][0] == f"/{pretrained.CUT_ARCHIVE}" and server.cfg["requests"][-1][1]
     assert len(server.cfg["requests"]) == 2   # one archive serves both names, and is kept
     assert os.path.getsize(tmp_path / "download" / pretrained.CUT_ARCHIVE) == os.path.getsize(archive)
