@@ -107,7 +107,7 @@ def discriminator_flops(D, size):
 
 class MatmulPeak:
     """This machine's float32 peak: GFLOP/s of n x n matmuls (NumPy's BLAS, all cores), sampled
-    through the run. The clock of these cores drifts within a run (README, Speed), so each run of
+    through the run. The clock of these cores drifts within a run (docs/SPEED.md), so each run of
     timed calls is also compared with the matmuls run right before and right after it."""
 
     def __init__(self, n=4096, settle=0.3):

@@ -1,6 +1,7 @@
 """The commands' devices, set up once at start-up: GPU memory taken as it is needed, and the CPU
 rewrites (kernels/) installed into the networks' layers for --cpu_kernels auto or fixed. The one
-place that imports kernels: without that package everything runs the direct way.
+place that installs them (benchmark.py only reads their layers to count work): without that
+package everything runs the direct way.
 """
 import os
 

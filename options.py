@@ -109,7 +109,7 @@ def boolean(help):
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 CPU_KERNEL_MODES = ("auto", "fixed", "direct")
 CPU_KERNELS_ENV = "CYCLEGAN_CPU_KERNELS"
-KERNEL_CACHE = "$CYCLEGAN_CACHE_DIR/kernels.json, else ~/.cache/cyclegan-tf2/kernels.json"
+KERNEL_CACHE = "$CYCLEGAN_CACHE_DIR/kernels.json, else ($XDG_CACHE_HOME or ~/.cache)/cyclegan-tf2/kernels.json"
 # What each --export_format writes into the export folder.
 EXPORT_FORMATS = {
     "savedmodel": "saved_model.pb and variables/: signatures A2B and B2A (input and output key 'images')",

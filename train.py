@@ -51,7 +51,7 @@ def make_strategy(kind):
         return tf.distribute.MirroredStrategy()
     if kind == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            raise utils.UserError("--distribute multiworker needs TF_CONFIG describing the cluster (see README)")
+            raise utils.UserError("--distribute multiworker needs TF_CONFIG describing the cluster (see docs/TRAINING.md)")
         return tf.distribute.MultiWorkerMirroredStrategy()
     return None
 

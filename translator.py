@@ -23,7 +23,7 @@ def image_spec(channels, batch=None, dtype=tf.uint8, height=None, width=None):
 
 
 # Side of the windows large images are convolved in. TensorFlow's CPU convolutions take scratch
-# memory in proportion to the input area, so small windows bound the memory (README, "Large
+# memory in proportion to the input area, so small windows bound the memory (docs/CONVERT.md, "Large
 # images"); larger ones do not run faster.
 WINDOW = 256
 # Where the installed CPU rewrites ask for sized graphs (kernels' "auto" mode), how many image sizes

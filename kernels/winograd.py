@@ -23,7 +23,7 @@ _WINOGRAD_AT2 = np.kron(_WINOGRAD_AT, _WINOGRAD_AT)    # 16 x 36
 WINOGRAD_TILE = 4     # outputs per tile side
 _TAPS = WINOGRAD_TILE + 2
 # Below this many input or output channels the transforms cost more than the products save and
-# the direct convolution is as fast or faster (README, "Speed").
+# the direct convolution is as fast or faster (docs/SPEED.md).
 WINOGRAD_MIN_CHANNELS = 128
 
 
