@@ -272,6 +272,10 @@ def test_command_line_help_and_real_run(dataset_dirs, tmp_path):
     assert proc.wait(timeout=300) == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted after epoch 1 (during its validation)" in err
     assert not [n for n in utils.STARTUP_NOISE if n in err]
+    # A quiet first run: no warnings of TensorFlow's (retracing, deprecations), only the toolkit's lines.
+    noisy = [line for line in err.splitlines() if "WARNING" in line or "retracing" in line or "W0000" in line
+             or "Warning" in line]
+    assert not noisy, noisy
     names = sorted(os.listdir(tmp_path / "run"))
     assert "cyclegan.ckpt-4.index" in names and "cyclegan.ckpt-6.index" in names
     assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-6")
