@@ -128,8 +128,8 @@ class MatmulPeak:
         """Times fn `iters` times back to back, with a peak measured before the first call and after
         the last. Returns (seconds per call, fraction of the adjacent peak per call): each call's
         GFLOP/s over the higher of the two peaks. Not between calls: after a matmul and the pause
-        that lets BLAS's threads settle, the next call starts on idle cores (a short call there
-        took 20% longer), and the PyTorch reference and convert.py run their calls back to back."""
+        that lets BLAS's threads settle, the next call starts on idle cores (and runs slower), and
+        the PyTorch reference and convert.py run their calls back to back."""
         peaks = [self.measure()]
         times = [_timed(fn) for _ in range(iters)]
         peaks.append(self.measure())

@@ -85,8 +85,7 @@ class Translator:
         sized graphs), run eagerly, the graph is also traced with Keras' own convolutions and the
         faster on `images` kept (timed once per machine and cached, see the rewrites' measured_choice): each
         convolution's way is timed apart from the graph, and on small maps a way that wins there by
-        a few percent can lose by more inside the graph (at 64 px Winograd, tied or 2% ahead timed
-        alone, lost 17%)."""
+        a few percent can lose by more inside the graph (docs/SPEED.md has the figures)."""
         def traced(direct_convolutions=False):
             # A function of its own per graph: TensorFlow warns when one function is traced often.
             fn = tf.function(lambda images: self._translate(images), input_signature=[spec],

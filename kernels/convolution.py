@@ -83,9 +83,8 @@ def apply(rewrite, x, kernel, bias, stride, pad=0):
 
 
 # A rewrite is kept only if it beats the direct convolution by this fraction of the direct one's
-# time when timed apart from the graph: inside a graph its extra ops and buffers cost more (at 64 px,
-# Winograd on 2 x 16 x 16 x 128 maps tied or won by 2% alone and lost 6% of the training step and
-# 17% of the conversion).
+# time when timed apart from the graph: inside a graph its extra ops and buffers cost more (small
+# Winograd maps that tie alone lose inside the step; the figures are in docs/SPEED.md).
 REWRITE_MARGIN = 0.1
 
 

@@ -144,8 +144,7 @@ def fastest(fns, make_args, side_by_side=True, rounds=TUNE_ROUNDS):
     how the graphs run a layer: training runs the two generators' (and discriminators') layers at
     the same time, conversion the two halves of a batch. A way that cannot use the whole machine
     alone can look slow timed alone and be the fastest beside another copy of itself, and the
-    other way round (at 64 px the generator's last layer, 7x7 from 32 channels to 3, took 1.7 ms
-    directly and 1.4 ms by space_to_depth alone, and 3.0 and 2.1 ms two at a time)."""
+    other way round (docs/SPEED.md: the generator's last layer, timed both ways)."""
     if side_by_side:
         fns = {name: _two_at_once(fn) for name, fn in fns.items()}
         args = make_args() + make_args()
