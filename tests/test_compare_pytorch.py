@@ -96,3 +96,14 @@ def test_reference_flags_have_benchmark_names_and_defaults():
                                             compare.parse_config("64/6/32"))
     for command, names in ((ours_cmd, ours), (theirs_cmd, {a.dest for a in reference._actions})):
         assert {f[2:] for f in command if f.startswith("--")} <= set(names)
+
+
+def test_the_official_cut_timer_takes_benchmark_flags_and_needs_torch_only_to_run(capsys):
+    from benchmarks import official_step
+    args = official_step.build_parser().parse_args(["--official_dir", "x", "--CUT_mode", "FastCUT", "--crop_size", "64"])
+    assert (args.crop_size, args.load_size, args.ngf, args.netG) == (64, 286, 64, "resnet_9blocks")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert official_step.main(["--official_dir", "x"]) == 2
+        assert "needs PyTorch" in capsys.readouterr().err

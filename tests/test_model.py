@@ -54,7 +54,7 @@ class Const:
 
 def test_generator_and_discriminator_losses_by_hand():
     gan = cyclegan.CycleGAN.__new__(cyclegan.CycleGAN)
-    gan.lambda_cycle, gan.lambda_identity, gan.gan_mode, gan.join_batches = 10.0, 0.5, "lsgan", True
+    gan.lambda_A, gan.lambda_B, gan.lambda_identity, gan.gan_mode, gan.join_batches = 10.0, 10.0, 0.5, "lsgan", True
     gan.G_A2B = Const(lambda x: x * 0.5)          # fake_B = A/2, rec_B = fake_A/2
     gan.G_B2A = Const(lambda x: x + 1.0)          # fake_A = B+1, rec_A = A/2+1
     gan.D_A = Const(lambda x: tf.fill([tf.shape(x)[0], 2, 2, 1], 3.0))
