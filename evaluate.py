@@ -6,7 +6,7 @@
 
 FID and KID use the 2048 pool features of Keras' InceptionV3 (ImageNet weights, fetched by Keras
 on first use and cached, or --inception_weights FILE), images resized to 299x299 (bilinear).
-Exit status (docs/OPTIONS.md): 0 done, 1 an input refused, 2 the command line refused.
+Exit status (docs/OPTIONS.md): 0 done, 1 an input refused, 2 the command line refused, 130 interrupted.
 """
 import json
 import sys
@@ -48,7 +48,7 @@ def evaluate(args):
     result = {}
     if args.model_filepath:
         if not args.img_dir:
-            raise utils.UserError("--model_filepath needs --img_dir (the images to translate)")
+            raise utils.UsageError("--model_filepath needs --img_dir (the images to translate)")
         net = metrics.inception_model(args.inception_weights) if args.real_dir else None
         asked = args.conversion_direction
         # Back too, for the cycle score, where the model translates back (a CUT model does not).
@@ -68,7 +68,7 @@ def evaluate(args):
         real, fake = read_folder(args.real_dir)[1], read_folder(args.fake_dir)[1]
         result.update(distribution_scores(net, real, fake, args))
     else:
-        raise utils.UserError("give --real_dir and --fake_dir, or --model_filepath and --img_dir")
+        raise utils.UsageError("give --real_dir and --fake_dir, or --model_filepath and --img_dir")
     return result
 
 

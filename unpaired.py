@@ -94,7 +94,7 @@ def load(source, direction="A2B", model_dir="model", cpu_kernels=None):
     """The model `source` names, translating `direction` ("A2B" or "B2A"; "AtoB", "BtoA" too):
     a run folder or checkpoint of train.py, an export of convert.py --export_dir (SavedModel
     folder, .tflite, .onnx), an official generator .pth file, or the name of an official pretrained
-    model (`python download.py --list`), fetched into MODEL_DIR/NAME the first time. Images keep
+    model (`python download.py --list`), fetched into MODEL_DIR/NAME_pretrained the first time. Images keep
     their size. cpu_kernels: as convert.py's --cpu_kernels (None: $CYCLEGAN_CPU_KERNELS, else auto).
 
     >>> model = load("model/demo")                          # trained by the example of train()

@@ -35,7 +35,7 @@ taken only as spelled in full (no prefixes). A flag given always wins over a met
 | {failed} | the job could not be done: an input missing, unreadable or refused (a folder, a run, a checkpoint, a server, a full disk), or a loss that stopped being finite; one `error:` line names the file and the reason |
 | {usage} | the command line was refused before anything was read: an unknown flag, a value past its bound or not among its choices, flags that cannot work together; one `error:` line |
 | {partial} | `convert.py` only: done, but some inputs were skipped (each named on a `skipped:` line) |
-| {interrupted} | interrupted (Ctrl-C or SIGTERM): what was done is kept (training saves its step; rerun the same command to resume) |
+| {interrupted} | interrupted by Ctrl-C (and, for `train.py`, SIGTERM): what was done is kept (training saves its step; rerun the same command to resume) |
 
 ## Spellings
 

@@ -175,3 +175,8 @@ def test_mismatched_truth_folder_is_an_error(sample, tmp_path, capsys):
     assert evaluate.main(["--model_filepath", str(run), "--img_dir", str(sample / "testB"),
                           "--truth_dir", str(sample / "trainA")]) == 1
     assert "its input" in capsys.readouterr().err
+
+
+def test_flags_that_cannot_work_together_exit_2(capsys):
+    assert evaluate.main([]) == 2 and "give --real_dir and --fake_dir" in capsys.readouterr().err
+    assert evaluate.main(["--model_filepath", "x"]) == 2 and "needs --img_dir" in capsys.readouterr().err
