@@ -57,7 +57,7 @@ def list_inputs(folder):
             raise utils.UserError(f"{folder}: not an image, GIF or video (--img_dir takes a folder of them, or one)")
         return [folder]
     if not os.path.isdir(folder):
-        raise utils.UserError(f"{folder}: no such folder")
+        raise utils.UserError(f"{folder}: no such file or folder")
     paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if classify(f))
     if not paths:
         raise utils.UserError(f"{folder}: no images, GIFs or videos in this folder")

@@ -112,9 +112,10 @@ CPU_KERNELS_ENV = "CYCLEGAN_CPU_KERNELS"
 KERNEL_CACHE = "$CYCLEGAN_CACHE_DIR/kernels.json, else ($XDG_CACHE_HOME or ~/.cache)/cyclegan-tf2/kernels.json"
 # What each --export_format writes into the export folder.
 EXPORT_FORMATS = {
-    "savedmodel": "saved_model.pb and variables/: signatures A2B and B2A (input and output key 'images')",
-    "tflite": "A2B.tflite and B2A.tflite: one model per direction, input resizable to any height and width",
-    "onnx": "A2B.onnx and B2A.onnx: one model per direction (opset 17), dynamic batch, height and width",
+    "savedmodel": "saved_model.pb and variables/: one signature per direction the model holds, A2B and B2A "
+                  "(A2B only for CUT and one-way pretrained models; input and output key 'images')",
+    "tflite": "A2B.tflite (and B2A.tflite where held): one model per direction, input resizable to any height and width",
+    "onnx": "A2B.onnx (and B2A.onnx where held): one model per direction (opset 17), dynamic batch, height and width",
 }
 QUANTIZE = ("none", "float16")
 # A run folder's checkpoints' default file prefix (--model_name).
@@ -299,8 +300,8 @@ OPTIONS = {
     "pipeline_images": ("benchmark", dict(type=number(int, 1), default=200, help="images decoded to time the input pipeline")),
     "profile": ("benchmark", dict(action="store_true", help="profile one more training step and report the time of "
                                                             "each TensorFlow op type")),
-    "deploy": ("benchmark", dict(action="store_true", help="instead: export one generator in every --export_format and "
-                                                           "time each runtime on one image")),
+    "deploy": ("benchmark", dict(action="store_true", help="instead: export one generator in each export format (SavedModel, "
+                                                           "TFLite, ONNX) and time each runtime on one image")),
     "ceiling": ("benchmark", dict(action="store_true",
                                   help="also time the generator's residual convolution alone (forward, input and "
                                        "weight gradients) against the matmul peak: what TensorFlow's kernels reach here")),
@@ -374,7 +375,8 @@ VARIANTS = {
     ("benchmark", "img_B_dir"): dict(help="time real images of domain B"),
     ("convert", "output_dir"): dict(default="converted", help="where outputs go, with the inputs' file names"),
     ("convert", "batch_size"): dict(default=CONVERT_BATCH_SIZE, help="images of the same size translated together"),
-    ("evaluate", "model_filepath"): dict(required=False, help="a run folder, checkpoint prefix or exported SavedModel: "
+    ("evaluate", "model_filepath"): dict(required=False, help="what convert.py's --model_filepath takes (a run folder, "
+                                                              "checkpoint prefix, SavedModel, .tflite, .onnx or official .pth): "
                                                               "translate --img_dir"),
     ("evaluate", "img_dir"): dict(help="images to translate with --model_filepath"),
     ("evaluate", "conversion_direction"): dict(help="A2B or B2A"),

@@ -4,9 +4,10 @@
     python train.py --img_A_dir a/ --img_B_dir b/ --model_dir model/a2b
 
 The run folder (--model_dir) holds config.json, the checkpoints, TensorBoard logs (logs/),
-losses.csv, train.lock (held while a train.py trains there; a second one is refused),
-end_of_epoch.json while an epoch's bookkeeping is undone (the next start does it) and, with
-validation folders, the translated validation images of every epoch.
+losses.csv and losses.png, the results page index.html with its pictures in web/, progress/DIR/NAME.gif
+(each progress image's translation per epoch), train.lock (held while a train.py trains there; a
+second one is refused), end_of_epoch.json while an epoch's bookkeeping is undone (the next start
+does it) and, with validation folders, the translated validation images of every epoch.
 Running the same command again resumes from the newest checkpoint.
 Exit status (docs/OPTIONS.md): 0 done; 1 an input refused, the loss or the weights turned NaN/Inf or
 the disk is full (the last good checkpoint is kept); 2 the command line refused; 130 interrupted by

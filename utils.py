@@ -126,12 +126,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_command(fn, parser, argv):
     """A command's main(): fn(parser.parse_args(argv))'s exit status, or, for a UserError, one
-    "error:" line on stderr and EXIT_USAGE (a UsageError) or EXIT_FAILED."""
+    "error:" line on stderr and EXIT_USAGE (a UsageError) or EXIT_FAILED; interrupted (Ctrl-C), one
+    "interrupted:" line and EXIT_INTERRUPTED, never a traceback."""
     try:
         return fn(parser.parse_args(argv))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    except KeyboardInterrupt:  # -- Ctrl-C or SIGTERM-as-interrupt, where the command has no own handling
+        print(f"interrupted: stopped; what was finished is kept, nothing half-written is left "
+              f"(run the same command again to go on)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def first_line(error, limit=200):

@@ -175,7 +175,7 @@ def test_checkpoint_prefixes_and_only_the_needed_generator(run_dir, tmp_path, mo
     (["--model_filepath", "RUN", "--img_dir", "IN", "--conversion_direction", "A2C"], "invalid choice: 'A2C'", 2),
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN"], "outputs would replace the inputs", 2),
     (["--model_filepath", "EMPTY", "--img_dir", "IN"], "holds no checkpoint", 1),
-    (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such folder", 1),
+    (["--model_filepath", "RUN", "--img_dir", "/nonexistent/in"], "no such file or folder", 1),
     (["--model_filepath", "RUN", "--img_dir", "IN/x.txt"], "x.txt: not an image, GIF or video", 1),
     (["--model_filepath", "RUN", "--img_dir", "IN/x.png", "--output_dir", "IN"], "outputs would replace the inputs", 2),
     (["--model_filepath", "RUN", "--img_dir", "IN", "--output_dir", "IN/x.png"], "x.png is a file, not a folder", 2),

@@ -2,6 +2,7 @@
 import filecmp
 import http.server
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -295,3 +296,29 @@ def test_download_sample_command_then_train_on_it(tmp_path):
             *TINY_FLAGS, "--n_epochs", "1", "--n_epochs_decay", "0"]
     assert train.main(argv) == 0
     assert sorted(os.listdir(run_dir / "validation" / "epoch_001" / "A2B")) == sorted(os.listdir(sample / "testA"))
+
+
+def test_ctrl_c_is_one_line_status_130_and_the_rerun_resumes(server, tmp_path):
+    """A real SIGINT to a real download.py process mid-transfer: one line, status 130, no traceback,
+    nothing extracted; the same command then finishes the job."""
+    make_zip(os.path.join(server.cfg["root"], "mini.zip"), name="mini")
+    server.cfg.update(delay=60, drop=1)  # headers and nothing more for a minute
+    cmd = [sys.executable, os.path.join(ROOT, "download.py"), "--download_dir", str(tmp_path / "dl"),
+           "--data_dir", str(tmp_path / "data"), "--base_url", server.url, "--timeout", "120",
+           "--datasets", "mini"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not server.cfg["requests"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.cfg["requests"], "download.py never asked the server"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted:")
+    assert not os.path.exists(tmp_path / "data" / "mini")
+    server.cfg.update(delay=0, drop=0)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path / "data" / "mini")) == sorted(download.SPLITS)
