@@ -134,8 +134,8 @@ def run_command(fn, parser, argv):
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
     except KeyboardInterrupt:  # -- Ctrl-C or SIGTERM-as-interrupt, where the command has no own handling
-        print(f"interrupted: stopped; what was finished is kept, nothing half-written is left "
-              f"(run the same command again to go on)", file=sys.stderr)
+        print("interrupted: stopped; what was finished is kept, nothing half-written is left "
+              "(run the same command again to go on)", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
