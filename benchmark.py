@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
+from benchmarks import resident
 import data
 import image_io
 
@@ -116,6 +117,10 @@ class MatmulPeak:
         self.flop, self.settle = 2 * n ** 3, settle
         self.a @ self.b
         self.samples = []
+
+    def release(self):
+        """Frees the matrices (after the last measure())."""
+        self.a = self.b = None
 
     def measure(self, reps=2):
         """Best of `reps` matmuls, in GFLOP/s; kept in self.samples."""
@@ -272,6 +277,10 @@ def benchmark(args):
         result[f"{part}_fraction_of_peak"] = result[f"{part}_gflops"] / result["peak_gflops"]
     result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The training steps' own peak (what the process holds while it trains, the figure compared with
+    # PyTorch's): three more steps, from the resident size before them, the peak's matrices freed.
+    peak.release()
+    result["train_peak_rss_mb"] = resident.stage_peak_mb(lambda: gan.train_step(real_A, real_B).numpy())
     print(json.dumps(result, indent=2, sort_keys=True))
     print_summary(args, result)
     return 0
@@ -357,6 +366,8 @@ def print_summary(args, result):
           f"executed {100 * result['convert_executed_fraction_of_peak']:.0f}%); "
           f"pipeline {result['pipeline_images_per_s']:.0f} img/s ({result['pipeline_over_step']:.0f}x the step)",
           file=sys.stderr)
+    memory = f"{result['train_peak_rss_mb']:.0f} MB while training, " if result.get("train_peak_rss_mb") else ""
+    print(f"peak resident memory {memory}{result['peak_rss_mb']:.0f} MB in the whole run", file=sys.stderr)
     if args.ceiling:
         print("the residual convolution alone: " + ", ".join(
             f"{part.replace('_', ' ')} {100 * v:.0f}%" for part, v in result["conv_ceiling_fraction_of_adjacent_peak"].items())

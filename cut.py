@@ -293,9 +293,10 @@ class CUT(training.Trainer):
         flipped = self.rng.uniform([]) < 0.5 if self.flip_equivariance else tf.constant(False)
         if self.flip_equivariance:
             real = tf.cond(flipped, lambda: tf.reverse(real, [2]), lambda: real)
-        # The key features of the inputs take no gradient and, with per-image norms and no flip,
-        # are those of G's own pass: the official second pass of the encoder gives the same values.
-        reuse_keys = self.join_batches and not self.flip_equivariance and self.lambda_NCE > 0
+        # The key features of the inputs take no gradient and, with per-image norms, are those of G's
+        # own pass when it was not flipped: the official second pass of the encoder gives the same
+        # values. A flipped pass saw the flipped input, so then the keys take the second pass.
+        reuse_keys = self.join_batches and self.lambda_NCE > 0
         losses = {}
         with tf.GradientTape(persistent=self.policy == "mixed_float16") as tape:
             if reuse_keys:
@@ -306,8 +307,14 @@ class CUT(training.Trainer):
             fake_B = fake[:n]
             with tape.stop_recording():   # -- D first, on G's output as it is now
                 with tf.GradientTape() as tape_D:
-                    losses["D_fake"] = gan_loss(self.gan_mode, self.D(tf.stop_gradient(fake_B), training=True), False)
-                    losses["D_real"] = gan_loss(self.gan_mode, self.D(real_B, training=True), True)
+                    if self.join_batches:   # -- one call on both: D's norms work image by image
+                        scores_fake, scores_real = tf.split(
+                            self.D(tf.concat([tf.stop_gradient(fake_B), real_B], 0), training=True), 2)
+                    else:
+                        scores_fake = self.D(tf.stop_gradient(fake_B), training=True)
+                        scores_real = self.D(real_B, training=True)
+                    losses["D_fake"] = gan_loss(self.gan_mode, scores_fake, False)
+                    losses["D_real"] = gan_loss(self.gan_mode, scores_real, True)
                     loss_D = (losses["D_fake"] + losses["D_real"]) * 0.5 * scale
                 grads_D = tape_D.gradient(self.scaled(self.optimizer_D, loss_D), self.D_vars)
                 self.optimizer_D.apply_gradients(zip(grads_D, self.D_vars))
@@ -322,10 +329,16 @@ class CUT(training.Trainer):
                 if self.flip_equivariance:
                     queries = [[tf.cond(flipped, lambda f=f: tf.reverse(f, [2]), lambda f=f: f) for f in q]
                                for q in queries]
-                if reuse_keys:
-                    key_sets = [[tf.split(k, 2)[i] for k in keys] for i in range(2)] if self.nce_idt else [keys]
+                def own_pass():
+                    return [[tf.split(k, 2)[i] for k in keys] for i in range(2)] if self.nce_idt else [keys]
+
+                def second_pass():
+                    return [[tf.stop_gradient(k) for k in ks] for ks in self.encode(sources)]
+
+                if reuse_keys and self.flip_equivariance:
+                    key_sets = tf.cond(flipped, second_pass, own_pass)
                 else:
-                    key_sets = [[tf.stop_gradient(k) for k in ks] for ks in self.encode(sources)]
+                    key_sets = own_pass() if reuse_keys else second_pass()
                 losses["NCE"] = self.nce_loss(queries[0], key_sets[0])
                 if self.nce_idt:
                     losses["NCE_Y"] = self.nce_loss(queries[1], key_sets[1])

@@ -27,6 +27,9 @@ import sys
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import resident  # noqa: E402 -- beside this file (standard library only)
+
 import numpy as np
 
 try:
@@ -252,6 +255,7 @@ def main(argv=None):
     times = [_timed(lambda: gan.step(real_A, real_B)) for _ in range(args.iters)]
     result["train_seconds_per_iteration"] = spread(times)
     result["train_images_per_s"] = 2 * args.batch_size / statistics.median(times)
+    result["train_peak_rss_mb"] = resident.stage_peak_mb(lambda: gan.step(real_A, real_B))  # as benchmark.py's
 
     images = ((real_A[:1].permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
     images = np.repeat(images, args.convert_batch_size, axis=0)

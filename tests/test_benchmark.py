@@ -5,7 +5,7 @@ import pytest
 
 import benchmark
 import module
-from benchmarks import compare_pytorch
+from benchmarks import compare_pytorch, resident
 
 
 def test_flop_counts_of_the_reference_networks():
@@ -44,7 +44,10 @@ def test_tiny_benchmark_reports_everything(capsys):
     # What benchmarks/compare_pytorch.py reads from this JSON.
     assert compare_pytorch.figures(result) == {"train_s_per_iteration": result["train_seconds_per_iteration"]["median"],
                                                "convert_s_per_image": 1 / result["convert_images_per_s"],
-                                               "peak_rss_mb": result["peak_rss_mb"]}
+                                               "peak_rss_mb": result["peak_rss_mb"],
+                                               "train_peak_rss_mb": result["train_peak_rss_mb"]}
+    # The training steps' own peak: restartable on Linux, and within the whole run's.
+    assert 0 < result["train_peak_rss_mb"] <= result["peak_rss_mb"]
     # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) appear.
     ops = result["profile_ms_by_op"]
     assert any("Conv2D" in op for op in ops), ops
@@ -96,3 +99,16 @@ def test_a_cut_benchmark_counts_cuts_passes(capsys):
     # CUT (identity on): G on A and B, the encoder on both translations; D on the fake and the real, the fake again.
     assert result["train_iteration_gflop"] == pytest.approx(
         3 * (4 * result["generator_forward_gflop"] + 3 * result["discriminator_forward_gflop"]))
+
+
+def test_a_stage_peak_starts_from_the_resident_size_before_it():
+    """resident.py on the real /proc of this Linux machine: a freed 400 MB buffer is out of the
+    next stage's peak; a 200 MB buffer made in the stage is in it."""
+    import numpy as np
+    big = np.ones(400 * 2 ** 20 // 8)
+    with_big = resident.peak_mb()
+    del big
+    quiet = resident.stage_peak_mb(lambda: None)
+    assert quiet is not None and quiet < with_big - 300
+    busy = resident.stage_peak_mb(lambda: np.ones(200 * 2 ** 20 // 8).sum())
+    assert busy > quiet + 150

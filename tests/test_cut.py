@@ -315,3 +315,26 @@ def test_cut_steps_under_xla_and_mixed_precision_agree_with_the_plain_graph(vari
     diff = np.abs(plain.translators["A2B"].translate(images).numpy().astype(int)
                   - other.translators["A2B"].translate(images).numpy().astype(int))
     assert diff.mean() < 4
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(nce_idt=False, flip_equivariance=True, lambda_NCE=10.0)])
+def test_joined_calls_and_reused_keys_give_the_official_steps_values(settings):
+    """The step's shortcuts (D on the fake and the real in one call; the NCE keys taken from G's own
+    pass when it was not flipped) against the official structure (separate calls, a second encoder
+    pass for the keys), step by step, with flipped and unflipped steps under flip_equivariance."""
+    def make(join):
+        tf.keras.utils.set_random_seed(7)
+        gan = cut.CUT(ngf=8, ndf=8, n_blocks=2, crop_size=32, num_patches=16, random_seed=7, **settings)
+        gan.join_batches = join
+        return gan
+    joined, official = make(True), make(False)
+    flips = set()
+    for step in range(6):
+        real_A, real_B = (tf.random.stateless_uniform([1, 32, 32, 3], [step, s], -1, 1) for s in (1, 2))
+        # The step's first draw is its flip (under flip_equivariance): read it from a copy of the
+        # state (of its value: a Generator made from the variable itself would draw from it).
+        flips.add(bool(tf.random.Generator.from_state(joined.rng.state.numpy(), joined.rng.algorithm).uniform([]) < 0.5))
+        want, got = official.train_step(real_A, real_B).numpy(), joined.train_step(real_A, real_B).numpy()
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=1e-6, err_msg=f"step {step}")
+    if joined.flip_equivariance:
+        assert flips == {True, False}
