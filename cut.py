@@ -283,6 +283,41 @@ class CUT(training.Trainer):
             return list(zip(*[tf.split(f, n) for f in joined]))
         return [self.E(x, training=True) for x in images]
 
+    def update_D(self, fake_B, real_B, scale):
+        """D's update on 0.5 (D(real) as real + D(fake) as fake); returns its two losses."""
+        with tf.GradientTape() as tape_D:
+            if self.join_batches:   # -- one call on both: D's norms work image by image
+                scores_fake, scores_real = tf.split(self.D(tf.concat([fake_B, real_B], 0), training=True), 2)
+            else:
+                scores_fake, scores_real = self.D(fake_B, training=True), self.D(real_B, training=True)
+            losses = {"D_fake": gan_loss(self.gan_mode, scores_fake, False),
+                      "D_real": gan_loss(self.gan_mode, scores_real, True)}
+            loss_D = (losses["D_fake"] + losses["D_real"]) * 0.5 * scale
+        grads_D = tape_D.gradient(self.scaled(self.optimizer_D, loss_D), self.D_vars)
+        self.optimizer_D.apply_gradients(zip(grads_D, self.D_vars))
+        return losses
+
+    def nce_terms(self, sources, targets, keys, flipped):
+        """PatchNCE of each target batch (G's translations) against its source (G's inputs): the
+        queries from the encoder on the targets (flipped back when the step was flipped); the keys
+        from G's own pass (`keys`, of the inputs joined, None where not taken) when it was not
+        flipped, else from a second encoder pass as the official code always does."""
+        queries = self.encode(targets)
+        if self.flip_equivariance:
+            queries = [[tf.cond(flipped, lambda f=f: tf.reverse(f, [2]), lambda f=f: f) for f in q] for q in queries]
+
+        def own_pass():
+            return [[tf.split(k, len(sources))[i] for k in keys] for i in range(len(sources))]
+
+        def second_pass():
+            return [[tf.stop_gradient(k) for k in ks] for ks in self.encode(sources)]
+
+        if keys is not None and self.flip_equivariance:
+            key_sets = tf.cond(flipped, second_pass, own_pass)
+        else:
+            key_sets = own_pass() if keys is not None else second_pass()
+        return [self.nce_loss(q, k) for q, k in zip(queries, key_sets)]
+
     def _replica_step(self, real_A, real_B):
         """optimize_parameters on one replica's batch, as one graph: forward; D updated; then G and F
         updated on the GAN and NCE losses, D's score taken after D's update, as there. Losses divided
@@ -306,18 +341,7 @@ class CUT(training.Trainer):
                 fake = self.G(real, training=True)
             fake_B = fake[:n]
             with tape.stop_recording():   # -- D first, on G's output as it is now
-                with tf.GradientTape() as tape_D:
-                    if self.join_batches:   # -- one call on both: D's norms work image by image
-                        scores_fake, scores_real = tf.split(
-                            self.D(tf.concat([tf.stop_gradient(fake_B), real_B], 0), training=True), 2)
-                    else:
-                        scores_fake = self.D(tf.stop_gradient(fake_B), training=True)
-                        scores_real = self.D(real_B, training=True)
-                    losses["D_fake"] = gan_loss(self.gan_mode, scores_fake, False)
-                    losses["D_real"] = gan_loss(self.gan_mode, scores_real, True)
-                    loss_D = (losses["D_fake"] + losses["D_real"]) * 0.5 * scale
-                grads_D = tape_D.gradient(self.scaled(self.optimizer_D, loss_D), self.D_vars)
-                self.optimizer_D.apply_gradients(zip(grads_D, self.D_vars))
+                losses.update(self.update_D(tf.stop_gradient(fake_B), real_B, scale))
             # -- then G and F, D's score after its update
             losses["G_GAN"] = (gan_loss(self.gan_mode, self.D(fake_B, training=True), True) * self.lambda_GAN
                                if self.lambda_GAN > 0 else tf.constant(0.0))
@@ -325,23 +349,10 @@ class CUT(training.Trainer):
             if self.lambda_NCE > 0:
                 sources = [real_A, real_B] if self.nce_idt else [real_A]
                 targets = [fake_B, fake[n:]] if self.nce_idt else [fake_B]
-                queries = self.encode(targets)
-                if self.flip_equivariance:
-                    queries = [[tf.cond(flipped, lambda f=f: tf.reverse(f, [2]), lambda f=f: f) for f in q]
-                               for q in queries]
-                def own_pass():
-                    return [[tf.split(k, 2)[i] for k in keys] for i in range(2)] if self.nce_idt else [keys]
-
-                def second_pass():
-                    return [[tf.stop_gradient(k) for k in ks] for ks in self.encode(sources)]
-
-                if reuse_keys and self.flip_equivariance:
-                    key_sets = tf.cond(flipped, second_pass, own_pass)
-                else:
-                    key_sets = own_pass() if reuse_keys else second_pass()
-                losses["NCE"] = self.nce_loss(queries[0], key_sets[0])
+                nces = self.nce_terms(sources, targets, keys if reuse_keys else None, flipped)
+                losses["NCE"] = nces[0]
                 if self.nce_idt:
-                    losses["NCE_Y"] = self.nce_loss(queries[1], key_sets[1])
+                    losses["NCE_Y"] = nces[1]
             nce = (losses["NCE"] + losses["NCE_Y"]) * 0.5 if self.nce_idt and self.lambda_NCE > 0 else losses["NCE"]
             losses["G"] = losses["G_GAN"] + nce
             loss_G = losses["G"] * scale
