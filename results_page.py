@@ -53,8 +53,9 @@ def _table(pairs):
     return f"<table>{cells}</table>"
 
 
-def _epoch_section(model_dir, epoch, row, output_dir):
-    """One epoch's heading, losses row, link to its whole validation folder and pictures."""
+def _epoch_section(model_dir, epoch, row, output_dir, label):
+    """One epoch's heading, losses row, link to its whole validation folder and pictures (`label`:
+    what each picture holds side by side)."""
     folder = epoch_folder(model_dir, epoch)
     parts = [f'<h2 id="epoch_{epoch:03d}">epoch {epoch}</h2>']
     if row:
@@ -64,7 +65,7 @@ def _epoch_section(model_dir, epoch, row, output_dir):
         link = html.escape(os.path.relpath(full, model_dir).replace(os.sep, "/"), quote=True)
         parts.append(f'<p>every validation translation of this epoch: <a href="{link}/">{link}/</a></p>')
     for direction in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        parts.append(f"<h3>{html.escape(direction)}: real | translated | reconstructed</h3>")
+        parts.append(f"<h3>{html.escape(direction)}: {label}</h3>")
         for name in sorted(os.listdir(os.path.join(folder, direction))):
             src = html.escape(f"{PICTURES}/epoch_{epoch:03d}/{direction}/{name}", quote=True)
             parts.append(f'<figure><img src="{src}" alt="{html.escape(name, quote=True)}">'
@@ -87,8 +88,10 @@ def render(model_dir, output_dir=None):
             f'<a href="#options">options</a></p>']
     if os.path.exists(os.path.join(model_dir, "losses.png")):
         body.append('<img src="losses.png" alt="mean losses per epoch">')
+    # CycleGAN's pictures add the way back (validation.preview_grid); the one-sided methods' do not.
+    label = "real | translated" + (" | reconstructed" if config.get("model", "cycle_gan") == "cycle_gan" else "")
     for epoch in sorted(set(pictured), reverse=True):
-        body.append(_epoch_section(model_dir, epoch, losses.get(epoch), output_dir))
+        body.append(_epoch_section(model_dir, epoch, losses.get(epoch), output_dir, label))
     body.append('<h2 id="options">options</h2>')
     body.append(_table(sorted((k, v) for k, v in config.items() if k != "history")))
     style = ("body{font-family:sans-serif;margin:1em 2em}figure{display:inline-block;margin:4px}"

@@ -188,6 +188,7 @@ def test_a_tiny_run_trains_resumes_exactly_converts_and_exports(mode, dataset_di
         "web/epoch_001/A2B/img000.png", "web/epoch_002/A2B/img000.png"]
     picture = image_io.read_image(str(once / "web" / "epoch_002" / "A2B" / "img000.png"))
     assert picture.shape[1] == 2 * image_io.read_image(str(dataset_dirs / "testA" / "img000.png")).shape[1]
+    assert "<h3>A2B: real | translated</h3>" in (once / "index.html").read_text()
     # Interrupted in epoch 2 (the decay epoch, images loaded at --crop_size), then resumed: bit-exact.
     real_init = cut.CUT.__init__
 

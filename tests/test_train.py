@@ -423,4 +423,5 @@ def test_results_page_shows_every_epoch_newest_first_with_images_that_exist(full
         assert f"web/epoch_001/{direction}/img000.png" in page.images
     text = (full_run / "index.html").read_text()
     assert "<th>lambda_cycle</th><td>10.0</td>" in text and "2 epochs done of 2" in text
+    assert "<h3>B2A: real | translated | reconstructed</h3>" in text
     assert not [n for n in os.listdir(full_run / "web") if n.startswith(".")]
