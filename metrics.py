@@ -129,6 +129,16 @@ def distribution_scores(net, real, fake, batch_size=32, subsets=100, subset_size
     return {"fid": fid(f_real, f_fake), "kid": kid_mean, "kid_std": kid_std}
 
 
+def translate_each(translator, images):
+    """translator.translate_image of each image in turn; between two, a Ctrl-C or SIGTERM asked
+    while training stops (utils.stop_if_asked)."""
+    fakes = []
+    for image in images:
+        utils.stop_if_asked()
+        fakes.append(translator.translate_image(image))
+    return fakes
+
+
 def translation_scores(translators, direction, paths, images, truth_dir=None):
     """Translates images with translators[direction] and back; returns (scores, fakes, recs).
 
@@ -136,10 +146,10 @@ def translation_scores(translators, direction, paths, images, truth_dir=None):
     lambda), where translators translate back too (else recs is None); with truth_dir, psnr and
     ssim of the translations against the files of the same names there, and psnr_input, ssim_input
     of the untranslated inputs (the do-nothing baseline)."""
-    fakes = [translators[direction].translate_image(im) for im in images]
+    fakes = translate_each(translators[direction], images)
     scores, recs = {"images": len(images)}, None
     if options.opposite(direction) in translators:  # a one-way method (CUT) has no cycle to score
-        recs = [translators[options.opposite(direction)].translate_image(f) for f in fakes]
+        recs = translate_each(translators[options.opposite(direction)], fakes)
         scores["cycle_l1"] = float(np.mean([tf.reduce_mean(tf.abs(image_io.to_float(r) - image_io.to_float(im)))
                                             for r, im in zip(recs, images)]))
     if truth_dir:

@@ -13,12 +13,9 @@ Exit status (docs/OPTIONS.md): 0 done; 1 an input refused, the loss or the weigh
 the disk is full (the last good checkpoint is kept); 2 the command line refused; 130 interrupted by
 Ctrl-C or SIGTERM (checkpoint saved).
 """
-import contextlib
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 
 import utils  # first: it quiets TensorFlow's C++ start-up lines before TensorFlow loads
@@ -324,6 +321,7 @@ def train_epochs(run, inputs):
         bar = progress_bar(epoch, run.total_epochs, run.steps, run.method.BAR)
         bar.start(init_value=done)
         try:
+            utils.stop_if_asked()  # (one that came during the last epoch's end)
             for real_A, real_B in run.batches(inputs, epoch, done):
                 # -- one step of the method
                 losses = run.step(real_A, real_B)
@@ -338,6 +336,8 @@ def train_epochs(run, inputs):
                     return 1
                 # -- log: TensorBoard and the bar
                 bar.update(epoch_step, **run.log_step(losses, lr, step))
+                # -- Ctrl-C or SIGTERM during the step stops here, between steps (utils.deferred_interrupts)
+                utils.stop_if_asked()
                 # -- checkpoint every --save_every_steps (the epoch's last step: by its end, below)
                 if args.save_every_steps and step % args.save_every_steps == 0 and epoch_step < run.steps:
                     run.save()
@@ -412,25 +412,6 @@ def end_epoch(run, inputs, epoch, lr, seconds, means, path, redone=False):
     return None
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt():
-    """SIGTERM (what a job scheduler or `kill` sends before SIGKILL) stops training as Ctrl-C does: the
-    step in progress finishes, a checkpoint is saved, status 130. In the main thread only (signals
-    reach no other); the previous handler is put back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def train(args):
     """Trains (or resumes) the run that args describe; returns the exit status."""
     try:
@@ -442,7 +423,7 @@ def train(args):
         runs.check_resumable(args, os.path.join(args.model_dir, runs.CONFIG_FILE), inputs.train_size)
         run = Run(args, inputs)
         try:
-            with terminate_as_interrupt():
+            with utils.deferred_interrupts():
                 return train_epochs(run, inputs)
         finally:
             run.close()

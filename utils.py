@@ -12,8 +12,10 @@ progress.py (bars, plots).
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 # TensorFlow is imported inside the functions that need it, so download.py, which only
 # writes images, starts in a fraction of a second. The one thing done on import: TensorFlow's C++
@@ -137,6 +139,42 @@ def run_command(fn, parser, argv):
         print("interrupted: stopped; what was finished is kept, nothing half-written is left "
               "(run the same command again to go on)", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+_stop_asked = []  # the signals received while interrupts are deferred (see deferred_interrupts)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Ctrl-C and SIGTERM (what a job scheduler or `kill` sends before SIGKILL) inside this block ask
+    to stop at the next safe point, where stop_if_asked() raises KeyboardInterrupt; a second one
+    raises it at once. Python's own Ctrl-C raises wherever the main thread is, TensorFlow's Python
+    code included, and a training process stopped that way mid-step sometimes aborted in glibc (a
+    corrupted heap). In the main thread only (signals reach no other); the previous handlers and
+    nothing asked are left after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        _stop_asked.append(signum)
+        if len(_stop_asked) > 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_asked.clear()
+
+
+def stop_if_asked():
+    """A safe point to stop at: raises KeyboardInterrupt if a Ctrl-C or SIGTERM came in a
+    deferred_interrupts block."""
+    if _stop_asked:
+        raise KeyboardInterrupt
 
 
 def first_line(error, limit=200):

@@ -15,6 +15,7 @@ import metrics
 import options
 import progress
 import results_page
+import utils
 
 
 def truth_direction(args):
@@ -80,11 +81,12 @@ def validate(gan, epoch, val, args, full, inception=None, evaluate_now=False, fr
             scores.update({f"{direction}_{k}": v for k, v in found.items()})
             target = val[options.opposite(direction)][1]
             if inception is not None and min(len(target), len(fakes)) >= 2:
+                utils.stop_if_asked()
                 found = metrics.distribution_scores(inception, target, fakes)
                 scores.update({f"{direction}_{k}": found[k] for k in ("fid", "kid")})
         else:
             count = len(images) if full else min(args.progress_images, len(images))
-            fakes = [gan.translators[direction].translate_image(im) for im in images[:count]]
+            fakes = metrics.translate_each(gan.translators[direction], images[:count])
         if full:
             for path, fake in zip(paths, fakes):
                 image_io.write_image(os.path.join(ready, direction, os.path.basename(path)), fake)
