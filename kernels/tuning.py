@@ -28,8 +28,9 @@ ANY_SIZE_ELEMENTS = 64 * 64 * 256
 TUNE_ROUNDS, TUNE_SECONDS = 5, 1.5     # timed rounds per shape, at most; stop early past this time
 
 
-# Part of the cache's key: bumped when the way choices are made changes, so that they are made again.
-CHOICE_RULES = 4
+# Part of the cache's key: bumped when the way choices are made, or a timed way, changes, so that
+# they are made again (5: winograd_gather's gradient computes its tiles again).
+CHOICE_RULES = 5
 
 
 _tuned = {}             # shape key -> choice, this process

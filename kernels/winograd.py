@@ -55,11 +55,31 @@ def _tile_taps(side, pad, tiles):
 
 def winograd_gather_conv(x, kernel, bias, pad=0):
     """conv2d(x', kernel, 1, 'VALID') + bias for a 3x3 kernel by F(4x4, 3x3), where x' is x
-    (N, H, W, C) reflect-padded by `pad` pixels a side (as ReflectionPad2D does). The map is laid
-    out as rows of (N, C) per pixel, with a row of zeros after them; one gather takes each output
-    tile's 6x6 taps (reflected indices for the padding, the zero row past the end), then three
-    matmuls: the input transform (36 x 36), the 36 products over channels, the output transform
-    (16 x 36)."""
+    (N, H, W, C) reflect-padded by `pad` pixels a side (as ReflectionPad2D does); see _products.
+
+    Its gradient keeps only x and the kernel from the forward pass: the transformed tiles it needs
+    (2.25 times the size of x) are computed again from them in the backward pass, once the output's
+    gradient exists (so not at once, while the forward pass still runs). Kept, they were a third of
+    a training step's memory at 256 px (docs/SPEED.md); computed again, they cost a gather and a
+    36 x 36 matmul per tile, a small part of the layer's backward pass."""
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(dy):
+            with tf.control_dependencies([dy]):
+                x_again, kernel_again = tf.identity(x), tf.identity(kernel)
+            with tf.GradientTape() as tape:
+                tape.watch([x_again, kernel_again])
+                y = _products(x_again, kernel_again, pad)
+            return tape.gradient(y, [x_again, kernel_again], output_gradients=dy)
+        return _products(x, kernel, pad), grad
+    return tf.nn.bias_add(conv(x, kernel), bias)
+
+
+def _products(x, kernel, pad):
+    """The convolution without its bias: the map laid out as rows of (N, C) per pixel, with a row
+    of zeros after them; one gather takes each output tile's 6x6 taps (reflected indices for the
+    padding, the zero row past the end), then three matmuls: the input transform (36 x 36), the 36
+    products over channels, the output transform (16 x 36)."""
     n, height, width = _dim(x, 0), _dim(x, 1), _dim(x, 2)
     c, k = kernel.shape[2], kernel.shape[3]
     out_h, out_w = height + 2 * pad - 2, width + 2 * pad - 2
@@ -78,4 +98,4 @@ def winograd_gather_conv(x, kernel, bias, pad=0):
     y = tf.reshape(tf.transpose(y, [4, 2, 0, 3, 1, 5]), [n, WINOGRAD_TILE * tiles_h, WINOGRAD_TILE * tiles_w, k])
     if not (isinstance(out_h, int) and isinstance(out_w, int) and out_h % WINOGRAD_TILE == out_w % WINOGRAD_TILE == 0):
         y = y[:, :out_h, :out_w]
-    return tf.nn.bias_add(y, bias)
+    return y

@@ -250,6 +250,35 @@ def test_winograd_gather_reads_through_the_reflect_padding(static, restore_mode,
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def _forward_tensors_read_by_the_backward(graph, inputs, dy):
+    """The tensors computed from `inputs` in the forward pass of `graph` (not from dy) that an op of
+    the backward pass (one that depends on dy, by data or control) reads."""
+    after_dy, from_inputs = set(), set()
+    for op in graph.get_operations():      # in the order built: an op's inputs come before it
+        sources = [t.op for t in op.inputs] + list(op.control_inputs)
+        if op is dy.op or any(o in after_dy for o in sources):
+            after_dy.add(op)
+        elif op in [t.op for t in inputs] or any(o in from_inputs for o in sources):
+            from_inputs.add(op)
+    return {t.name for op in after_dy for t in op.inputs if t.op in from_inputs}
+
+
+def test_the_winograd_gradient_keeps_only_its_inputs_from_the_forward_pass():
+    # What training keeps per Winograd layer until the backward pass: x and the kernel, not the
+    # transformed tiles (2.25 times x) nor the products, which the backward pass computes again.
+    x, kernel, bias, dy = (tf.TensorSpec(s) for s in [(1, 14, 10, 6), (3, 3, 6, 5), (5,), (1, 14, 10, 5)])
+
+    def forward_backward(x, kernel, bias, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            y = winograd.winograd_gather_conv(x, kernel, bias, pad=1)
+        return y, tape.gradient(y, [x, kernel, bias], output_gradients=dy)
+    graph = tf.function(forward_backward).get_concrete_function(x, kernel, bias, dy).graph
+    x, kernel, bias, dy = graph.inputs[:4]
+    kept = _forward_tensors_read_by_the_backward(graph, [x, kernel, bias], dy)
+    assert kept == {x.name, kernel.name}, kept
+
+
 def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, monkeypatch, tmp_path):
     monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(tuning, "TUNE_ROUNDS", 2)      # which candidate wins does not matter here
