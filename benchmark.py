@@ -112,19 +112,27 @@ class MatmulPeak:
     timed calls is also compared with the matmuls run right before and right after it."""
 
     def __init__(self, n=4096, settle=0.3):
-        rng = np.random.default_rng(0)
-        self.a, self.b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
-        self.flop, self.settle = 2 * n ** 3, settle
-        self.a @ self.b
+        self.n, self.flop, self.settle = n, 2 * n ** 3, settle
+        self.a = self.b = None
+        a = self._matrices()
+        a @ self.b
         self.samples = []
 
+    def _matrices(self):
+        """self.a (made again after a release(), the same values), with self.b."""
+        if self.a is None:
+            rng = np.random.default_rng(0)
+            self.a, self.b = (rng.standard_normal((self.n, self.n), dtype=np.float32) for _ in range(2))
+        return self.a
+
     def release(self):
-        """Frees the matrices (after the last measure())."""
+        """Frees the matrices (the next measure() makes them again): for a memory figure without them."""
         self.a = self.b = None
 
     def measure(self, reps=2):
         """Best of `reps` matmuls, in GFLOP/s; kept in self.samples."""
-        best = self.flop / min(_timed(lambda: self.a @ self.b) for _ in range(reps)) / 1e9
+        a = self._matrices()
+        best = self.flop / min(_timed(lambda: a @ self.b) for _ in range(reps)) / 1e9
         self.samples.append(best)
         time.sleep(self.settle)  # OpenBLAS's threads spin for a while after a matmul, taking the cores
         return best
@@ -261,12 +269,21 @@ def benchmark(args):
         return 0
     result = {"config": vars(args), "tensorflow": tf.__version__,
               "devices": [d.name for d in tf.config.list_logical_devices()]}
+    resident_mb = {"started": resident.current_mb()}   # what the process holds after each stage
     peak = MatmulPeak()
     peak.measure(reps=5)
+    peak.release()
     gan = model.build(args)
+    resident_mb["built"] = resident.current_mb()
     flops = work(args, gan, result)
     real_A, real_B = pipeline_speed(args, result)
     train_speed(args, gan, peak, flops, (real_A, real_B), result)
+    # The training steps' own peak (what the process holds while it trains, the figure compared with
+    # PyTorch's, measured at the same point: after the timed steps, before any conversion): three
+    # more steps, from the resident size before them, the peak's matrices freed.
+    peak.release()
+    resident_mb["trained"] = resident.current_mb()
+    result["train_peak_rss_mb"] = resident.stage_peak_mb(lambda: gan.train_step(real_A, real_B).numpy())
     convert_speed(args, gan, peak, flops, real_A, result)
     if args.ceiling:
         result["conv_ceiling_fraction_of_adjacent_peak"] = conv_ceiling(peak, args.crop_size, args.ngf)
@@ -277,10 +294,8 @@ def benchmark(args):
         result[f"{part}_fraction_of_peak"] = result[f"{part}_gflops"] / result["peak_gflops"]
     result["pipeline_over_step"] = result["pipeline_images_per_s"] / result["train_images_per_s"]
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # The training steps' own peak (what the process holds while it trains, the figure compared with
-    # PyTorch's): three more steps, from the resident size before them, the peak's matrices freed.
-    peak.release()
-    result["train_peak_rss_mb"] = resident.stage_peak_mb(lambda: gan.train_step(real_A, real_B).numpy())
+    resident_mb["converted"] = resident.current_mb()
+    result["resident_mb"] = resident_mb
     print(json.dumps(result, indent=2, sort_keys=True))
     print_summary(args, result)
     return 0

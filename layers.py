@@ -15,7 +15,6 @@ import tensorflow as tf
 # (kernels.CpuRewrites, --cpu_kernels auto or fixed), asked when a graph is traced, never inside it:
 #   conv2d(layer, x, training)           the convolution's output, or None for Keras' own
 #   norm_way(shape, dtype, training)     instance norm by "fused" or "moments" (see instance_norm)
-#   padded(y, x, pad)                    y is x reflect-padded by pad pixels a side (see ReflectionPad2D)
 # plain() traces without it; plain(portable=True) also with instance norm as "moments".
 _compute = {"rewrites": None, "plain": False, "portable": False}
 
@@ -85,9 +84,9 @@ class ReflectionPad2D(keras.layers.Layer):
 
     def call(self, x):
         p = self.pad
-        y = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
-        if rewrites() is not None:  # a convolution after it may take x and fold the padding in
-            rewrites().padded(y, x, p)
+        y = reflect_pad(x, p)
+        if not tf.executing_eagerly():  # for a convolution after it, which then reads x (see reflect_padded)
+            y._reflect_padding = (x, p)
         return y
 
     def compute_output_shape(self, shape):
@@ -275,14 +274,71 @@ def batch_norm(x, scale, offset, epsilon):
     return y, mean, variance
 
 
+# The padding whose map padded_conv makes again for the gradient rather than keep.
+RECOMPUTED_PADDING = 1
+
+
+def reflect_pad(x, pad):
+    """x (N, H, W, C) reflect-padded by `pad` pixels a side."""
+    return tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+
+
+def reflect_padded(x):
+    """(map, pad) where the graph tensor x is a ReflectionPad2D's output (map padded by pad pixels a
+    side), else (x, 0)."""
+    return getattr(x, "_reflect_padding", (x, 0))
+
+
+def padded_conv(conv, x, pad, *weights):
+    """conv(x reflect-padded by `pad`, *weights). For a 1-pixel padding (the residual blocks' 3x3
+    convolutions), with a gradient that keeps x and not the padded map: the padding is made again
+    in the backward pass, once the output's gradient exists. Training then keeps one map per such
+    convolution instead of two (the padded map and the activation it pads, which the layer before
+    keeps): at 256 px 0.2 GB less at the peak of a CycleGAN step (docs/SPEED.md), for a copy per
+    layer in the backward pass. Not for the generators' 7x7 layers (3 pixels): the first pads a
+    3-channel image, and the last is the first the backward pass reaches, at the peak, so making
+    its padding again there only adds to the peak (measured)."""
+    if pad != RECOMPUTED_PADDING:
+        return conv(reflect_pad(x, pad), *weights)
+
+    @tf.custom_gradient
+    def padded(x, *weights):
+        def grad(dy):
+            with tf.control_dependencies([dy]):
+                x_again = tf.identity(x)
+            with tf.GradientTape() as tape:
+                tape.watch([x_again, *weights])
+                y = conv(reflect_pad(x_again, pad), *weights)
+            return tape.gradient(y, [x_again, *weights], output_gradients=dy)
+        return conv(reflect_pad(x, pad), *weights), grad
+    return padded(x, *weights)
+
+
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D, computed through the installed rewrites where they have a faster way
-    (the same values and gradients from the same variables)."""
+    (the same values and gradients from the same variables); after a ReflectionPad2D, in training,
+    with the padding made again for the gradient (padded_conv)."""
 
     def call(self, inputs, training=None):
         # training: whether gradients will be taken, which the installed rewrites may time.
         y = rewrites().conv2d(self, inputs, bool(training)) if rewrites() is not None else None
-        return super().call(inputs) if y is None else y
+        if y is not None:
+            return y
+        source, pad = reflect_padded(inputs)
+        if not (training and pad == RECOMPUTED_PADDING and self._plain_valid()):
+            return super().call(inputs)
+        stride, kernel = self.strides[0], tf.cast(self.kernel, self.compute_dtype)
+        if not self.use_bias:
+            return padded_conv(lambda x, kernel: tf.nn.conv2d(x, kernel, stride, "VALID"), source, pad, kernel)
+        return padded_conv(lambda x, kernel, bias: tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "VALID"), bias),
+                           source, pad, kernel, tf.cast(self.bias, self.compute_dtype))
+
+    def _plain_valid(self):
+        """Whether the layer is a plain 'valid' convolution: channels last, square strides, no
+        dilation, groups or activation (what padded_conv computes)."""
+        return (self.padding == "valid" and self.data_format == "channels_last" and self.groups == 1
+                and self.dilation_rate == (1, 1) and self.strides[0] == self.strides[1]
+                and self.activation is keras.activations.linear)
 
 
 def conv(filters, kernel, stride=1, name=None, dtype=None, bias=True):

@@ -16,6 +16,18 @@ def restart_peak():
         return False
 
 
+def current_mb():
+    """The resident memory now in MB (VmRSS), or None without /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_mb():
     """The peak resident memory in MB since the last restart_peak() (VmHWM), or, without /proc,
     the whole run's (ru_maxrss)."""

@@ -82,23 +82,17 @@ class CpuRewrites:
 
     def conv2d(self, layer, x, training):
         """layer(x) through its rewrite, or None for Keras' own convolution. Where x is a reflect
-        padding of a map (ReflectionPad2D said so, see padded), the rewrite gets the map and the
-        padding: "winograd_gather" folds it into its gather, the others pad the map again, and the
-        pad op, then unused, is pruned from the graph."""
+        padding of a map (ReflectionPad2D said so, see layers.reflect_padded), the rewrite gets the
+        map and the padding: "winograd_gather" folds it into its gather, the others pad the map
+        again (layers.padded_conv), and the pad op, then unused, is pruned from the graph."""
         if self._direct_convolutions:
             return None
-        source, pad = getattr(x, "_reflect_padding", (x, 0))
+        source, pad = layers.reflect_padded(x)
         rewrite = convolution.conv_rewrite(layer, x.shape, x.dtype, training, pad, self.mode)
         if rewrite is None:
             return None
         return convolution.apply(rewrite, source, tf.convert_to_tensor(layer.kernel),
                                  tf.convert_to_tensor(layer.bias), layer.strides[0], pad)
-
-    @staticmethod
-    def padded(y, x, pad):
-        """Notes on the graph tensor y that it is x reflect-padded by `pad` pixels a side."""
-        if not tf.executing_eagerly():
-            y._reflect_padding = (x, pad)
 
     def norm_way(self, shape, dtype, training):
         """How layers.instance_norm computes an input of this shape and dtype: "fused", or in "auto"

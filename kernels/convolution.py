@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import layers
 from kernels import tuning
 from kernels.winograd import winograd_applies, winograd_gather_conv
 
@@ -70,16 +71,17 @@ def candidates(k, stride, input_shape, filters, dtype):
 
 def apply(rewrite, x, kernel, bias, stride, pad=0):
     """conv2d(x', kernel, stride, 'VALID') + bias computed by `rewrite` (None: the direct
-    convolution), where x' is x reflect-padded by `pad` pixels a side."""
+    convolution), where x' is x reflect-padded by `pad` pixels a side (the gradient keeps x, not x':
+    layers.padded_conv; winograd_gather reads x' from x)."""
     if rewrite == "winograd_gather":
         return winograd_gather_conv(x, kernel, bias, pad)
-    if pad:
-        x = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     if rewrite == "space_to_depth":
-        return space_to_depth_conv(x, kernel, bias)
-    if rewrite == "banded":
-        return banded_conv(x, kernel, bias, stride)
-    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "VALID"), bias)
+        conv = space_to_depth_conv
+    elif rewrite == "banded":
+        conv = lambda x, kernel, bias: banded_conv(x, kernel, bias, stride)
+    else:
+        conv = lambda x, kernel, bias: tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "VALID"), bias)
+    return layers.padded_conv(conv, x, pad, kernel, bias) if pad else conv(x, kernel, bias)
 
 
 # A rewrite is kept only if it beats the direct convolution by this fraction of the direct one's

@@ -59,9 +59,9 @@ def winograd_gather_conv(x, kernel, bias, pad=0):
 
     Its gradient keeps only x and the kernel from the forward pass: the transformed tiles it needs
     (2.25 times the size of x) are computed again from them in the backward pass, once the output's
-    gradient exists (so not at once, while the forward pass still runs). Kept, they were a third of
-    a training step's memory at 256 px (docs/SPEED.md); computed again, they cost a gather and a
-    36 x 36 matmul per tile, a small part of the layer's backward pass."""
+    gradient exists (so not at once, while the forward pass still runs). Kept, they took 1.2 GB of
+    a 256 px CycleGAN step's peak of 5.5 GB (docs/SPEED.md); computed again, they cost a gather and
+    a 36 x 36 matmul per tile in the backward pass."""
     @tf.custom_gradient
     def conv(x, kernel):
         def grad(dy):

@@ -279,6 +279,35 @@ def test_the_winograd_gradient_keeps_only_its_inputs_from_the_forward_pass():
     assert kept == {x.name, kernel.name}, kept
 
 
+@pytest.mark.parametrize("pad,k,padding_made_again", [(1, 3, True), (3, 7, False)])
+def test_a_convolution_after_a_reflect_padding_trains_keeping_the_map_not_its_padding(pad, k, padding_made_again,
+                                                                                        restore_mode):
+    # What TensorFlow's own ops (a GPU's path) keep for the gradient of a residual block's 3x3
+    # convolution: its input, whose padding the backward pass makes again; the values and
+    # gradients are those of the convolution of the padded map. The 7x7 layers keep their padding.
+    kernels.set_mode("direct")
+    layer, reference = layers.Conv2D(5, k, bias_initializer="random_normal"), keras.layers.Conv2D(5, k)
+    shape = (2, 10, 7, 4)
+    layer.build((2, 10 + 2 * pad, 7 + 2 * pad, 4)), reference.build((2, 10 + 2 * pad, 7 + 2 * pad, 4))
+    reference.set_weights(layer.get_weights())
+    dy_shape = (2, 10 + 2 * pad - k + 1, 7 + 2 * pad - k + 1, 5)
+
+    def forward_backward(conv, x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = conv(layers.ReflectionPad2D(pad)(x), training=True) if conv is layer else conv(layers.reflect_pad(x, pad))
+        return [y] + tape.gradient(y, [x, *conv.trainable_weights], output_gradients=dy)
+    graph = tf.function(lambda x, dy: forward_backward(layer, x, dy)).get_concrete_function(
+        tf.TensorSpec(shape), tf.TensorSpec(dy_shape)).graph
+    x, dy = graph.inputs[:2]
+    kept = _forward_tensors_read_by_the_backward(graph, [x], dy)
+    assert (kept == {x.name}) == padding_made_again, kept
+    rng = np.random.default_rng(5)
+    x, dy = (tf.constant(rng.normal(size=s), tf.float32) for s in (shape, dy_shape))
+    for got, want in zip(tf.function(forward_backward)(layer, x, dy), tf.function(forward_backward)(reference, x, dy)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_generator_in_auto_mode_trains_and_translates_as_direct(restore_mode, monkeypatch, tmp_path):
     monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(tuning, "TUNE_ROUNDS", 2)      # which candidate wins does not matter here
