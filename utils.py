@@ -1,5 +1,7 @@
-"""Start-up and errors, shared by every command: TensorFlow's start-up noise kept quiet, the
-one-line errors of bad input (UserError), the argument parser that reports them, and warnings.
+"""Start-up, errors and interruption, shared by every command: TensorFlow's start-up noise kept
+quiet, the one-line errors of bad input (UserError), the argument parser that reports them,
+warnings, and Ctrl-C / SIGTERM deferred to safe points while training (deferred_interrupts,
+stop_if_asked).
 
     import utils          # first, before anything imports TensorFlow
     utils.start_tensorflow()
