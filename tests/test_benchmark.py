@@ -56,11 +56,13 @@ def test_tiny_benchmark_reports_everything(capsys, small_peak):
                                                "train_peak_rss_mb": result["train_peak_rss_mb"]}
     # The training steps' own peak: restartable on Linux, and within the whole run's.
     assert 0 < result["train_peak_rss_mb"] <= result["peak_rss_mb"]
-    # What the process holds after each stage (docs/SPEED.md): the networks add to the runtime's,
-    # and the training peak starts from what the timed steps left.
+    # What the process holds after each stage (docs/SPEED.md); the training peak starts from what
+    # the timed steps left, and the whole run's peak includes what came before it (this process ran
+    # other tests, so a stage may reuse what they freed: no order between the first stages).
     stages = result["resident_mb"]
-    assert set(stages) == {"started", "built", "trained", "converted"}
-    assert 0 < stages["started"] < stages["built"] <= stages["trained"] <= result["train_peak_rss_mb"]
+    assert set(stages) == {"started", "built", "trained", "converted"} and min(stages.values()) > 0
+    assert stages["trained"] <= result["train_peak_rss_mb"] <= result["peak_rss_mb"]
+    assert result["peak_rss_mb"] >= max(stages.values())
     # The profiled step: TensorFlow's convolutions (oneDNN's on this CPU) appear.
     ops = result["profile_ms_by_op"]
     assert any("Conv2D" in op for op in ops), ops
