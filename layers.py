@@ -300,18 +300,25 @@ def padded_conv(conv, x, pad, *weights):
     its padding again there only adds to the peak (measured)."""
     if pad != RECOMPUTED_PADDING:
         return conv(reflect_pad(x, pad), *weights)
+    return recomputed(lambda x, *weights: conv(reflect_pad(x, pad), *weights), x, *weights)
 
+
+def recomputed(fn, *inputs):
+    """fn(*inputs), whose gradient keeps only the inputs from the forward pass: fn runs again in the
+    backward pass, once the output's gradient exists (a control dependency, so not as soon as the
+    inputs do, while the forward pass still runs), and its own gradient is taken there. What fn
+    makes in between is not kept for the backward pass (padded_conv, winograd_gather_conv)."""
     @tf.custom_gradient
-    def padded(x, *weights):
+    def run(*inputs):
         def grad(dy):
             with tf.control_dependencies([dy]):
-                x_again = tf.identity(x)
+                again = [tf.identity(t) for t in inputs]
             with tf.GradientTape() as tape:
-                tape.watch([x_again, *weights])
-                y = conv(reflect_pad(x_again, pad), *weights)
-            return tape.gradient(y, [x_again, *weights], output_gradients=dy)
-        return conv(reflect_pad(x, pad), *weights), grad
-    return padded(x, *weights)
+                tape.watch(again)
+                y = fn(*again)
+            return tape.gradient(y, again, output_gradients=dy)
+        return fn(*inputs), grad
+    return run(*inputs)
 
 
 class Conv2D(keras.layers.Conv2D):
@@ -327,11 +334,13 @@ class Conv2D(keras.layers.Conv2D):
         source, pad = reflect_padded(inputs)
         if not (training and pad == RECOMPUTED_PADDING and self._plain_valid()):
             return super().call(inputs)
-        stride, kernel = self.strides[0], tf.cast(self.kernel, self.compute_dtype)
-        if not self.use_bias:
-            return padded_conv(lambda x, kernel: tf.nn.conv2d(x, kernel, stride, "VALID"), source, pad, kernel)
-        return padded_conv(lambda x, kernel, bias: tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, "VALID"), bias),
-                           source, pad, kernel, tf.cast(self.bias, self.compute_dtype))
+        stride = self.strides[0]
+
+        def conv(x, kernel, *bias):
+            y = tf.nn.conv2d(x, kernel, stride, "VALID")
+            return tf.nn.bias_add(y, *bias) if bias else y
+        weights = [self.kernel] + ([self.bias] if self.use_bias else [])
+        return padded_conv(conv, source, pad, *(tf.cast(w, self.compute_dtype) for w in weights))
 
     def _plain_valid(self):
         """Whether the layer is a plain 'valid' convolution: channels last, square strides, no

@@ -16,29 +16,28 @@ def restart_peak():
         return False
 
 
-def current_mb():
-    """The resident memory now in MB (VmRSS), or None without /proc."""
+def _status_mb(field):
+    """The field ("VmRSS", "VmHWM") of /proc/self/status in MB, or None without /proc."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
+def current_mb():
+    """The resident memory now in MB (VmRSS), or None without /proc."""
+    return _status_mb("VmRSS")
+
+
 def peak_mb():
     """The peak resident memory in MB since the last restart_peak() (VmHWM), or, without /proc,
     the whole run's (ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def stage_peak_mb(fn, repeats=3):

@@ -4,6 +4,8 @@ output instead of 9, as matmuls and one gather (no XLA, TensorFlow's own gradien
 import numpy as np
 import tensorflow as tf
 
+import layers
+
 
 # Winograd F(4x4, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks",
 # 2016), points 0, 1, -1, 2, -2 and infinity. In one dimension a 6-tap input tile d and a
@@ -57,22 +59,12 @@ def winograd_gather_conv(x, kernel, bias, pad=0):
     """conv2d(x', kernel, 1, 'VALID') + bias for a 3x3 kernel by F(4x4, 3x3), where x' is x
     (N, H, W, C) reflect-padded by `pad` pixels a side (as ReflectionPad2D does); see _products.
 
-    Its gradient keeps only x and the kernel from the forward pass: the transformed tiles it needs
-    (2.25 times the size of x) are computed again from them in the backward pass, once the output's
-    gradient exists (so not at once, while the forward pass still runs). Kept, they took 1.2 GB of
+    Its gradient keeps only x and the kernel from the forward pass (layers.recomputed): the
+    transformed tiles it needs (2.25 times the size of x) are computed again from them in the
+    backward pass, once the output's gradient exists. Kept, they took 1.2 GB of
     a 256 px CycleGAN step's peak of 5.5 GB (docs/SPEED.md); computed again, they cost a gather and
     a 36 x 36 matmul per tile in the backward pass."""
-    @tf.custom_gradient
-    def conv(x, kernel):
-        def grad(dy):
-            with tf.control_dependencies([dy]):
-                x_again, kernel_again = tf.identity(x), tf.identity(kernel)
-            with tf.GradientTape() as tape:
-                tape.watch([x_again, kernel_again])
-                y = _products(x_again, kernel_again, pad)
-            return tape.gradient(y, [x_again, kernel_again], output_gradients=dy)
-        return _products(x, kernel, pad), grad
-    return tf.nn.bias_add(conv(x, kernel), bias)
+    return tf.nn.bias_add(layers.recomputed(lambda x, kernel: _products(x, kernel, pad), x, kernel), bias)
 
 
 def _products(x, kernel, pad):
